@@ -1,0 +1,207 @@
+package codec
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// readerBufSize is the read-ahead buffer of a Reader. Reads larger than it
+// bypass it and go straight into the caller's buffer.
+const readerBufSize = 4 << 10
+
+// Reader reads frames from a byte stream. The zero value is not usable; call
+// Reset or NewReader. A Reader is not safe for concurrent use.
+type Reader struct {
+	br   *bufio.Reader
+	max  int
+	buf  []byte // payload of the last non-DATA frame
+	left int    // unread payload bytes of the current DATA frame
+}
+
+// NewReader returns a Reader of src that rejects frames whose payload exceeds
+// max bytes.
+func NewReader(src io.Reader, max int) *Reader {
+	r := &Reader{}
+	r.Reset(src, max)
+	return r
+}
+
+// Reset makes r read from src with limit max, keeping its buffers.
+func (r *Reader) Reset(src io.Reader, max int) {
+	if r.br == nil {
+		r.br = bufio.NewReaderSize(src, readerBufSize)
+	} else {
+		r.br.Reset(src)
+	}
+	r.max = max
+	r.left = 0
+}
+
+// Next reads the next frame header. For a DATA frame it returns a nil payload
+// and leaves the payload to ReadData; any DATA payload left unread from the
+// frame before is skipped. For any other frame it reads and returns the whole
+// payload, which stays valid until the next call. A stream that ends cleanly
+// between frames returns io.EOF; one that ends inside a frame returns
+// io.ErrUnexpectedEOF.
+func (r *Reader) Next() (FrameType, []byte, error) {
+	if r.left > 0 {
+		if _, err := r.br.Discard(r.left); err != nil {
+			return 0, nil, noEOF(err)
+		}
+		r.left = 0
+	}
+	t, err := r.br.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	first, err := r.br.ReadByte()
+	if err != nil {
+		return 0, nil, noEOF(err)
+	}
+	l := uint64(first & 0x3f)
+	for i := 1; i < 1<<(first>>6); i++ {
+		c, err := r.br.ReadByte()
+		if err != nil {
+			return 0, nil, noEOF(err)
+		}
+		l = l<<8 | uint64(c)
+	}
+	if l > uint64(r.max) {
+		return 0, nil, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrTooLarge, FrameType(t), l, r.max)
+	}
+	if FrameType(t) == FrameData {
+		r.left = int(l)
+		return FrameData, nil, nil
+	}
+	if cap(r.buf) < int(l) {
+		r.buf = make([]byte, l)
+	}
+	r.buf = r.buf[:l]
+	if _, err := io.ReadFull(r.br, r.buf); err != nil {
+		return 0, nil, noEOF(err)
+	}
+	return FrameType(t), r.buf, nil
+}
+
+// DataLeft returns how many payload bytes of the current DATA frame are unread.
+func (r *Reader) DataLeft() int { return r.left }
+
+// ReadData reads payload bytes of the current DATA frame into p. It returns
+// 0, nil when the frame is used up.
+func (r *Reader) ReadData(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, nil
+	}
+	if len(p) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.br.Read(p)
+	r.left -= n
+	if err != nil {
+		return n, noEOF(err)
+	}
+	return n, nil
+}
+
+// Buffered returns the bytes read ahead of the current frame: a stream that
+// switches to raw bytes after its heads must take these first.
+func (r *Reader) Buffered() []byte {
+	b, _ := r.br.Peek(r.br.Buffered())
+	return b
+}
+
+// Raw returns the underlying buffered reader, for streams that carry raw bytes
+// after their heads. Using it while a DATA frame is partly unread breaks the
+// framing.
+func (r *Reader) Raw() io.Reader { return r.br }
+
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// Body reads a message body from a Reader: DATA frames until END, with
+// optional TRAILERS before END. An ERROR frame ends the body with that *Error.
+// Read returns io.EOF only after END, so a stream cut short is an error, not a
+// shorter body.
+type Body struct {
+	r *Reader
+	// Trailer receives the fields of a TRAILERS frame. If nil when they
+	// arrive, a new map is made; set it beforehand to share a map, such as
+	// http.Request.Trailer, with the code that reads the body.
+	Trailer http.Header
+	err     error
+}
+
+// Reset makes b read the body that starts at r's next frame.
+func (b *Body) Reset(r *Reader, trailer http.Header) {
+	b.r, b.Trailer, b.err = r, trailer, nil
+}
+
+// Read implements io.Reader.
+func (b *Body) Read(p []byte) (int, error) {
+	for b.r.left == 0 {
+		if b.err != nil {
+			return 0, b.err
+		}
+		b.err = b.next()
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := b.r.ReadData(p)
+	if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// Done reports whether the body has been read to its end (or failed).
+func (b *Body) Done() bool { return b.err != nil }
+
+// Err returns io.EOF after a complete body, the error that ended it, or nil
+// while it is still being read.
+func (b *Body) Err() error { return b.err }
+
+func (b *Body) next() error {
+	t, payload, err := b.r.Next()
+	if err != nil {
+		return noEOF(err)
+	}
+	switch t {
+	case FrameData:
+		return nil
+	case FrameEnd:
+		return io.EOF
+	case FrameTrailers:
+		tr, err := ParseTrailers(payload)
+		if err != nil {
+			return err
+		}
+		if b.Trailer == nil {
+			b.Trailer = make(http.Header, len(tr))
+		}
+		for k, v := range tr {
+			b.Trailer[k] = v
+		}
+		t, _, err := b.r.Next()
+		if err != nil {
+			return noEOF(err)
+		}
+		if t != FrameEnd {
+			return fmt.Errorf("%w: %s after TRAILERS", ErrMalformed, t)
+		}
+		return io.EOF
+	case FrameError:
+		e, err := ParseError(payload)
+		if err != nil {
+			return err
+		}
+		return e
+	}
+	return fmt.Errorf("%w: unexpected %s in a body", ErrMalformed, t)
+}
