@@ -1,0 +1,155 @@
+package pipeline
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// Side says which end of the tunnel handles an exchange.
+type Side uint8
+
+const (
+	// Ingress is the side that accepted the user's request on a listener
+	// and sends it into the tunnel.
+	Ingress Side = 1
+	// Egress is the side that accepted the request from the tunnel and
+	// reaches the upstream.
+	Egress Side = 2
+)
+
+func (s Side) String() string {
+	switch s {
+	case Ingress:
+		return "ingress"
+	case Egress:
+		return "egress"
+	}
+	return "unknown"
+}
+
+// Protocol is what the user's request speaks, as far as the gateway cares.
+type Protocol uint8
+
+// Protocols, in the order they are detected.
+const (
+	ProtoUnknown Protocol = iota
+	ProtoHTTP1
+	ProtoHTTP2
+	ProtoGRPC
+	ProtoWebSocket
+	ProtoTCP
+)
+
+var protoNames = [...]string{"unknown", "http1", "http2", "grpc", "websocket", "tcp"}
+
+func (p Protocol) String() string {
+	if int(p) < len(protoNames) {
+		return protoNames[p]
+	}
+	return "unknown"
+}
+
+// Stream is the tunnel stream an egress-side exchange arrived on.
+type Stream interface {
+	io.Reader
+	io.Writer
+	// Close ends the write direction cleanly.
+	Close() error
+	// Abort resets both directions with an application error code
+	// (codec.Stream* values).
+	Abort(code uint64)
+}
+
+// Conn describes one tunnel connection. It is created once, at handshake,
+// and every stream of the connection points at it (S2): no stream ever looks
+// its client up by address.
+type Conn struct {
+	ClientID   string
+	SessionID  string
+	RemoteAddr net.Addr
+	// Opener opens a new stream on the connection (nil where the side does
+	// not open streams on it).
+	Opener StreamOpener
+}
+
+// StreamOpener opens request streams on a tunnel connection.
+type StreamOpener interface {
+	OpenStream(ctx context.Context) (Stream, error)
+}
+
+// Exchange is one request crossing the tunnel, on one side. It is pooled:
+// get one with Acquire, give it back with Release, and never keep it after
+// the chain returns.
+type Exchange struct {
+	// ID is the request id, carried across the tunnel and sent upstream as
+	// X-Request-Id.
+	ID       string
+	Side     Side
+	Protocol Protocol
+	// Listener names the ingress listener ("" for the server's public
+	// listener, the listen address of a forward listener).
+	Listener string
+	// Rule is the route, set by the route stage.
+	Rule *rules.Rule
+	// Conn is the tunnel connection the exchange crosses: where it arrived
+	// (egress side) or was sent (ingress side, set by the egress stage).
+	Conn *Conn
+	// Start is when the exchange was accepted.
+	Start time.Time
+
+	// Request is the user's request (ingress) or the request rebuilt from
+	// the stream (egress, set by decode). Its Body streams.
+	Request *http.Request
+	// Writer answers the user (ingress side only).
+	Writer http.ResponseWriter
+	// Stream carries the request and answer (egress side only).
+	Stream Stream
+	// Head is the request head: decoded from the stream (egress) or built
+	// by decode to be sent (ingress).
+	Head codec.RequestHead
+	// Response is the answer, set by the egress stage; encode writes it.
+	Response *http.Response
+	// Status is the status the user got, for logs and metrics.
+	Status int
+
+	// Frames and Body are scratch space for the stage that reads frames
+	// from the exchange's tunnel stream, kept here so that they are pooled
+	// with the exchange.
+	Frames codec.Reader
+	Body   codec.Body
+
+	resp http.Response
+}
+
+var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
+
+// Acquire returns a reset Exchange for side, with Start set to now.
+func Acquire(side Side) *Exchange {
+	x := exchangePool.Get().(*Exchange)
+	x.Side = side
+	x.Start = time.Now()
+	return x
+}
+
+// Release resets x and returns it to the pool. x must not be used after.
+func (x *Exchange) Release() {
+	frames := x.Frames
+	frames.Reset(nil, 0) // drop the stream, keep the read buffer
+	*x = Exchange{Frames: frames}
+	exchangePool.Put(x)
+}
+
+// NewResponse returns the exchange's embedded *http.Response, reset, so that
+// the ingress egress stage need not allocate one per request.
+func (x *Exchange) NewResponse() *http.Response {
+	x.resp = http.Response{}
+	x.Response = &x.resp
+	return x.Response
+}

@@ -1,0 +1,189 @@
+// Package rules is the routing model shared by both sides of the tunnel: a
+// Rule says which requests cross and where they go; a Table is an immutable,
+// indexed, hashed set of rules that can be swapped in atomically.
+//
+// The server owns the rules and sends each client its own; the client never
+// changes them. Rules travel as JSON (Encode/Decode); the hash of a set is the
+// SHA-256 of its canonical encoding, so both sides compute the same value.
+package rules
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Direction says which side accepts a rule's requests.
+type Direction string
+
+const (
+	// Reverse: the server's public listener accepts, the client reaches the
+	// upstream (the ngrok/cloudflared/frp case).
+	Reverse Direction = "reverse"
+	// Forward: a listener on the client accepts, the server reaches the
+	// upstream.
+	Forward Direction = "forward"
+)
+
+// Rule is one route through the tunnel. The zero value is invalid; see Validate.
+type Rule struct {
+	// ID names the rule; unique across the server. Letters, digits, '.', '_', '-'.
+	ID string `json:"id" yaml:"id"`
+	// Client is the id of the client the rule belongs to.
+	Client string `json:"client" yaml:"client"`
+	// Direction is "reverse" or "forward".
+	Direction Direction `json:"direction" yaml:"direction"`
+	// Host matches the request's Host (case-insensitive, port and trailing dot
+	// ignored). Required for reverse rules; optional for forward rules, where
+	// empty matches any host.
+	Host string `json:"host,omitempty" yaml:"host"`
+	// PathPrefix matches the request path on segment boundaries: "/api"
+	// matches "/api" and "/api/x" but not "/apix". Empty means "/".
+	PathPrefix string `json:"path_prefix,omitempty" yaml:"path_prefix"`
+	// Listen is the address a forward rule's listener binds on the client,
+	// such as "127.0.0.1:9000". Unused for reverse rules.
+	Listen string `json:"listen,omitempty" yaml:"listen"`
+	// Upstream is the URL the egress side sends requests to: http:// or
+	// https://, host and port, and an optional base path.
+	Upstream string `json:"upstream" yaml:"upstream"`
+	// UpstreamHTTP2 speaks HTTP/2 to the upstream: h2c for http:// upstreams,
+	// h2 (ALPN) for https://.
+	UpstreamHTTP2 bool `json:"upstream_http2,omitempty" yaml:"upstream_http2"`
+	// HostHeader, if set, replaces the Host header sent upstream. By default
+	// the client's Host is kept (and also sent as X-Forwarded-Host).
+	HostHeader string `json:"host_header,omitempty" yaml:"host_header"`
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// FieldError is a validation failure of one field of one rule. Field is the
+// rule's key in the config file (such as "upstream"), so that the config
+// loader can point at the offending line.
+type FieldError struct {
+	Index int // position in the list being validated
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("rule %d: %s: %s", e.Index, e.Field, e.Msg)
+}
+
+// Normalize fills defaults and canonicalises fields in place: lower-case host
+// without trailing dot, path prefix with a leading slash.
+func (r *Rule) Normalize() {
+	r.Host = NormalizeHost(r.Host)
+	if r.PathPrefix == "" {
+		r.PathPrefix = "/"
+	} else if !strings.HasPrefix(r.PathPrefix, "/") {
+		r.PathPrefix = "/" + r.PathPrefix
+	}
+}
+
+// NormalizeHost lower-cases host and drops a port and a trailing dot.
+func NormalizeHost(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(host, ".")
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(host)
+		}
+	}
+	return host
+}
+
+// Validate checks one normalised rule on its own. Errors are *FieldError
+// with Index i.
+func (r *Rule) Validate(i int) error {
+	fail := func(field, format string, args ...any) error {
+		return &FieldError{Index: i, Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if !idPattern.MatchString(r.ID) {
+		return fail("id", "%q is not a valid id (letters, digits, '.', '_', '-'; at most 128)", r.ID)
+	}
+	if !idPattern.MatchString(r.Client) {
+		return fail("client", "%q is not a valid client id", r.Client)
+	}
+	switch r.Direction {
+	case Reverse:
+		if r.Host == "" {
+			return fail("host", "a reverse rule needs a host to match on the server's public listener")
+		}
+	case Forward:
+		if r.Listen == "" {
+			return fail("listen", "a forward rule needs a listen address on the client, such as 127.0.0.1:9000")
+		}
+		if _, port, err := net.SplitHostPort(r.Listen); err != nil || port == "" {
+			return fail("listen", "%q is not host:port", r.Listen)
+		}
+	default:
+		return fail("direction", "%q is neither %q nor %q", r.Direction, Reverse, Forward)
+	}
+	if strings.ContainsAny(r.Host, "/ ?#@") {
+		return fail("host", "%q is not a host name", r.Host)
+	}
+	if strings.ContainsAny(r.PathPrefix, "?# ") {
+		return fail("path_prefix", "%q must be a plain path", r.PathPrefix)
+	}
+	if _, err := ParseUpstream(r.Upstream); err != nil {
+		return fail("upstream", "%v", err)
+	}
+	if strings.ContainsAny(r.HostHeader, "\r\n\x00 /") {
+		return fail("host_header", "%q is not a host", r.HostHeader)
+	}
+	return nil
+}
+
+// ParseUpstream parses and checks an upstream URL.
+func ParseUpstream(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("missing (want a URL such as http://127.0.0.1:3000)")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: scheme must be http or https", s)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q: want scheme://host[:port][/base-path]", s)
+	}
+	return u, nil
+}
+
+// Encode returns the canonical JSON encoding of rules: sorted by id.
+func Encode(rs []Rule) []byte {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b Rule) int { return strings.Compare(a.ID, b.ID) })
+	if sorted == nil {
+		sorted = []Rule{}
+	}
+	b, err := json.Marshal(sorted)
+	if err != nil {
+		panic("rules: encoding a Rule cannot fail: " + err.Error())
+	}
+	return b
+}
+
+// Decode parses rules encoded by Encode. It does not validate them.
+func Decode(b []byte) ([]Rule, error) {
+	var rs []Rule
+	if err := json.Unmarshal(b, &rs); err != nil {
+		return nil, fmt.Errorf("rules: decode: %w", err)
+	}
+	return rs, nil
+}
+
+// Hash returns the SHA-256 of the canonical encoding of rs.
+func Hash(rs []Rule) [32]byte {
+	return sha256.Sum256(Encode(rs))
+}

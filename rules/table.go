@@ -1,0 +1,208 @@
+package rules
+
+import (
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Table is an immutable, validated and indexed rule set. Build one with
+// NewTable, then share it freely: nothing in it changes. A nil *Table
+// matches nothing.
+type Table struct {
+	version uint64
+	hash    [32]byte
+	rules   []Rule
+	byID    map[string]*Rule
+	// routes maps a listener key ("" for the server's public listener, the
+	// listen address for forward rules) to its candidates, sorted so that
+	// the first match wins: exact hosts before the catch-all, longer path
+	// prefixes before shorter ones.
+	routes map[string][]*Rule
+}
+
+// NewTable normalises and validates rs and builds a table at version. Errors
+// are *FieldError (one field of one rule) or a conflict between two rules;
+// the first one found is returned.
+func NewTable(version uint64, rs []Rule) (*Table, error) {
+	t := &Table{
+		version: version,
+		rules:   slices.Clone(rs),
+		byID:    make(map[string]*Rule, len(rs)),
+		routes:  make(map[string][]*Rule),
+	}
+	for i := range t.rules {
+		r := &t.rules[i]
+		r.Normalize()
+		if err := r.Validate(i); err != nil {
+			return nil, err
+		}
+		if other, dup := t.byID[r.ID]; dup {
+			return nil, &FieldError{Index: i, Field: "id", Msg: fmt.Sprintf("%q is already used by another rule (client %q)", r.ID, other.Client)}
+		}
+		t.byID[r.ID] = r
+		key := r.listenerKey()
+		for _, other := range t.routes[key] {
+			if other.Host == r.Host && other.PathPrefix == r.PathPrefix {
+				return nil, &FieldError{Index: i, Field: conflictField(r), Msg: fmt.Sprintf(
+					"%s%s on %s is already routed by rule %q", r.Host, r.PathPrefix, describeListener(key), other.ID)}
+			}
+			if r.Direction == Forward && other.Client != r.Client {
+				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
+					"listen address %s belongs to client %q (rule %q)", r.Listen, other.Client, other.ID)}
+			}
+		}
+		if r.Direction == Reverse {
+			for _, other := range t.routes[key] {
+				if other.Host == r.Host && other.Client != r.Client {
+					return nil, &FieldError{Index: i, Field: "host", Msg: fmt.Sprintf(
+						"host %q belongs to client %q (rule %q)", r.Host, other.Client, other.ID)}
+				}
+			}
+		}
+		t.routes[key] = append(t.routes[key], r)
+	}
+	for _, cands := range t.routes {
+		slices.SortStableFunc(cands, func(a, b *Rule) int {
+			if (a.Host == "") != (b.Host == "") {
+				if a.Host == "" {
+					return 1
+				}
+				return -1
+			}
+			return len(b.PathPrefix) - len(a.PathPrefix)
+		})
+	}
+	t.hash = Hash(t.rules)
+	return t, nil
+}
+
+func conflictField(r *Rule) string {
+	if r.Direction == Forward {
+		return "listen"
+	}
+	return "host"
+}
+
+func describeListener(key string) string {
+	if key == "" {
+		return "the public listener"
+	}
+	return key
+}
+
+func (r *Rule) listenerKey() string {
+	if r.Direction == Forward {
+		return r.Listen
+	}
+	return ""
+}
+
+// Version returns the version the table was built at.
+func (t *Table) Version() uint64 {
+	if t == nil {
+		return 0
+	}
+	return t.version
+}
+
+// Hash returns the SHA-256 of the table's canonical encoding.
+func (t *Table) Hash() [32]byte {
+	if t == nil {
+		return Hash(nil)
+	}
+	return t.hash
+}
+
+// HashHex returns Hash as lower-case hex, for logs and admin output.
+func (t *Table) HashHex() string {
+	h := t.Hash()
+	return hex.EncodeToString(h[:])
+}
+
+// Rules returns a copy of the normalised rules in input order.
+func (t *Table) Rules() []Rule {
+	if t == nil {
+		return nil
+	}
+	return slices.Clone(t.rules)
+}
+
+// Len returns the number of rules.
+func (t *Table) Len() int {
+	if t == nil {
+		return 0
+	}
+	return len(t.rules)
+}
+
+// ByID returns the rule with id, or nil.
+func (t *Table) ByID(id string) *Rule {
+	if t == nil {
+		return nil
+	}
+	return t.byID[id]
+}
+
+// Listeners returns the listen addresses of the forward rules, sorted.
+func (t *Table) Listeners() []string {
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for k := range t.routes {
+		if k != "" {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Match returns the rule that routes a request for host and path arriving on
+// listener ("" for the server's public listener, else a forward listen
+// address), or nil. host may carry a port and any case.
+func (t *Table) Match(listener, host, path string) *Rule {
+	if t == nil {
+		return nil
+	}
+	cands := t.routes[listener]
+	if len(cands) == 0 {
+		return nil
+	}
+	host = NormalizeHost(host)
+	for _, r := range cands {
+		if (r.Host == "" || r.Host == host) && pathHasPrefix(path, r.PathPrefix) {
+			return r
+		}
+	}
+	return nil
+}
+
+// ForClient returns the rules that belong to client, in order.
+func (t *Table) ForClient(client string) []Rule {
+	if t == nil {
+		return nil
+	}
+	var out []Rule
+	for _, r := range t.rules {
+		if r.Client == client {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// pathHasPrefix matches on segment boundaries; a prefix ending in "/" matches
+// anything below it.
+func pathHasPrefix(path, prefix string) bool {
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	if len(path) == len(prefix) || strings.HasSuffix(prefix, "/") {
+		return true
+	}
+	c := path[len(prefix)]
+	return c == '/' || c == '?'
+}
