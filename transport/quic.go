@@ -1,0 +1,236 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/pipeline"
+)
+
+// Config holds the QUIC settings of one side. The zero value gives the
+// documented defaults.
+type Config struct {
+	// HandshakeTimeout bounds the QUIC and TLS handshake. If zero, 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// IdleTimeout closes a connection that received nothing for this long.
+	// If zero, 30s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// KeepAlive is how often a quiet connection sends a keep-alive packet.
+	// If zero, 10s.
+	KeepAlive time.Duration `yaml:"keep_alive"`
+	// MaxStreams is how many concurrent request streams the peer may open
+	// on one connection (S3). If zero, 1000.
+	MaxStreams int64 `yaml:"max_streams"`
+	// StreamWindow is the largest per-stream receive window in bytes. If
+	// zero, 8 MiB.
+	StreamWindow uint64 `yaml:"stream_window"`
+	// ConnWindow is the largest per-connection receive window in bytes. If
+	// zero, 32 MiB.
+	ConnWindow uint64 `yaml:"conn_window"`
+}
+
+func orDuration(v, d time.Duration) time.Duration {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+// QUIC returns the quic-go configuration for c.
+func (c Config) QUIC() *quic.Config {
+	streams := c.MaxStreams
+	if streams <= 0 {
+		streams = 1000
+	}
+	sw, cw := c.StreamWindow, c.ConnWindow
+	if sw == 0 {
+		sw = 8 << 20
+	}
+	if cw == 0 {
+		cw = 32 << 20
+	}
+	return &quic.Config{
+		HandshakeIdleTimeout:       orDuration(c.HandshakeTimeout, 10*time.Second),
+		MaxIdleTimeout:             orDuration(c.IdleTimeout, 30*time.Second),
+		KeepAlivePeriod:            orDuration(c.KeepAlive, 10*time.Second),
+		MaxIncomingStreams:         streams,
+		MaxIncomingUniStreams:      -1,
+		MaxStreamReceiveWindow:     sw,
+		MaxConnectionReceiveWindow: cw,
+	}
+}
+
+// Listener accepts tunnel connections on one UDP socket.
+type Listener struct {
+	tr *quic.Transport
+	ln *quic.Listener
+}
+
+// Listen opens a UDP socket on addr and accepts QUIC connections on it.
+func Listen(addr string, tlsConf *tls.Config, c Config) (*Listener, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel listen address %q: %w", addr, err)
+	}
+	pc, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel listen: %w", err)
+	}
+	tr := &quic.Transport{Conn: pc}
+	ln, err := tr.Listen(tlsConf, c.QUIC())
+	if err != nil {
+		_ = tr.Close()
+		_ = pc.Close()
+		return nil, err
+	}
+	return &Listener{tr: tr, ln: ln}, nil
+}
+
+// Accept waits for the next connection whose handshake completed.
+func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) { return l.ln.Accept(ctx) }
+
+// Addr returns the UDP address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// StopAccepting refuses new connections; established ones carry on.
+func (l *Listener) StopAccepting() error { return l.ln.Close() }
+
+// Close stops accepting and releases the UDP socket. Close connections
+// cleanly (CloseWithError) first: after Close their peers only notice by
+// timeout.
+func (l *Listener) Close() error {
+	err := l.ln.Close()
+	if cerr := l.tr.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if cerr := l.tr.Conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = errors.Join(err, cerr)
+	}
+	return err
+}
+
+// ClientConn is a dialled tunnel connection that owns its UDP socket.
+type ClientConn struct {
+	*quic.Conn
+	tr *quic.Transport
+}
+
+// Dial connects to a tunnel server at addr. The local socket binds to the
+// loopback address when addr is a loopback address, else to any address.
+func Dial(ctx context.Context, addr string, tlsConf *tls.Config, c Config) (*ClientConn, error) {
+	ra, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("server address %q: %w", addr, err)
+	}
+	local := &net.UDPAddr{}
+	if ra.IP.IsLoopback() {
+		local.IP = ra.IP
+	}
+	pc, err := net.ListenUDP("udp", local)
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: pc}
+	conn, err := tr.Dial(ctx, ra, tlsConf, c.QUIC())
+	if err != nil {
+		_ = tr.Close()
+		_ = pc.Close()
+		return nil, err
+	}
+	return &ClientConn{Conn: conn, tr: tr}, nil
+}
+
+// Close closes the connection with code and reason, then releases the socket.
+func (c *ClientConn) Close(code uint64, reason string) error {
+	err := c.CloseWithError(quic.ApplicationErrorCode(code), reason)
+	if cerr := c.tr.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if cerr := c.tr.Conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = errors.Join(err, cerr)
+	}
+	return err
+}
+
+// Stream adapts a QUIC stream to pipeline.Stream. It is pointer-shaped, so
+// storing it in an interface allocates nothing.
+type Stream struct{ S *quic.Stream }
+
+// Read implements io.Reader.
+func (s Stream) Read(p []byte) (int, error) { return s.S.Read(p) }
+
+// Write implements io.Writer.
+func (s Stream) Write(p []byte) (int, error) { return s.S.Write(p) }
+
+// Close ends the write direction with FIN.
+func (s Stream) Close() error { return s.S.Close() }
+
+// Abort resets both directions with code.
+func (s Stream) Abort(code uint64) {
+	s.S.CancelRead(quic.StreamErrorCode(code))
+	s.S.CancelWrite(quic.StreamErrorCode(code))
+}
+
+// Opener opens request streams on a connection; it implements
+// pipeline.StreamOpener.
+type Opener struct{ C *quic.Conn }
+
+// OpenStream opens a bidirectional stream, waiting (until ctx is done) while
+// the peer's stream limit is reached.
+func (o Opener) OpenStream(ctx context.Context) (pipeline.Stream, error) {
+	s, err := o.C.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return Stream{S: s}, nil
+}
+
+// StreamCode returns the reset code of a stream error, if err is one.
+func StreamCode(err error) (uint64, bool) {
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		return uint64(se.ErrorCode), true
+	}
+	return 0, false
+}
+
+// CloseCode returns the application close code of a connection error, and
+// whether the peer sent it.
+func CloseCode(err error) (code uint64, remote, ok bool) {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) {
+		return uint64(ae.ErrorCode), ae.Remote, true
+	}
+	return 0, false, false
+}
+
+// Retryable classifies a connection error (S4): false for errors that the
+// same attempt can never get past (the server refused our credentials, the
+// server's key does not match the pin, the TLS handshake failed), true for
+// everything else (timeouts, resets, refused connections, the server going
+// away).
+func Retryable(err error) bool {
+	if code, remote, ok := CloseCode(err); ok && remote && code == codec.ConnAuthFailed {
+		return false
+	}
+	if errors.Is(err, ErrPinMismatch) {
+		return false
+	}
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
+		return false // a TLS alert: certificate, ALPN or version trouble
+	}
+	return true
+}
+
+var (
+	_ pipeline.Stream       = Stream{}
+	_ pipeline.StreamOpener = Opener{}
+)
