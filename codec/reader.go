@@ -125,8 +125,9 @@ func noEOF(err error) error {
 }
 
 // Body reads a message body from a Reader: DATA frames until END, with
-// optional TRAILERS before END. An ERROR frame ends the body with that *Error.
-// Read returns io.EOF only after END, so a stream cut short is an error, not a
+// optional TRAILERS before END, and then the end of the stream. An ERROR
+// frame ends the body with that *Error. Read returns io.EOF only after END
+// and the end of the stream, so a stream cut short is an error, not a
 // shorter body.
 type Body struct {
 	r *Reader
@@ -160,6 +161,10 @@ func (b *Body) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close does nothing: what happens to an unread rest of the stream is the
+// stream owner's decision. It lets a Body serve as an http.Response.Body.
+func (b *Body) Close() error { return nil }
+
 // Done reports whether the body has been read to its end (or failed).
 func (b *Body) Done() bool { return b.err != nil }
 
@@ -176,7 +181,7 @@ func (b *Body) next() error {
 	case FrameData:
 		return nil
 	case FrameEnd:
-		return io.EOF
+		return b.finish()
 	case FrameTrailers:
 		tr, err := ParseTrailers(payload)
 		if err != nil {
@@ -195,7 +200,7 @@ func (b *Body) next() error {
 		if t != FrameEnd {
 			return fmt.Errorf("%w: %s after TRAILERS", ErrMalformed, t)
 		}
-		return io.EOF
+		return b.finish()
 	case FrameError:
 		e, err := ParseError(payload)
 		if err != nil {
@@ -204,4 +209,18 @@ func (b *Body) next() error {
 		return e
 	}
 	return fmt.Errorf("%w: unexpected %s in a body", ErrMalformed, t)
+}
+
+// finish checks that the stream ends right after END: a sender writes END
+// and closes its direction together. Reading that end (rather than leaving
+// it unread) is also what lets a QUIC stream complete and free its credit.
+func (b *Body) finish() error {
+	t, _, err := b.r.Next()
+	switch {
+	case err == io.EOF:
+		return io.EOF
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("%w: %s after END", ErrMalformed, t)
 }

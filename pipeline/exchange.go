@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
@@ -62,8 +63,10 @@ type Stream interface {
 	io.Writer
 	// Close ends the write direction cleanly.
 	Close() error
-	// Abort resets both directions with an application error code
-	// (codec.Stream* values).
+	// CancelRead stops the peer's sending with an application error code
+	// (codec.Stream* values); what was written already stays intact.
+	CancelRead(code uint64)
+	// Abort resets both directions with code.
 	Abort(code uint64)
 }
 
@@ -74,9 +77,12 @@ type Conn struct {
 	ClientID   string
 	SessionID  string
 	RemoteAddr net.Addr
-	// Opener opens a new stream on the connection (nil where the side does
-	// not open streams on it).
+	// Opener opens a new stream on the connection.
 	Opener StreamOpener
+	// Close closes the connection with a codec.Conn* code and a reason.
+	Close func(code uint64, reason string) error
+	// Draining is set once the peer said GOAWAY: open no new streams.
+	Draining atomic.Bool
 }
 
 // StreamOpener opens request streams on a tunnel connection.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // Table is an immutable, validated and indexed rule set. Build one with
@@ -206,3 +207,16 @@ func pathHasPrefix(path, prefix string) bool {
 	c := path[len(prefix)]
 	return c == '/' || c == '?'
 }
+
+// Store holds the current table of one side and swaps it atomically (S6):
+// readers see the old table or the new one, never a half-built one. The zero
+// value holds no table. Safe for concurrent use.
+type Store struct {
+	p atomic.Pointer[Table]
+}
+
+// Load returns the current table (nil before the first Swap).
+func (s *Store) Load() *Table { return s.p.Load() }
+
+// Swap installs t and returns the table it replaced.
+func (s *Store) Swap(t *Table) *Table { return s.p.Swap(t) }

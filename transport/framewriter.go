@@ -3,6 +3,7 @@ package transport
 import (
 	"io"
 	"net/http"
+	"sync"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -23,6 +24,22 @@ type FrameWriter struct {
 	dst   io.Writer
 	buf   *pipeline.Buffer
 	chunk int
+}
+
+var writerPool = sync.Pool{New: func() any { return new(FrameWriter) }}
+
+// GetFrameWriter returns a pooled FrameWriter reset to dst and chunk. Give it
+// back with PutFrameWriter.
+func GetFrameWriter(dst io.Writer, chunk int) *FrameWriter {
+	w := writerPool.Get().(*FrameWriter)
+	w.Reset(dst, chunk)
+	return w
+}
+
+// PutFrameWriter releases w's buffer and returns w to the pool.
+func PutFrameWriter(w *FrameWriter) {
+	w.Release()
+	writerPool.Put(w)
 }
 
 // headRoom is the buffer space kept for frames that precede a body chunk

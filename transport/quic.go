@@ -172,6 +172,9 @@ func (s Stream) Write(p []byte) (int, error) { return s.S.Write(p) }
 // Close ends the write direction with FIN.
 func (s Stream) Close() error { return s.S.Close() }
 
+// CancelRead stops the peer's sending with code.
+func (s Stream) CancelRead(code uint64) { s.S.CancelRead(quic.StreamErrorCode(code)) }
+
 // Abort resets both directions with code.
 func (s Stream) Abort(code uint64) {
 	s.S.CancelRead(quic.StreamErrorCode(code))
@@ -180,13 +183,32 @@ func (s Stream) Abort(code uint64) {
 
 // Opener opens request streams on a connection; it implements
 // pipeline.StreamOpener.
-type Opener struct{ C *quic.Conn }
+type Opener struct {
+	C *quic.Conn
+	// Wait bounds how long OpenStream waits for the peer to allow another
+	// stream when its limit is reached (S3, S19). If zero, 10s.
+	Wait time.Duration
+}
 
-// OpenStream opens a bidirectional stream, waiting (until ctx is done) while
-// the peer's stream limit is reached.
+// OpenStream opens a bidirectional stream. When the peer's stream limit is
+// reached it waits, up to o.Wait or until ctx is done, for a slot; a wait
+// that times out returns an error wrapping pipeline.ErrOverloaded.
 func (o Opener) OpenStream(ctx context.Context) (pipeline.Stream, error) {
-	s, err := o.C.OpenStreamSync(ctx)
+	s, err := o.C.OpenStream()
+	if err == nil {
+		return Stream{S: s}, nil
+	}
+	var limit quic.StreamLimitReachedError
+	if !errors.As(err, &limit) {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, orDuration(o.Wait, 10*time.Second))
+	defer cancel()
+	s, err = o.C.OpenStreamSync(ctx)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("no stream slot free on the tunnel: %w", pipeline.ErrOverloaded)
+		}
 		return nil, err
 	}
 	return Stream{S: s}, nil

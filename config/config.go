@@ -1,0 +1,412 @@
+// Package config holds the configuration of both sides in one place (S9):
+// every limit, timeout and interval of the gateway is a field here, with its
+// default documented on the field and applied by SetDefaults, so the zero
+// value of any setting means "the default".
+//
+// Files are YAML. Load reports every problem it finds at once, each with
+// the file, the line and the setting's path, such as
+//
+//	server.yaml:14: rules[2].upstream: "ftp://x": scheme must be http or https
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/egress"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// Server is the configuration of the server side.
+type Server struct {
+	// Listen is the UDP address of the tunnel (QUIC) listener. Default ":4443".
+	Listen string `yaml:"listen"`
+	// PublicHTTP is the TCP address of the public HTTP listener that serves
+	// reverse rules. Default ":8080".
+	PublicHTTP string `yaml:"public_http"`
+	// TLS is the server's identity. With no files, the server makes a
+	// self-signed certificate at start and logs its pin for clients.
+	TLS ServerTLS `yaml:"tls"`
+	// Clients may connect with these ids and tokens.
+	Clients []ClientEntry `yaml:"clients"`
+	// Rules route requests; each belongs to one client.
+	Rules []rules.Rule `yaml:"rules"`
+	// Sync sets the rule-sync intervals the server hands to its clients.
+	Sync Sync `yaml:"sync"`
+	// Sessions sets how long a disconnected client's session is kept (S7).
+	Sessions Sessions `yaml:"sessions"`
+	Common   `yaml:",inline"`
+}
+
+// ServerTLS names the server certificate files (PEM).
+type ServerTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// ClientEntry is one client the server accepts. The server stores only the
+// SHA-256 of the token (print it with 'tunnel hash-token').
+type ClientEntry struct {
+	ID          string `yaml:"id"`
+	TokenSHA256 string `yaml:"token_sha256"`
+}
+
+// Sync holds the control-plane intervals (A4).
+type Sync struct {
+	// HashCheckInterval is how often a client checks its rule-set hash
+	// with the server. Default 15s.
+	HashCheckInterval time.Duration `yaml:"hash_check_interval"`
+	// FullSyncInterval is how often a full snapshot is sent regardless.
+	// Default 5m.
+	FullSyncInterval time.Duration `yaml:"full_sync_interval"`
+}
+
+// Sessions holds the session sweep settings (S7).
+type Sessions struct {
+	// SweepInterval is how often idle sessions are looked for. Default 60s.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// TTL is how long a disconnected client's session is kept. Default 300s.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// Client is the configuration of the client side.
+type Client struct {
+	// ID is this client's id, as listed in the server's clients.
+	ID string `yaml:"id"`
+	// Token authenticates the client. Prefer TokenFile, or the
+	// QTUNNEL_TOKEN environment variable (read by the command).
+	Token string `yaml:"token"`
+	// TokenFile holds the token (trailing whitespace is ignored).
+	TokenFile string `yaml:"token_file"`
+	// Server is the server's tunnel address, host:port (UDP).
+	Server string `yaml:"server"`
+	// ServerName is checked against the server certificate when ServerCA
+	// is set. Default: the host of Server.
+	ServerName string `yaml:"server_name"`
+	// ServerCAFile holds CA certificates that sign the server's certificate.
+	ServerCAFile string `yaml:"server_ca_file"`
+	// ServerPin is the server key's pin, "sha256:...", as the server logs
+	// it. At least one of ServerCAFile and ServerPin is required.
+	ServerPin string `yaml:"server_pin"`
+	// Reconnect sets the backoff after losing the server (S4).
+	Reconnect Reconnect `yaml:"reconnect"`
+	Common    `yaml:",inline"`
+}
+
+// Reconnect holds the client's reconnect backoff (full jitter).
+type Reconnect struct {
+	// Base is the first delay's ceiling. Default 200ms.
+	Base time.Duration `yaml:"base"`
+	// Max caps any delay. Default 30s.
+	Max time.Duration `yaml:"max"`
+	// Stable is how long a connection must last for the backoff to start
+	// again from Base. Default 30s.
+	Stable time.Duration `yaml:"stable"`
+}
+
+// Common holds the settings both sides share.
+type Common struct {
+	// QUIC holds the tunnel connection settings.
+	QUIC transport.Config `yaml:"quic"`
+	// Limits bounds requests and work.
+	Limits Limits `yaml:"limits"`
+	// Egress configures the upstream connection pool.
+	Egress egress.PoolConfig `yaml:"egress"`
+	// Log configures logging.
+	Log Log `yaml:"log"`
+	// ShutdownGrace is how long in-flight requests may take to finish after
+	// SIGTERM or SIGINT (S1). Default 10s.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+}
+
+// Limits bounds what one request and the whole side may use.
+type Limits struct {
+	// MaxFrameSize is the largest tunnel frame payload (S9). Default 64KiB.
+	// Both sides must agree.
+	MaxFrameSize Size `yaml:"max_frame_size"`
+	// MaxConcurrentStreams is how many tunnel streams this side serves at
+	// once (worker pool size, S3); more are refused with a retryable
+	// answer. Default 1000.
+	MaxConcurrentStreams int `yaml:"max_concurrent_streams"`
+	// MaxHeaderBytes bounds a request's header on ingress listeners.
+	// Default 64KiB.
+	MaxHeaderBytes Size `yaml:"max_header_bytes"`
+	// ReadHeaderTimeout bounds reading a request's header on ingress
+	// listeners (slowloris). Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes idle keep-alive connections on ingress listeners.
+	// Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// HandshakeTimeout bounds the control-stream handshake. Default 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// StreamOpenTimeout bounds waiting for a free stream slot on a tunnel
+	// connection. Default 10s.
+	StreamOpenTimeout time.Duration `yaml:"stream_open_timeout"`
+}
+
+// Log configures the logger.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+}
+
+func setDuration(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+func setString(s *string, def string) {
+	if *s == "" {
+		*s = def
+	}
+}
+
+// SetDefaults fills every zero setting with its default.
+func (c *Common) SetDefaults() {
+	if c.Limits.MaxFrameSize == 0 {
+		c.Limits.MaxFrameSize = 64 << 10
+	}
+	if c.Limits.MaxConcurrentStreams == 0 {
+		c.Limits.MaxConcurrentStreams = 1000
+	}
+	if c.Limits.MaxHeaderBytes == 0 {
+		c.Limits.MaxHeaderBytes = 64 << 10
+	}
+	setDuration(&c.Limits.ReadHeaderTimeout, 10*time.Second)
+	setDuration(&c.Limits.IdleTimeout, 120*time.Second)
+	setDuration(&c.Limits.HandshakeTimeout, 10*time.Second)
+	setDuration(&c.Limits.StreamOpenTimeout, 10*time.Second)
+	setDuration(&c.ShutdownGrace, 10*time.Second)
+	setString(&c.Log.Level, "info")
+	setString(&c.Log.Format, "text")
+	if c.QUIC.MaxStreams == 0 {
+		c.QUIC.MaxStreams = int64(c.Limits.MaxConcurrentStreams)
+	}
+	logger := c.Egress.Logger
+	c.Egress.SetDefaults()
+	c.Egress.Logger = logger // chosen by the side that runs the pool
+}
+
+// SetDefaults fills every zero setting with its default.
+func (c *Server) SetDefaults() {
+	setString(&c.Listen, ":4443")
+	setString(&c.PublicHTTP, ":8080")
+	setDuration(&c.Sync.HashCheckInterval, 15*time.Second)
+	setDuration(&c.Sync.FullSyncInterval, 5*time.Minute)
+	setDuration(&c.Sessions.SweepInterval, 60*time.Second)
+	setDuration(&c.Sessions.TTL, 300*time.Second)
+	c.Common.SetDefaults()
+}
+
+// SetDefaults fills every zero setting with its default.
+func (c *Client) SetDefaults() {
+	if c.ServerName == "" {
+		if h, _, err := net.SplitHostPort(c.Server); err == nil {
+			c.ServerName = h
+		}
+	}
+	setDuration(&c.Reconnect.Base, 200*time.Millisecond)
+	setDuration(&c.Reconnect.Max, 30*time.Second)
+	setDuration(&c.Reconnect.Stable, 30*time.Second)
+	c.Common.SetDefaults()
+}
+
+// Problem is one invalid setting: Path names it as in the file
+// ("rules[2].upstream"); Line is filled by Load.
+type Problem struct {
+	File string
+	Line int
+	Path string
+	Msg  string
+}
+
+func (p Problem) Error() string {
+	loc := p.File
+	if p.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", p.File, p.Line)
+	}
+	if loc != "" {
+		loc += ": "
+	}
+	if p.Path == "" {
+		return loc + p.Msg
+	}
+	return loc + p.Path + ": " + p.Msg
+}
+
+// Problems is every problem of one configuration.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+type checker struct{ ps Problems }
+
+func (c *checker) add(path, format string, args ...any) {
+	c.ps = append(c.ps, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (c *checker) err() error {
+	if len(c.ps) == 0 {
+		return nil
+	}
+	return c.ps
+}
+
+func (c *checker) hostPort(path, v string) {
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		c.add(path, "%q is not host:port", v)
+	}
+}
+
+func (c *checker) positive(path string, d time.Duration) {
+	if d < 0 {
+		c.add(path, "must not be negative")
+	}
+}
+
+func (c *Common) check(k *checker) {
+	if c.Limits.MaxFrameSize < 1024 || c.Limits.MaxFrameSize > 16<<20 {
+		k.add("limits.max_frame_size", "%d is outside 1KiB..16MiB", c.Limits.MaxFrameSize)
+	}
+	if c.Limits.MaxConcurrentStreams < 1 {
+		k.add("limits.max_concurrent_streams", "must be at least 1")
+	}
+	if c.Limits.MaxHeaderBytes < 1024 {
+		k.add("limits.max_header_bytes", "must be at least 1KiB")
+	}
+	k.positive("limits.read_header_timeout", c.Limits.ReadHeaderTimeout)
+	k.positive("limits.idle_timeout", c.Limits.IdleTimeout)
+	k.positive("limits.handshake_timeout", c.Limits.HandshakeTimeout)
+	k.positive("limits.stream_open_timeout", c.Limits.StreamOpenTimeout)
+	k.positive("shutdown_grace", c.ShutdownGrace)
+	k.positive("quic.idle_timeout", c.QUIC.IdleTimeout)
+	k.positive("quic.keep_alive", c.QUIC.KeepAlive)
+	k.positive("quic.handshake_timeout", c.QUIC.HandshakeTimeout)
+	k.positive("egress.idle_timeout", c.Egress.IdleTimeout)
+	k.positive("egress.dial_timeout", c.Egress.DialTimeout)
+	k.positive("egress.response_header_timeout", c.Egress.ResponseHeaderTimeout)
+	if c.Egress.MaxConnsPerUpstream < 0 {
+		k.add("egress.max_conns_per_upstream", "must not be negative")
+	}
+	if c.Egress.MaxIdlePerUpstream < 0 {
+		k.add("egress.max_idle_per_upstream", "must not be negative")
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		k.add("log.level", "%v", err)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		k.add("log.format", "%q is neither text nor json", c.Log.Format)
+	}
+}
+
+// Validate checks a defaulted server configuration and returns Problems.
+func (c *Server) Validate() error {
+	var k checker
+	k.hostPort("listen", c.Listen)
+	k.hostPort("public_http", c.PublicHTTP)
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		k.add("tls", "cert_file and key_file go together")
+	}
+	k.positive("sync.hash_check_interval", c.Sync.HashCheckInterval)
+	k.positive("sync.full_sync_interval", c.Sync.FullSyncInterval)
+	k.positive("sessions.sweep_interval", c.Sessions.SweepInterval)
+	k.positive("sessions.ttl", c.Sessions.TTL)
+	clients := map[string]bool{}
+	for i, cl := range c.Clients {
+		p := fmt.Sprintf("clients[%d]", i)
+		if cl.ID == "" {
+			k.add(p+".id", "missing")
+		} else if clients[cl.ID] {
+			k.add(p+".id", "client %q is listed twice", cl.ID)
+		}
+		clients[cl.ID] = true
+		if _, err := control.ParseTokenHash(cl.TokenSHA256); err != nil {
+			k.add(p+".token_sha256", "%v", err)
+		}
+	}
+	bad := map[int]bool{}
+	for i := range c.Rules {
+		r := c.Rules[i]
+		r.Normalize()
+		if err := r.Validate(i); err != nil {
+			var fe *rules.FieldError
+			if errors.As(err, &fe) {
+				k.add(fmt.Sprintf("rules[%d].%s", i, fe.Field), "%s", fe.Msg)
+			} else {
+				k.add(fmt.Sprintf("rules[%d]", i), "%v", err)
+			}
+			bad[i] = true
+			continue
+		}
+		if !clients[r.Client] {
+			k.add(fmt.Sprintf("rules[%d].client", i), "client %q is not in clients", r.Client)
+		}
+	}
+	if len(bad) == 0 {
+		// Conflicts between rules show once every rule is valid alone.
+		if _, err := rules.NewTable(1, c.Rules); err != nil {
+			var fe *rules.FieldError
+			if errors.As(err, &fe) {
+				k.add(fmt.Sprintf("rules[%d].%s", fe.Index, fe.Field), "%s", fe.Msg)
+			} else {
+				k.add("rules", "%v", err)
+			}
+		}
+	}
+	c.Common.check(&k)
+	return k.err()
+}
+
+// Validate checks a defaulted client configuration and returns Problems.
+func (c *Client) Validate() error {
+	var k checker
+	if c.ID == "" {
+		k.add("id", "missing")
+	}
+	if c.Token == "" && c.TokenFile == "" && os.Getenv(TokenEnv) == "" {
+		k.add("token", "set token, token_file, or the %s environment variable", TokenEnv)
+	}
+	if c.Server == "" {
+		k.add("server", "missing (the server's tunnel address, host:port)")
+	} else {
+		k.hostPort("server", c.Server)
+	}
+	if c.ServerCAFile == "" && c.ServerPin == "" {
+		k.add("server_pin", "set server_pin (sha256:..., logged by the server) or server_ca_file")
+	}
+	if c.ServerPin != "" {
+		if _, err := transport.ParsePin(c.ServerPin); err != nil {
+			k.add("server_pin", "%v", err)
+		}
+	}
+	k.positive("reconnect.base", c.Reconnect.Base)
+	k.positive("reconnect.max", c.Reconnect.Max)
+	k.positive("reconnect.stable", c.Reconnect.Stable)
+	c.Common.check(&k)
+	return k.err()
+}
+
+// ParseLevel parses a log level name.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
+	}
+	return l, nil
+}

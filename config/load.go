@@ -1,0 +1,167 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// LoadServer reads, defaults and validates a server configuration file.
+func LoadServer(path string) (*Server, error) {
+	var c Server
+	if err := load(path, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// LoadClient reads, defaults and validates a client configuration file.
+func LoadClient(path string) (*Client, error) {
+	var c Client
+	if err := load(path, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseServer is LoadServer for bytes; name is used in error messages.
+func ParseServer(name string, data []byte) (*Server, error) {
+	var c Server
+	if err := parse(name, data, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseClient is LoadClient for bytes; name is used in error messages.
+func ParseClient(name string, data []byte) (*Client, error) {
+	var c Client
+	if err := parse(name, data, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func load(path string, v any, check func() error) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return parse(path, data, v, check)
+}
+
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+
+// parse decodes strictly (unknown keys are errors), then validates, and
+// gives every problem its file and line.
+func parse(name string, data []byte, v any, check func() error) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return decodeProblems(name, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Problems{{File: name, Msg: "file is empty"}}
+		}
+		return decodeProblems(name, err)
+	}
+	err := check()
+	var ps Problems
+	if !errors.As(err, &ps) {
+		return err
+	}
+	for i := range ps {
+		ps[i].File = name
+		ps[i].Line = lineOf(&doc, ps[i].Path)
+	}
+	return ps
+}
+
+// decodeProblems turns yaml's "line N: ..." errors into Problems.
+func decodeProblems(name string, err error) error {
+	var te *yaml.TypeError
+	msgs := []string{err.Error()}
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	}
+	var ps Problems
+	for _, m := range msgs {
+		p := Problem{File: name, Msg: strings.TrimPrefix(m, "yaml: ")}
+		if sub := yamlLine.FindStringSubmatch(m); sub != nil {
+			p.Line, _ = strconv.Atoi(sub[1])
+			p.Msg = sub[2]
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+var pathPart = regexp.MustCompile(`([^.\[\]]+)|\[(\d+)\]`)
+
+// lineOf finds the line of a setting by its path ("rules[2].upstream"); if
+// the setting is absent, the line of the closest enclosing one.
+func lineOf(doc *yaml.Node, path string) int {
+	n := doc
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, m := range pathPart.FindAllStringSubmatch(path, -1) {
+		var next *yaml.Node
+		switch {
+		case m[1] != "" && n.Kind == yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == m[1] {
+					next = n.Content[i+1]
+					line = n.Content[i].Line
+					break
+				}
+			}
+		case m[2] != "" && n.Kind == yaml.SequenceNode:
+			if i, _ := strconv.Atoi(m[2]); i < len(n.Content) {
+				next = n.Content[i]
+				line = next.Line
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+// TokenEnv is the environment variable a client token can come from.
+const TokenEnv = "QTUNNEL_TOKEN"
+
+// ReadToken returns the client's token: the token setting, else the
+// content of token_file, else the QTUNNEL_TOKEN environment variable.
+func (c *Client) ReadToken() (string, error) {
+	env := os.Getenv(TokenEnv)
+	switch {
+	case c.Token != "":
+		return c.Token, nil
+	case c.TokenFile != "":
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return "", fmt.Errorf("token_file: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("token_file %s is empty", c.TokenFile)
+		}
+		return t, nil
+	case env != "":
+		return env, nil
+	}
+	return "", errors.New("no token: set token, token_file or QTUNNEL_TOKEN")
+}

@@ -1,0 +1,135 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// ErrUnauthenticated is returned by Handshake when the client's id or token
+// is wrong. The client has been sent a REJECT.
+var ErrUnauthenticated = errors.New("client authentication failed")
+
+// ServerPeer is the server's end of one client's control stream.
+type ServerPeer struct {
+	w     *wire
+	Hello *codec.Hello
+}
+
+// Handshake reads the client's HELLO (within timeout) and checks its version
+// and token. On failure it sends REJECT and returns an error; the caller then
+// closes the connection with codec.ConnAuthFailed (or ConnProtocol).
+func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Duration) (*ServerPeer, error) {
+	w := newWire(s)
+	t, p, err := w.recvWithin(ctx, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("read HELLO: %w", err)
+	}
+	if t != codec.MsgHello {
+		return nil, fmt.Errorf("%w: want HELLO, got %s", codec.ErrMalformed, t)
+	}
+	hello, err := codec.ParseHello(p)
+	if err != nil {
+		return nil, err
+	}
+	if hello.Version != codec.ProtocolVersion {
+		msg := fmt.Sprintf("control protocol version %d is not supported (want %d)", hello.Version, codec.ProtocolVersion)
+		_ = w.send(func(b []byte) []byte {
+			return codec.AppendReject(b, &codec.Error{Status: http.StatusUpgradeRequired, Message: msg})
+		})
+		return nil, fmt.Errorf("%w: %s", codec.ErrMalformed, msg)
+	}
+	if !tokens.Check(hello.ClientID, hello.Token) {
+		_ = w.send(func(b []byte) []byte {
+			return codec.AppendReject(b, &codec.Error{Status: http.StatusUnauthorized, Message: "unknown client id or invalid token"})
+		})
+		return nil, fmt.Errorf("%w: client %q", ErrUnauthenticated, hello.ClientID)
+	}
+	hello.Token = "" // not kept past the check
+	return &ServerPeer{w: w, Hello: hello}, nil
+}
+
+// Accept sends HELLO_ACK.
+func (p *ServerPeer) Accept(ack *codec.HelloAck) error {
+	return p.w.send(func(b []byte) []byte { return codec.AppendHelloAck(b, ack) })
+}
+
+// SendSnapshot sends the client its full rule set at t's version.
+func (p *ServerPeer) SendSnapshot(t *rules.Table, client string) error {
+	rs := t.ForClient(client)
+	h := rules.Hash(rs)
+	msg := &codec.Snapshot{Version: t.Version(), Hash: h[:], Rules: rules.Encode(rs)}
+	return p.w.send(func(b []byte) []byte { return codec.AppendSnapshot(b, msg) })
+}
+
+// GoAway tells the client to open no new streams on this connection.
+func (p *ServerPeer) GoAway(reason string) error {
+	return p.w.send(func(b []byte) []byte { return codec.AppendGoAway(b, &codec.GoAway{Reason: reason}) })
+}
+
+// ServerEvents receives what a client says on its control stream. Methods
+// are called from the goroutine running Run, one at a time.
+type ServerEvents interface {
+	// Applied reports the outcome of a snapshot the client received.
+	Applied(m *codec.Applied)
+	// HashCheck reports the client's periodic statement of its rule set.
+	HashCheck(m *codec.HashCheck)
+	// GoAway reports that the client is draining.
+	GoAway(reason string)
+}
+
+// Run reads the client's messages until the stream ends or ctx is done, and
+// answers PINGs. It returns nil when the client closed the stream cleanly.
+func (p *ServerPeer) Run(ctx context.Context, ev ServerEvents) error {
+	stop := context.AfterFunc(ctx, func() { _ = p.w.s.SetReadDeadline(time.Now()) })
+	defer stop()
+	for {
+		t, payload, err := p.w.recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		switch t {
+		case codec.MsgApplied:
+			m, err := codec.ParseApplied(payload)
+			if err != nil {
+				return err
+			}
+			ev.Applied(m)
+		case codec.MsgHashCheck:
+			m, err := codec.ParseHashCheck(payload)
+			if err != nil {
+				return err
+			}
+			ev.HashCheck(m)
+		case codec.MsgPing:
+			m, err := codec.ParsePing(payload)
+			if err != nil {
+				return err
+			}
+			if err := p.w.send(func(b []byte) []byte { return codec.AppendPing(b, m, true) }); err != nil {
+				return err
+			}
+		case codec.MsgPong:
+		case codec.MsgGoAway:
+			m, err := codec.ParseGoAway(payload)
+			if err != nil {
+				return err
+			}
+			ev.GoAway(m.Reason)
+		default:
+			return fmt.Errorf("%w: unexpected %s from client", codec.ErrMalformed, t)
+		}
+	}
+}

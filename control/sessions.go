@@ -1,0 +1,139 @@
+package control
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qtunnel/qtunnel/pipeline"
+)
+
+// Session is the server's memory of one client across its connections.
+type Session struct {
+	ClientID string
+	ID       string
+	Created  time.Time
+
+	lastSeen atomic.Int64 // unix nanoseconds
+	conn     atomic.Pointer[pipeline.Conn]
+	applied  atomic.Pointer[AppliedState]
+}
+
+// AppliedState is what a client last reported applying.
+type AppliedState struct {
+	Version uint64
+	Hash    string
+	Error   string
+	At      time.Time
+}
+
+// Conn returns the session's live connection, or nil.
+func (s *Session) Conn() *pipeline.Conn { return s.conn.Load() }
+
+// LastSeen returns when the session last had a live connection or activity.
+func (s *Session) LastSeen() time.Time { return time.Unix(0, s.lastSeen.Load()) }
+
+// Touch records activity now.
+func (s *Session) Touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
+
+// SetApplied records the client's latest APPLIED report.
+func (s *Session) SetApplied(a AppliedState) { s.applied.Store(&a) }
+
+// Applied returns the client's latest APPLIED report, or nil.
+func (s *Session) Applied() *AppliedState { return s.applied.Load() }
+
+// Registry holds the sessions of a server, one per client id. The zero value
+// is ready to use; safe for concurrent use.
+type Registry struct {
+	mu       sync.Mutex
+	sessions map[string]*Session
+}
+
+// Attach binds conn to the session of clientID, creating the session if
+// needed. It returns the session, whether it existed (resumed), and the
+// connection it replaced, if any: the caller closes that one with
+// codec.ConnReplaced.
+func (r *Registry) Attach(clientID string, conn *pipeline.Conn, now time.Time) (s *Session, resumed bool, replaced *pipeline.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sessions == nil {
+		r.sessions = make(map[string]*Session)
+	}
+	s, resumed = r.sessions[clientID]
+	if !resumed {
+		s = &Session{ClientID: clientID, ID: newSessionID(), Created: now}
+		r.sessions[clientID] = s
+	}
+	conn.SessionID = s.ID
+	replaced = s.conn.Swap(conn)
+	s.Touch(now)
+	return s, resumed, replaced
+}
+
+// Detach unbinds conn from s if it is still s's connection; a connection that
+// was already replaced leaves the session alone.
+func (r *Registry) Detach(s *Session, conn *pipeline.Conn, now time.Time) {
+	if s.conn.CompareAndSwap(conn, nil) {
+		s.Touch(now)
+	}
+}
+
+// Conn returns the live connection of clientID, or nil. O(1).
+func (r *Registry) Conn(clientID string) *pipeline.Conn {
+	r.mu.Lock()
+	s := r.sessions[clientID]
+	r.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return s.conn.Load()
+}
+
+// Sweep removes sessions without a connection whose last activity is older
+// than ttl (S7), and returns their client ids.
+func (r *Registry) Sweep(now time.Time, ttl time.Duration) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var removed []string
+	for id, s := range r.sessions {
+		if s.conn.Load() == nil && now.Sub(s.LastSeen()) > ttl {
+			delete(r.sessions, id)
+			removed = append(removed, id)
+		}
+	}
+	slices.Sort(removed)
+	return removed
+}
+
+// Sessions returns the sessions sorted by client id.
+func (r *Registry) Sessions() []*Session {
+	r.mu.Lock()
+	out := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		out = append(out, s)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Session) int { return strings.Compare(a.ClientID, b.ClientID) })
+	return out
+}
+
+// Conns returns every live connection.
+func (r *Registry) Conns() []*pipeline.Conn {
+	var out []*pipeline.Conn
+	for _, s := range r.Sessions() {
+		if c := s.Conn(); c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func newSessionID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,406 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/egress"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// Client is the client side: it keeps a tunnel connection to the server,
+// serves forward rules on local listeners and reverse rules' streams towards
+// upstreams near it.
+type Client struct {
+	cfg     config.Client
+	o       options
+	log     *slog.Logger
+	token   string
+	tlsConf *tls.Config
+
+	rules   rules.Store
+	pool    *egress.Pool
+	chains  *chains
+	streams *streamServer
+
+	conn atomic.Pointer[pipeline.Conn] // the live connection, nil while down
+
+	mu        sync.Mutex // guards listeners and closing
+	listeners map[string]*forwardListener
+	closing   bool
+	wg        sync.WaitGroup // listener servers and retired listeners' drains
+
+	ready     chan struct{} // closed when the first rules are applied
+	readyOnce sync.Once
+	applied   atomic.Uint64
+}
+
+// forwardListener serves the forward rules bound to one listen address.
+type forwardListener struct {
+	addr    string
+	ln      net.Listener
+	srv     *http.Server
+	handler *ingressHandler
+}
+
+// NewClient checks cfg (which must have had SetDefaults and Validate) and
+// builds the client. It connects to nothing; Run does.
+func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
+	o := buildOptions(opts)
+	c := &Client{cfg: cfg, o: o, log: o.log.With("side", "client", "client", cfg.ID),
+		listeners: map[string]*forwardListener{}, ready: make(chan struct{})}
+	var err error
+	if c.token, err = cfg.ReadToken(); err != nil {
+		return nil, err
+	}
+	c.tlsConf, err = transport.ClientTLS(transport.ClientTLSOptions{ServerName: cfg.ServerName, CAFile: cfg.ServerCAFile, Pin: cfg.ServerPin})
+	if err != nil {
+		return nil, err
+	}
+	pc := cfg.Egress
+	pc.Logger = c.log
+	if c.pool, err = egress.NewPool(pc); err != nil {
+		return nil, err
+	}
+	conns := egress.ConnSourceFunc(func(*rules.Rule) (*pipeline.Conn, error) {
+		if conn := c.conn.Load(); conn != nil {
+			return conn, nil
+		}
+		return nil, &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "not connected to the tunnel server, retry", RetryAfter: time.Second}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
+	defer cancel()
+	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, o); err != nil {
+		return nil, err
+	}
+	if c.streams, err = newStreamServer(c.chains.egress, cfg.Limits.MaxConcurrentStreams, int(cfg.Limits.MaxFrameSize), c.log); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Ready is closed once the client has applied its first rules.
+func (c *Client) Ready() <-chan struct{} { return c.ready }
+
+// AppliedVersion returns the version of the rules in force (0 before any).
+func (c *Client) AppliedVersion() uint64 { return c.applied.Load() }
+
+// Rules returns the rule table in force.
+func (c *Client) Rules() *rules.Table { return c.rules.Load() }
+
+// Connected reports whether the tunnel connection is up.
+func (c *Client) Connected() bool { return c.conn.Load() != nil }
+
+// ForwardAddr returns the bound address of the forward listener configured
+// as listen (useful when it asked for port 0), or nil.
+func (c *Client) ForwardAddr(listen string) net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fl := c.listeners[listen]; fl != nil {
+		return fl.ln.Addr()
+	}
+	return nil
+}
+
+// Run connects to the server and serves until ctx is done, reconnecting
+// after losses with backoff and full jitter (S4). It then shuts down within
+// the grace period: forward listeners stop accepting and drain, the server is
+// told to send no more streams, streams in flight finish, and the connection
+// closes cleanly. It returns nil after a clean shutdown and an error when
+// the server refuses this client, whose credentials cannot improve by
+// retrying.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := transport.Backoff{Base: c.cfg.Reconnect.Base, Max: c.cfg.Reconnect.Max, Stable: c.cfg.Reconnect.Stable}
+	var fatal error
+	for ctx.Err() == nil {
+		sess, err := c.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !retryable(err) {
+				c.log.Error("server refused this client; not retrying", "err", err)
+				fatal = err
+				break
+			}
+			d := backoff.Next()
+			c.log.Warn("cannot reach server; retrying", "server", c.cfg.Server, "in", d.Round(time.Millisecond), "attempt", backoff.Attempt(), "err", err)
+			if !sleep(ctx, d) {
+				break
+			}
+			continue
+		}
+		up := time.Now()
+		select {
+		case <-sess.done:
+			backoff.Connected(time.Since(up))
+			c.log.Warn("connection to server lost", "reason", sess.reason())
+			if sess.fatal != nil {
+				fatal = sess.fatal
+			}
+		case <-ctx.Done():
+			c.drain(sess)
+		}
+		if fatal != nil {
+			break
+		}
+	}
+	err := c.shutdown()
+	return errors.Join(fatal, err)
+}
+
+func retryable(err error) bool {
+	var rej *control.RejectedError
+	if errors.As(err, &rej) {
+		return false
+	}
+	return transport.Retryable(err)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// clientSession is one live connection to the server.
+type clientSession struct {
+	qc    *transport.ClientConn
+	info  *pipeline.Conn
+	peer  *control.ClientPeer
+	done  chan struct{} // closed when the connection and its goroutines are gone
+	err   error
+	fatal error
+}
+
+func (s *clientSession) reason() string {
+	if cause := context.Cause(s.qc.Context()); cause != nil {
+		return cause.Error()
+	}
+	if s.err != nil {
+		return s.err.Error()
+	}
+	return "closed"
+}
+
+// connect dials, authenticates and starts serving one connection.
+func (c *Client) connect(ctx context.Context) (*clientSession, error) {
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.Limits.HandshakeTimeout)
+	defer cancel()
+	qc, err := transport.Dial(dctx, c.cfg.Server, c.tlsConf, c.cfg.QUIC)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := qc.OpenStreamSync(dctx)
+	if err != nil {
+		_ = qc.Close(codec.ConnInternal, "no control stream")
+		return nil, err
+	}
+	t := c.rules.Load()
+	hash := t.Hash()
+	hello := &codec.Hello{ClientID: c.cfg.ID, Token: c.token, AppliedVersion: t.Version(), Hash: hash[:]}
+	peer, err := control.Hello(dctx, cs, hello, c.cfg.Limits.HandshakeTimeout)
+	if err != nil {
+		_ = qc.Close(codec.ConnNormal, "handshake failed")
+		return nil, err
+	}
+	info := &pipeline.Conn{
+		ClientID:   c.cfg.ID,
+		SessionID:  peer.Ack.SessionID,
+		RemoteAddr: qc.RemoteAddr(),
+		Opener:     transport.Opener{C: qc.Conn, Wait: c.cfg.Limits.StreamOpenTimeout},
+		Close: func(code uint64, reason string) error {
+			return qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
+		},
+	}
+	s := &clientSession{qc: qc, info: info, peer: peer, done: make(chan struct{})}
+	c.conn.Store(info)
+	c.log.Info("connected to server", "server", c.cfg.Server, "session", peer.Ack.SessionID, "resumed", peer.Ack.Resumed)
+	go func() {
+		defer close(s.done)
+		var streams sync.WaitGroup
+		streams.Go(func() { c.streams.serve(qc.Conn, info) })
+		s.err = peer.Run(qc.Context(), &clientEvents{c: c, s: s})
+		c.conn.CompareAndSwap(info, nil)
+		if code, remote, ok := transport.CloseCode(s.err); ok && remote && code == codec.ConnAuthFailed {
+			s.fatal = s.err
+		}
+		_ = qc.Close(codec.ConnNormal, "control stream closed")
+		streams.Wait()
+	}()
+	return s, nil
+}
+
+type clientEvents struct {
+	c *Client
+	s *clientSession
+}
+
+func (e *clientEvents) Snapshot(version uint64, hash []byte, rs []rules.Rule) error {
+	return e.c.apply(version, hash, rs)
+}
+
+func (e *clientEvents) GoAway(reason string) {
+	e.s.info.Draining.Store(true)
+	e.c.log.Info("server is draining this connection", "reason", reason)
+}
+
+// apply builds the new table aside, binds new forward listeners and warms
+// new upstreams, then swaps the table in atomically (S6, S13) and retires
+// the listeners that only the old table used. On any error the old table
+// stays in force and the error goes back to the server.
+func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) error {
+	for _, r := range rs {
+		if r.Client != c.cfg.ID {
+			return fmt.Errorf("rule %q belongs to client %q, not to this client", r.ID, r.Client)
+		}
+	}
+	t, err := rules.NewTable(version, rs)
+	if err != nil {
+		return err
+	}
+	if got := t.Hash(); string(got[:]) != string(hash) {
+		return fmt.Errorf("rule set hash mismatch: got %x, server said %x", got, hash)
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return errors.New("client is shutting down")
+	}
+	want := t.Listeners()
+	var added []*forwardListener
+	for _, addr := range want {
+		if c.listeners[addr] != nil {
+			continue
+		}
+		ln, err := listenTCP(addr)
+		if err != nil {
+			c.mu.Unlock()
+			for _, fl := range added {
+				_ = fl.ln.Close()
+			}
+			return fmt.Errorf("forward listener %s: %w", addr, err)
+		}
+		h := &ingressHandler{chain: c.chains.ingress, listener: addr, log: c.log}
+		added = append(added, &forwardListener{addr: addr, ln: ln, handler: h, srv: newIngressServer(h, c.cfg.Limits, c.log)})
+	}
+	c.mu.Unlock()
+
+	wctx, cancel := context.WithTimeout(context.Background(), c.cfg.Egress.DialTimeout)
+	c.pool.Warm(wctx, rs, rules.Reverse)
+	cancel()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		for _, fl := range added {
+			_ = fl.ln.Close()
+		}
+		return errors.New("client is shutting down")
+	}
+	old := c.rules.Swap(t)
+	c.applied.Store(version)
+	for _, fl := range added {
+		c.listeners[fl.addr] = fl
+		c.wg.Go(func() {
+			if err := fl.srv.Serve(fl.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				c.log.Error("forward listener failed", "listen", fl.addr, "err", err)
+			}
+		})
+	}
+	for addr, fl := range c.listeners {
+		if !slices.Contains(want, addr) {
+			delete(c.listeners, addr)
+			c.wg.Go(func() { c.retire(fl) })
+		}
+	}
+	c.log.Info("rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", len(c.listeners))
+	c.readyOnce.Do(func() { close(c.ready) })
+	return nil
+}
+
+// retire stops a forward listener: no new connections, requests in flight
+// finish within the grace period.
+func (c *Client) retire(fl *forwardListener) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
+	defer cancel()
+	if err := shutdownHTTP(ctx, fl.srv, fl.handler); err != nil {
+		c.log.Warn("forward listener did not drain in time", "listen", fl.addr, "err", err)
+	}
+}
+
+// drain shuts a live session down gracefully: stop forward listeners and
+// wait for their requests (which need the connection), tell the server to
+// send no more streams, wait for the streams in flight, then close.
+func (c *Client) drain(s *clientSession) {
+	c.log.Info("client shutting down")
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
+	defer cancel()
+	c.stopListeners(ctx)
+	if err := s.peer.GoAway("client shutting down"); err != nil {
+		c.log.Debug("goaway failed", "err", err)
+	}
+	if err := c.streams.close(ctx); err != nil {
+		c.log.Warn("streams in flight did not finish within the grace period", "err", err)
+	}
+	_ = s.qc.Close(codec.ConnNormal, "client shutdown")
+	<-s.done
+}
+
+// stopListeners shuts every forward listener down, in parallel, until ctx.
+func (c *Client) stopListeners(ctx context.Context) {
+	c.mu.Lock()
+	c.closing = true
+	ls := c.listeners
+	c.listeners = map[string]*forwardListener{}
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, fl := range ls {
+		wg.Go(func() {
+			if err := shutdownHTTP(ctx, fl.srv, fl.handler); err != nil {
+				c.log.Warn("forward listener did not drain in time", "listen", fl.addr, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// shutdown releases everything after the last session ended.
+func (c *Client) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
+	defer cancel()
+	c.stopListeners(ctx)
+	err := c.streams.close(ctx)
+	if errors.Is(err, pipeline.ErrClosed) {
+		err = nil
+	}
+	c.streams.wait()
+	c.wg.Wait()
+	c.pool.Close()
+	if cerr := c.chains.close(ctx); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	c.log.Info("client stopped")
+	return err
+}

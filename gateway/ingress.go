@@ -1,0 +1,111 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/httpx"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/stages/encode"
+)
+
+// ingressHandler serves the user requests of one listener through the
+// ingress chain.
+type ingressHandler struct {
+	chain    pipeline.Handler
+	listener string // routing key: "" for the public listener, else the listen address
+	log      *slog.Logger
+	inflight sync.WaitGroup // requests being handled, so shutdown can wait for them
+}
+
+func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.inflight.Add(1)
+	defer h.inflight.Done()
+	x := pipeline.Acquire(pipeline.Ingress)
+	x.Request, x.Writer, x.Listener = r, w, h.listener
+	err := h.chain.Handle(r.Context(), x)
+	abort := false
+	if err != nil {
+		abort = h.fail(r.Context(), x, err)
+	}
+	if h.log.Enabled(r.Context(), slog.LevelDebug) {
+		h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
+			slog.String("request_id", x.ID), slog.String("method", r.Method), slog.String("host", r.Host),
+			slog.String("path", r.URL.Path), slog.Int("status", x.Status), slog.String("proto", x.Protocol.String()),
+			slog.Duration("took", timeSince(x)), errAttr(err))
+	}
+	x.Release()
+	if abort {
+		// The head is out; the only honest signal left is to cut the
+		// response short (HTTP/1.1: close; HTTP/2: RST_STREAM).
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// fail answers err if nothing was written yet; it reports whether the
+// response must be aborted instead.
+func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err error) bool {
+	if ctx.Err() != nil {
+		return false // the user went away; nobody to answer
+	}
+	var gone encode.UserGoneError
+	if errors.As(err, &gone) {
+		return false
+	}
+	if x.Status != 0 {
+		return true
+	}
+	status, msg, retry := pipeline.Answer(err)
+	x.Status = status
+	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
+	return false
+}
+
+func errAttr(err error) slog.Attr {
+	if err == nil {
+		return slog.Attr{}
+	}
+	return slog.String("err", err.Error())
+}
+
+// newIngressServer returns the http.Server of an ingress listener: HTTP/1.1
+// and HTTP/2 without TLS (prior knowledge), with the configured limits.
+func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http.Server {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		Protocols:         &protos,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
+// listenTCP binds a TCP listener with a clear error.
+func listenTCP(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return ln, nil
+}
+
+// shutdownHTTP stops srv gracefully until ctx is done, then forcibly, and in
+// both cases waits for the handlers still running (they end once their
+// connections are closed).
+func shutdownHTTP(ctx context.Context, srv *http.Server, h *ingressHandler) error {
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		_ = srv.Close()
+	}
+	h.inflight.Wait()
+	return err
+}

@@ -1,0 +1,385 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/egress"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// Server is the server side: it accepts tunnel connections from clients,
+// serves reverse rules on its public listener and forward rules' streams
+// towards upstreams near it.
+type Server struct {
+	cfg    config.Server
+	o      options
+	log    *slog.Logger
+	cert   tls.Certificate
+	pin    string
+	tokens control.Tokens
+
+	rules    rules.Store
+	sessions control.Registry
+	pool     *egress.Pool
+	chains   *chains
+	streams  *streamServer
+
+	tunnelLn *transport.Listener
+	publicLn net.Listener
+	public   *http.Server
+	handler  *ingressHandler
+
+	mu    sync.Mutex
+	conns map[*serverConn]struct{}
+	wg    sync.WaitGroup // accept loop, connection handlers, public server, sweeper
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+// serverConn is one live client connection.
+type serverConn struct {
+	qc      *quic.Conn
+	info    *pipeline.Conn
+	peer    *control.ServerPeer
+	session *control.Session
+}
+
+// NewServer checks cfg (which must have had SetDefaults and Validate), makes
+// or loads the server identity, and builds the rule table and the chains.
+// It binds nothing; Start does.
+func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
+	o := buildOptions(opts)
+	s := &Server{cfg: cfg, o: o, log: o.log.With("side", "server"), conns: map[*serverConn]struct{}{}, done: make(chan struct{})}
+	var err error
+	if cfg.TLS.CertFile != "" {
+		s.cert, err = transport.LoadCertificate(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	} else {
+		s.cert, err = transport.SelfSigned(listenHosts(cfg.Listen)...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.pin, err = transport.CertificatePin(s.cert); err != nil {
+		return nil, err
+	}
+	s.tokens = control.Tokens{}
+	for _, c := range cfg.Clients {
+		h, err := control.ParseTokenHash(c.TokenSHA256)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: token_sha256: %w", c.ID, err)
+		}
+		s.tokens[c.ID] = h
+	}
+	t, err := rules.NewTable(1, cfg.Rules)
+	if err != nil {
+		return nil, err
+	}
+	s.rules.Swap(t)
+	pc := cfg.Egress
+	pc.Logger = s.log
+	if s.pool, err = egress.NewPool(pc); err != nil {
+		return nil, err
+	}
+	conns := egress.ConnSourceFunc(func(r *rules.Rule) (*pipeline.Conn, error) {
+		if c := s.sessions.Conn(r.Client); c != nil {
+			return c, nil
+		}
+		return nil, &pipeline.Reject{Status: http.StatusBadGateway, Message: fmt.Sprintf("client %q of rule %q is not connected", r.Client, r.ID), RetryAfter: time.Second}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
+	defer cancel()
+	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, o); err != nil {
+		return nil, err
+	}
+	if s.streams, err = newStreamServer(s.chains.egress, cfg.Limits.MaxConcurrentStreams, int(cfg.Limits.MaxFrameSize), s.log); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func listenHosts(addr string) []string {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		return []string{"localhost", "127.0.0.1", "::1"}
+	}
+	return []string{host}
+}
+
+// Pin returns the server key's pin, for clients' server_pin.
+func (s *Server) Pin() string { return s.pin }
+
+// TunnelAddr returns the bound tunnel (UDP) address; valid after Start.
+func (s *Server) TunnelAddr() net.Addr { return s.tunnelLn.Addr() }
+
+// PublicAddr returns the bound public HTTP address; valid after Start.
+func (s *Server) PublicAddr() net.Addr { return s.publicLn.Addr() }
+
+// Start binds the tunnel and public listeners and starts serving. It
+// returns once both are bound.
+func (s *Server) Start(ctx context.Context) error {
+	ln, err := transport.Listen(s.cfg.Listen, transport.ServerTLS(s.cert), s.cfg.QUIC)
+	if err != nil {
+		return err
+	}
+	pub, err := listenTCP(s.cfg.PublicHTTP)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("public listener: %w", err)
+	}
+	s.tunnelLn, s.publicLn = ln, pub
+	s.handler = &ingressHandler{chain: s.chains.ingress, listener: "", log: s.log}
+	s.public = newIngressServer(s.handler, s.cfg.Limits, s.log)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop = cancel
+	s.wg.Go(func() { s.acceptLoop(runCtx) })
+	s.wg.Go(func() {
+		if err := s.public.Serve(pub); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("public listener failed", "err", err)
+		}
+	})
+	s.wg.Go(func() { s.sweep(runCtx) })
+	s.log.Info("server started", "tunnel", ln.Addr().String(), "public_http", pub.Addr().String(),
+		"pin", s.pin, "rules", s.rules.Load().Len(), "clients", len(s.tokens))
+	return nil
+}
+
+func (s *Server) acceptLoop(ctx context.Context) {
+	for {
+		qc, err := s.tunnelLn.Accept(ctx)
+		if err != nil {
+			// The listener only fails when it is closed (or ctx ends):
+			// not an error to retry.
+			return
+		}
+		s.wg.Go(func() { s.handleConn(qc) })
+	}
+}
+
+// handleConn runs one client connection: handshake on the control stream,
+// session, snapshot, then the request streams until the connection ends.
+func (s *Server) handleConn(qc *quic.Conn) {
+	ctx := qc.Context()
+	remote := qc.RemoteAddr().String()
+	hsCtx, cancel := context.WithTimeout(ctx, s.cfg.Limits.HandshakeTimeout)
+	cs, err := qc.AcceptStream(hsCtx)
+	cancel()
+	if err != nil {
+		s.log.Debug("no control stream", "remote", remote, "err", err)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnProtocol), "no control stream")
+		return
+	}
+	peer, err := control.Handshake(ctx, cs, s.tokens, s.cfg.Limits.HandshakeTimeout)
+	if err != nil {
+		code := codec.ConnProtocol
+		if errors.Is(err, control.ErrUnauthenticated) {
+			code = codec.ConnAuthFailed
+		}
+		s.log.Warn("client refused", "remote", remote, "err", err)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(code), "handshake failed")
+		return
+	}
+	id := peer.Hello.ClientID
+	info := &pipeline.Conn{
+		ClientID:   id,
+		RemoteAddr: qc.RemoteAddr(),
+		Opener:     transport.Opener{C: qc, Wait: s.cfg.Limits.StreamOpenTimeout},
+		Close: func(code uint64, reason string) error {
+			return qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
+		},
+	}
+	session, resumed, replaced := s.sessions.Attach(id, info, time.Now())
+	if replaced != nil {
+		s.log.Info("client reconnected; closing its previous connection", "client", id)
+		_ = replaced.Close(codec.ConnReplaced, "replaced by a newer connection")
+	}
+	sc := &serverConn{qc: qc, info: info, peer: peer, session: session}
+	if !s.track(sc) {
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutting down")
+		s.sessions.Detach(session, info, time.Now())
+		return
+	}
+	defer s.untrack(sc)
+
+	ack := &codec.HelloAck{SessionID: session.ID, Resumed: resumed,
+		HashCheckInterval: s.cfg.Sync.HashCheckInterval, FullSyncInterval: s.cfg.Sync.FullSyncInterval}
+	if err := peer.Accept(ack); err == nil {
+		err = peer.SendSnapshot(s.rules.Load(), id)
+	}
+	if err != nil {
+		s.log.Warn("client handshake failed", "client", id, "err", err)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnInternal), "handshake failed")
+		s.sessions.Detach(session, info, time.Now())
+		return
+	}
+	s.log.Info("client connected", "client", id, "remote", remote, "session", session.ID, "resumed", resumed)
+
+	var streams sync.WaitGroup
+	streams.Go(func() { s.streams.serve(qc, info) })
+	err = peer.Run(ctx, &serverEvents{s: s, conn: sc})
+	// The control stream is the connection's lifeline: once it ends, so
+	// does the connection.
+	_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "control stream closed")
+	streams.Wait()
+	s.sessions.Detach(session, info, time.Now())
+	s.log.Info("client disconnected", "client", id, "remote", remote, "reason", closeReason(qc, err))
+}
+
+func closeReason(qc *quic.Conn, err error) string {
+	if cause := context.Cause(qc.Context()); cause != nil {
+		return cause.Error()
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return "closed"
+}
+
+type serverEvents struct {
+	s    *Server
+	conn *serverConn
+}
+
+func (e *serverEvents) Applied(m *codec.Applied) {
+	e.conn.session.SetApplied(control.AppliedState{Version: m.Version, Hash: fmt.Sprintf("%x", m.Hash), Error: m.Error, At: time.Now()})
+	e.conn.session.Touch(time.Now())
+	if m.Error != "" {
+		e.s.log.Warn("client refused rules", "client", e.conn.info.ClientID, "version", m.Version, "reason", m.Error)
+		return
+	}
+	e.s.log.Info("client applied rules", "client", e.conn.info.ClientID, "version", m.Version)
+}
+
+func (e *serverEvents) HashCheck(m *codec.HashCheck) {
+	e.conn.session.Touch(time.Now())
+	t := e.s.rules.Load()
+	want := rules.Hash(t.ForClient(e.conn.info.ClientID))
+	if string(want[:]) != string(m.Hash) {
+		e.s.log.Info("client rules out of date; sending snapshot", "client", e.conn.info.ClientID, "client_version", m.Version)
+		if err := e.conn.peer.SendSnapshot(t, e.conn.info.ClientID); err != nil {
+			e.s.log.Debug("snapshot send failed", "client", e.conn.info.ClientID, "err", err)
+		}
+	}
+}
+
+func (e *serverEvents) GoAway(reason string) {
+	e.conn.info.Draining.Store(true)
+	e.s.log.Info("client is draining", "client", e.conn.info.ClientID, "reason", reason)
+}
+
+func (s *Server) track(sc *serverConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		return false // shutting down
+	}
+	s.conns[sc] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(sc *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, sc)
+}
+
+// sweep removes sessions idle past their TTL (S7).
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Sessions.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if gone := s.sessions.Sweep(now, s.cfg.Sessions.TTL); len(gone) > 0 {
+				s.log.Info("sessions expired", "clients", gone)
+			}
+		}
+	}
+}
+
+// Sessions returns the server's session registry.
+func (s *Server) Sessions() *control.Registry { return &s.sessions }
+
+// Shutdown stops the server gracefully (S1): it stops accepting connections
+// and requests, lets requests in flight finish until ctx is done, tells
+// clients to drain, closes every connection with a clean code, and waits for
+// every goroutine it started. If ctx ends first, what is left is closed at
+// once and ctx's error returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	if s.tunnelLn == nil {
+		return errors.New("server not started")
+	}
+	s.log.Info("server shutting down")
+	_ = s.tunnelLn.StopAccepting()
+	// Reverse requests in flight use client connections: finish them first.
+	if err := shutdownHTTP(ctx, s.public, s.handler); err != nil {
+		errs = append(errs, fmt.Errorf("public listener: %w", err))
+	}
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for sc := range conns {
+		if err := sc.peer.GoAway("server shutting down"); err != nil {
+			s.log.Debug("goaway failed", "client", sc.info.ClientID, "err", err)
+		}
+	}
+	// Forward requests in flight run on the stream workers.
+	if err := s.streams.close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("streams in flight: %w", err))
+	}
+	for sc := range conns {
+		_ = sc.qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutdown")
+	}
+	s.streams.wait()
+	s.stop()
+	waited := make(chan struct{})
+	go func() { s.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("waiting for connections: %w", ctx.Err()))
+		<-waited // every goroutine above ends once its connection is closed
+	}
+	if err := s.tunnelLn.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	s.pool.Close()
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := s.chains.close(closeCtx); err != nil {
+		errs = append(errs, err)
+	}
+	close(s.done)
+	s.log.Info("server stopped")
+	return errors.Join(errs...)
+}
+
+// Run starts the server and serves until ctx is done, then shuts down
+// within the configured grace period.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace)
+	defer cancel()
+	return s.Shutdown(sctx)
+}

@@ -1,0 +1,130 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// streamServer runs the egress chain for the request streams the peer opens
+// on tunnel connections, on a bounded worker pool (S3).
+type streamServer struct {
+	chain    pipeline.Handler
+	workers  *pipeline.WorkerPool[*streamTask]
+	inflight sync.WaitGroup // tasks handed to workers and not finished
+	log      *slog.Logger
+	maxFrame int
+}
+
+type streamTask struct {
+	srv  *streamServer
+	s    *quic.Stream
+	conn *pipeline.Conn
+}
+
+var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
+
+func newStreamServer(chain pipeline.Handler, size, maxFrame int, log *slog.Logger) (*streamServer, error) {
+	ss := &streamServer{chain: chain, log: log, maxFrame: maxFrame}
+	w, err := pipeline.NewWorkerPool(size, (*streamTask).run, func(v any) {
+		log.Error("stream handler panicked", "panic", v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	ss.workers = w
+	return ss, nil
+}
+
+// serve accepts streams on qc until the connection ends. A stream that finds
+// every worker busy is refused at once with codec.StreamRefused, which the
+// ingress side turns into 503 with Retry-After: the work is never queued.
+func (ss *streamServer) serve(qc *quic.Conn, info *pipeline.Conn) {
+	for {
+		s, err := qc.AcceptStream(qc.Context())
+		if err != nil {
+			return // the connection is gone: nothing to retry on it
+		}
+		t := taskPool.Get().(*streamTask)
+		t.srv, t.s, t.conn = ss, s, info
+		ss.inflight.Add(1)
+		if err := ss.workers.Invoke(t); err != nil {
+			ss.inflight.Done()
+			s.CancelRead(quic.StreamErrorCode(codec.StreamRefused))
+			s.CancelWrite(quic.StreamErrorCode(codec.StreamRefused))
+			*t = streamTask{}
+			taskPool.Put(t)
+			ss.log.Debug("stream refused", "client", info.ClientID, "err", err)
+		}
+	}
+}
+
+func (t *streamTask) run() {
+	ss, s, conn := t.srv, t.s, t.conn
+	*t = streamTask{}
+	taskPool.Put(t)
+	defer ss.inflight.Done()
+
+	x := pipeline.Acquire(pipeline.Egress)
+	x.Stream, x.Conn = transport.Stream{S: s}, conn
+	ctx := s.Context()
+	err := ss.chain.Handle(ctx, x)
+	if err != nil {
+		ss.fail(ctx, x, err)
+	}
+	if ss.log.Enabled(ctx, slog.LevelDebug) {
+		ss.log.LogAttrs(ctx, slog.LevelDebug, "stream",
+			slog.String("request_id", x.ID), slog.String("client", conn.ClientID), slog.String("rule", x.Head.RuleID),
+			slog.String("method", x.Head.Method), slog.String("path", x.Head.Path), slog.Int("status", x.Status),
+			slog.Duration("took", timeSince(x)), errAttr(err))
+	}
+	x.Release()
+}
+
+// fail answers err with an ERROR frame if the answer has not started, or
+// resets the stream if it has.
+func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err error) {
+	s := x.Stream
+	if !x.Body.Done() {
+		s.CancelRead(codec.StreamCancelled)
+	}
+	var we transport.WriteError
+	if x.Status != 0 || ctx.Err() != nil || errors.As(err, &we) || isStreamError(err) {
+		s.Abort(codec.StreamInternal)
+		return
+	}
+	status, msg, retry := pipeline.Answer(err)
+	x.Status = status
+	fw := transport.GetFrameWriter(s, ss.maxFrame)
+	fw.Error(&codec.Error{Status: status, RetryAfter: uint32((retry + time.Second - 1) / time.Second), Message: msg})
+	if ferr := fw.Flush(); ferr != nil {
+		s.Abort(codec.StreamInternal)
+	} else {
+		_ = s.Close()
+	}
+	transport.PutFrameWriter(fw)
+}
+
+func isStreamError(err error) bool {
+	_, ok := transport.StreamCode(err)
+	return ok || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// close stops taking streams and waits, until ctx is done, for the running
+// ones.
+func (ss *streamServer) close(ctx context.Context) error { return ss.workers.Close(ctx) }
+
+// wait waits for every task, however long: call it once the connections are
+// closed, which ends the tasks' contexts.
+func (ss *streamServer) wait() { ss.inflight.Wait() }
+
+func timeSince(x *pipeline.Exchange) time.Duration { return time.Since(x.Start) }

@@ -1,0 +1,254 @@
+// Package decode is the first stage of a chain: it brings the request into
+// the exchange in one canonical form, whichever side it arrived on.
+//
+// On the ingress side it takes the user's *http.Request: it keeps or assigns
+// the request id, removes hop-by-hop fields, sets X-Forwarded-For, -Proto and
+// -Host, detects the protocol, and builds the request head that will cross
+// the tunnel. On the egress side it reads that head from the tunnel stream
+// and rebuilds an *http.Request whose body streams from the stream.
+package decode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/internal/httpx"
+	"github.com/qtunnel/qtunnel/pipeline"
+)
+
+// Config configures the decode stage. The zero value is the default.
+type Config struct {
+	// MaxFrameSize is the largest frame accepted from the tunnel, in bytes
+	// (S9). If zero, 64 KiB.
+	MaxFrameSize int
+}
+
+// Decoder is the decode stage. Safe for concurrent use.
+type Decoder struct {
+	maxFrame int
+}
+
+// New returns a decode stage.
+func New(cfg Config) (*Decoder, error) {
+	if cfg.MaxFrameSize < 0 || cfg.MaxFrameSize > codec.MaxPayload {
+		return nil, fmt.Errorf("decode: max frame size %d out of range", cfg.MaxFrameSize)
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
+	}
+	return &Decoder{maxFrame: cfg.MaxFrameSize}, nil
+}
+
+// Name implements pipeline.Namer.
+func (d *Decoder) Name() string { return "decode" }
+
+// Handle implements pipeline.Stage.
+func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	if x.Side == pipeline.Ingress {
+		if err := fromHTTP(x); err != nil {
+			return err
+		}
+		return next.Handle(ctx, x)
+	}
+	body, err := d.fromStream(ctx, x)
+	if err != nil {
+		return err
+	}
+	err = next.Handle(ctx, x)
+	if body != nil {
+		// The upstream may not have read the whole body: tell the peer to
+		// stop sending, then make sure net/http, which may still hold the
+		// body in its own goroutine, never reads the exchange again.
+		if !x.Body.Done() {
+			x.Stream.CancelRead(codec.StreamCancelled)
+		}
+		body.detach()
+	}
+	return err
+}
+
+func fromHTTP(x *pipeline.Exchange) error {
+	r := x.Request
+	if r == nil {
+		return errors.New("decode: ingress exchange without a request")
+	}
+	h := r.Header
+	id := h.Get(httpx.RequestIDHeader)
+	if !httpx.ValidRequestID(id) {
+		id = httpx.NewRequestID()
+		h.Set(httpx.RequestIDHeader, id)
+	}
+	x.ID = id
+	x.Protocol = protocolOf(r)
+	if x.Protocol == pipeline.ProtoWebSocket {
+		return pipeline.Rejectf(http.StatusNotImplemented, "WebSocket upgrades are not supported by this gateway version")
+	}
+	httpx.RemoveHopByHop(h)
+	delete(h, "Content-Length") // the head carries it
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	ip := httpx.ClientIP(r.RemoteAddr)
+	if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
+		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+	} else {
+		h["X-Forwarded-For"] = []string{ip}
+	}
+	h["X-Forwarded-Proto"] = []string{scheme}
+	h["X-Forwarded-Host"] = []string{r.Host}
+	target := r.RequestURI
+	if target == "" {
+		target = r.URL.RequestURI()
+	}
+	x.Head = codec.RequestHead{
+		Kind:          codec.KindHTTP,
+		RequestID:     id,
+		TraceParent:   h.Get("Traceparent"),
+		TraceState:    h.Get("Tracestate"),
+		Method:        r.Method,
+		Scheme:        scheme,
+		Authority:     r.Host,
+		Path:          target,
+		ContentLength: r.ContentLength,
+		Header:        h,
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		x.Head.ContentLength = 0
+	}
+	return nil
+}
+
+func protocolOf(r *http.Request) pipeline.Protocol {
+	if r.ProtoMajor == 1 {
+		for _, v := range r.Header["Upgrade"] {
+			if strings.EqualFold(strings.TrimSpace(v), "websocket") {
+				return pipeline.ProtoWebSocket
+			}
+		}
+	}
+	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return pipeline.ProtoGRPC
+	}
+	if r.ProtoMajor == 2 {
+		return pipeline.ProtoHTTP2
+	}
+	return pipeline.ProtoHTTP1
+}
+
+func malformed(err error) error {
+	return &pipeline.Reject{Status: http.StatusBadRequest, Message: "malformed request from the tunnel peer", Err: err}
+}
+
+func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*streamBody, error) {
+	if x.Stream == nil {
+		return nil, errors.New("decode: egress exchange without a stream")
+	}
+	x.Frames.Reset(x.Stream, d.maxFrame)
+	t, p, err := x.Frames.Next()
+	if err != nil {
+		return nil, fmt.Errorf("decode: read request head: %w", err)
+	}
+	if t != codec.FrameRequest {
+		return nil, malformed(fmt.Errorf("want REQUEST, got %s", t))
+	}
+	head := &x.Head
+	if err := codec.ParseRequest(p, head); err != nil {
+		return nil, malformed(err)
+	}
+	if head.Kind != codec.KindHTTP {
+		return nil, pipeline.Rejectf(http.StatusNotImplemented, "stream kind %s is not supported by this gateway version", head.Kind)
+	}
+	x.ID = head.RequestID
+	if !httpx.ValidRequestID(x.ID) {
+		x.ID = httpx.NewRequestID()
+	}
+	x.Protocol = pipeline.ProtoHTTP1
+	if strings.HasPrefix(head.Header.Get("Content-Type"), "application/grpc") {
+		x.Protocol = pipeline.ProtoGRPC
+	}
+	u, err := url.ParseRequestURI(head.Path)
+	if err != nil {
+		return nil, malformed(fmt.Errorf("request target %q: %w", head.Path, err))
+	}
+	req := &http.Request{
+		Method:        head.Method,
+		URL:           u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        head.Header,
+		Host:          head.Authority,
+		ContentLength: head.ContentLength,
+	}
+	if declared := head.Header["Trailer"]; len(declared) > 0 {
+		req.Trailer = make(http.Header, len(declared))
+		for _, v := range declared {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = textproto.TrimString(name); name != "" {
+					req.Trailer[textproto.CanonicalMIMEHeaderKey(name)] = nil
+				}
+			}
+		}
+		delete(head.Header, "Trailer")
+	}
+	x.Body.Reset(&x.Frames, req.Trailer)
+	var body *streamBody
+	if head.ContentLength == 0 {
+		// No body: the END frame follows the head at once; consume it so
+		// the stream completes, and give net/http the body it expects.
+		var one [1]byte
+		if n, err := x.Body.Read(one[:]); n != 0 || err != io.EOF {
+			if err == nil || err == io.EOF {
+				err = errors.New("body longer than its Content-Length of 0")
+			}
+			return nil, malformed(err)
+		}
+		req.Body = http.NoBody
+	} else {
+		body = &streamBody{src: &x.Body}
+		req.Body = body
+	}
+	x.Request = req.WithContext(ctx)
+	return body, nil
+}
+
+// streamBody hands the request body to net/http. net/http may read and close
+// a request body from its own goroutine, even after RoundTrip returns, so the
+// body goes through this small wrapper, made per request: once detached it
+// never touches the (pooled) exchange again.
+type streamBody struct {
+	mu  sync.Mutex
+	src *codec.Body
+}
+
+var errDetached = errors.New("request body: exchange finished")
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.src == nil {
+		return 0, errDetached
+	}
+	return b.src.Read(p)
+}
+
+// Close is called by net/http when it is done with the body. The exchange
+// decides what happens to the unread rest (see Handle).
+func (b *streamBody) Close() error { return nil }
+
+func (b *streamBody) detach() {
+	b.mu.Lock()
+	b.src = nil
+	b.mu.Unlock()
+}
+
+var _ pipeline.Stage = (*Decoder)(nil)

@@ -1,0 +1,316 @@
+package egress
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// PoolConfig configures the upstream connection pool (A5, S10). The zero
+// value is the default.
+type PoolConfig struct {
+	// WarmConns is how many connections are opened to each upstream when
+	// its rule is installed, before its first request. If zero, 2; negative
+	// turns warm-up off.
+	WarmConns int `yaml:"warm_conns"`
+	// MaxConnsPerUpstream bounds the connections to one upstream; requests
+	// beyond it wait for a free connection. If zero, 512.
+	MaxConnsPerUpstream int `yaml:"max_conns_per_upstream"`
+	// MaxIdlePerUpstream bounds the idle connections kept for reuse. If
+	// zero, 128.
+	MaxIdlePerUpstream int `yaml:"max_idle_per_upstream"`
+	// IdleTimeout closes connections idle this long. If zero, 90s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// DialTimeout bounds connecting to an upstream. If zero, 10s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ResponseHeaderTimeout bounds the wait for an upstream's response head
+	// after the request was sent (S19). If zero, 30s.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// Logger receives warm-up failures. If nil, slog.Default().
+	Logger *slog.Logger `yaml:"-"`
+}
+
+// SetDefaults fills every zero setting with its default.
+func (c *PoolConfig) SetDefaults() {
+	if c.WarmConns == 0 {
+		c.WarmConns = 2
+	}
+	if c.MaxConnsPerUpstream == 0 {
+		c.MaxConnsPerUpstream = 512
+	}
+	if c.MaxIdlePerUpstream == 0 {
+		c.MaxIdlePerUpstream = 128
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 90 * time.Second
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Pool holds one managed set of connections per upstream, keyed by the
+// upstream's scheme, host and protocol, and shared by every rule that points
+// there. Connections are kept alive and reused; new upstreams are warmed.
+// Safe for concurrent use.
+type Pool struct {
+	cfg     PoolConfig
+	mu      sync.RWMutex
+	targets map[targetKey]*Target
+	closed  bool
+}
+
+type targetKey struct {
+	upstream string
+	http2    bool
+}
+
+// NewPool returns an empty pool.
+func NewPool(cfg PoolConfig) (*Pool, error) {
+	if cfg.MaxConnsPerUpstream < 0 || cfg.MaxIdlePerUpstream < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
+		return nil, errors.New("egress pool: limits and timeouts must not be negative")
+	}
+	cfg.SetDefaults()
+	return &Pool{cfg: cfg, targets: make(map[targetKey]*Target)}, nil
+}
+
+// Target is one upstream: its base URL and its connection pool.
+type Target struct {
+	base *url.URL
+	rt   *http.Transport
+	// warm holds connections dialled ahead of the first request; dial
+	// hands them out before dialling new ones.
+	warm   chan *warmConn
+	dialer net.Dialer
+}
+
+type warmConn struct {
+	net.Conn
+	at time.Time
+}
+
+// ErrPoolClosed is returned by Get after Close.
+var ErrPoolClosed = errors.New("egress pool closed")
+
+// Get returns the target for r's upstream, creating it on first use.
+func (p *Pool) Get(r *rules.Rule) (*Target, error) {
+	k := targetKey{r.Upstream, r.UpstreamHTTP2}
+	p.mu.RLock()
+	t, ok := p.targets[k]
+	closed := p.closed
+	p.mu.RUnlock()
+	if ok {
+		return t, nil
+	}
+	if closed {
+		return nil, ErrPoolClosed
+	}
+	base, err := rules.ParseUpstream(r.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrPoolClosed
+	}
+	if t, ok := p.targets[k]; ok {
+		return t, nil
+	}
+	t = p.newTarget(base, r.UpstreamHTTP2)
+	p.targets[k] = t
+	return t, nil
+}
+
+func (p *Pool) newTarget(base *url.URL, h2 bool) *Target {
+	c := p.cfg
+	t := &Target{base: base, dialer: net.Dialer{Timeout: c.DialTimeout, KeepAlive: 30 * time.Second}}
+	if c.WarmConns > 0 {
+		t.warm = make(chan *warmConn, c.WarmConns)
+	}
+	var protos http.Protocols
+	switch {
+	case h2 && base.Scheme == "http":
+		protos.SetUnencryptedHTTP2(true)
+	case h2:
+		protos.SetHTTP2(true)
+	default:
+		protos.SetHTTP1(true)
+		if base.Scheme == "https" {
+			protos.SetHTTP2(true)
+		}
+	}
+	t.rt = &http.Transport{
+		Proxy:                 nil, // never route upstream traffic through an environment proxy
+		DialContext:           t.dial,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   c.DialTimeout,
+		DisableCompression:    true, // pass bodies through as the upstream encoded them
+		MaxIdleConns:          0,
+		MaxIdleConnsPerHost:   c.MaxIdlePerUpstream,
+		MaxConnsPerHost:       c.MaxConnsPerUpstream,
+		IdleConnTimeout:       c.IdleTimeout,
+		ResponseHeaderTimeout: c.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		Protocols:             &protos,
+	}
+	return t
+}
+
+// dial hands out a warm connection that is still alive, or dials a new one.
+func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	for {
+		select {
+		case c := <-t.warm:
+			if alive(c) {
+				return c.Conn, nil
+			}
+			_ = c.Close()
+			continue
+		default:
+		}
+		return t.dialer.DialContext(ctx, network, addr)
+	}
+}
+
+// alive checks, without blocking, that a connection dialled ahead has not
+// been closed by the upstream meanwhile: a read with a deadline in the past
+// times out on a live, silent connection and fails at once on a closed one.
+func alive(c *warmConn) bool {
+	if time.Since(c.at) > 60*time.Second {
+		return false
+	}
+	if err := c.SetReadDeadline(time.Now()); err != nil {
+		return false
+	}
+	var one [1]byte
+	n, err := c.Read(one[:])
+	_ = c.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return n == 0 && errors.As(err, &ne) && ne.Timeout()
+}
+
+// warmUp dials up to n connections to t, each bounded by the dial timeout,
+// and parks them for the first requests.
+func (t *Target) warmUp(ctx context.Context, n int) error {
+	if t.warm == nil {
+		return nil
+	}
+	addr := t.base.Host
+	if t.base.Port() == "" {
+		addr = net.JoinHostPort(t.base.Hostname(), map[string]string{"http": "80", "https": "443"}[t.base.Scheme])
+	}
+	for range min(n, cap(t.warm)-len(t.warm)) {
+		c, err := t.dialer.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("warm up %s: %w", t.base.Redacted(), err)
+		}
+		select {
+		case t.warm <- &warmConn{Conn: c, at: time.Now()}:
+		default:
+			_ = c.Close()
+			return nil
+		}
+	}
+	return nil
+}
+
+// Warm opens WarmConns connections to the upstream of each rule in rs whose
+// direction is dir. Failures are logged, not returned: an upstream that is
+// down now may be up by its first request.
+func (p *Pool) Warm(ctx context.Context, rs []rules.Rule, dir rules.Direction) {
+	if p.cfg.WarmConns <= 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	seen := make(map[targetKey]bool)
+	for i := range rs {
+		r := &rs[i]
+		k := targetKey{r.Upstream, r.UpstreamHTTP2}
+		if r.Direction != dir || seen[k] {
+			continue
+		}
+		seen[k] = true
+		t, err := p.Get(r)
+		if err != nil {
+			continue
+		}
+		wg.Go(func() {
+			if err := t.warmUp(ctx, p.cfg.WarmConns); err != nil {
+				p.cfg.Logger.Warn("upstream warm-up failed", "rule", r.ID, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// Close closes every idle and warm connection and refuses new targets.
+// Requests in flight keep their connections until they finish.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	targets := p.targets
+	p.targets = map[targetKey]*Target{}
+	p.mu.Unlock()
+	for _, t := range targets {
+		t.close()
+	}
+}
+
+func (t *Target) close() {
+	t.rt.CloseIdleConnections()
+	for {
+		select {
+		case c := <-t.warm:
+			_ = c.Close()
+		default:
+			return
+		}
+	}
+}
+
+// Warm returns the number of warm connections waiting for a first request.
+func (t *Target) Warm() int { return len(t.warm) }
+
+// prepare points req at the target: scheme and host of the upstream, its base
+// path joined with the request's path.
+func (t *Target) prepare(req *http.Request, hostHeader string) {
+	u := req.URL
+	u.Scheme = t.base.Scheme
+	u.Host = t.base.Host
+	if bp := t.base.Path; bp != "" && bp != "/" {
+		u.Path = joinPath(bp, u.Path)
+		if u.RawPath != "" {
+			u.RawPath = joinPath(t.base.EscapedPath(), u.RawPath)
+		}
+	}
+	if hostHeader != "" {
+		req.Host = hostHeader
+	}
+}
+
+func joinPath(a, b string) string {
+	switch {
+	case strings.HasSuffix(a, "/") && strings.HasPrefix(b, "/"):
+		return a + b[1:]
+	case !strings.HasSuffix(a, "/") && !strings.HasPrefix(b, "/"):
+		return a + "/" + b
+	}
+	return a + b
+}

@@ -1,0 +1,230 @@
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// ConnSource finds the tunnel connection that carries a rule's requests.
+// It returns a *pipeline.Reject when there is none (the client is not
+// connected, the tunnel is down).
+type ConnSource interface {
+	ConnFor(r *rules.Rule) (*pipeline.Conn, error)
+}
+
+// ConnSourceFunc adapts a function to ConnSource.
+type ConnSourceFunc func(r *rules.Rule) (*pipeline.Conn, error)
+
+// ConnFor calls f(r).
+func (f ConnSourceFunc) ConnFor(r *rules.Rule) (*pipeline.Conn, error) { return f(r) }
+
+// TunnelConfig configures the Tunnel stage.
+type TunnelConfig struct {
+	// Conns picks the connection for each rule. Required.
+	Conns ConnSource
+	// MaxFrameSize is the largest frame sent or accepted, in bytes (S9). If
+	// zero, 64 KiB. Both sides must agree.
+	MaxFrameSize int
+}
+
+// Tunnel is the egress stage of the ingress side: it opens a stream on the
+// rule's tunnel connection, sends the request head and streams the body,
+// and sets the response from the peer's answer. Safe for concurrent use.
+type Tunnel struct {
+	conns    ConnSource
+	maxFrame int
+}
+
+// NewTunnel returns a Tunnel stage.
+func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
+	if cfg.Conns == nil {
+		return nil, errors.New("egress: tunnel needs a connection source")
+	}
+	if cfg.MaxFrameSize < 0 || cfg.MaxFrameSize > codec.MaxPayload {
+		return nil, fmt.Errorf("egress: max frame size %d out of range", cfg.MaxFrameSize)
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
+	}
+	return &Tunnel{conns: cfg.Conns, maxFrame: cfg.MaxFrameSize}, nil
+}
+
+// Name implements pipeline.Namer.
+func (t *Tunnel) Name() string { return "egress" }
+
+// Handle implements pipeline.Stage.
+func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	if x.Rule == nil || x.Request == nil {
+		return errors.New("egress: exchange has no rule or request (is route before egress?)")
+	}
+	conn, err := t.conns.ConnFor(x.Rule)
+	if err != nil {
+		return err
+	}
+	if conn.Draining.Load() {
+		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel connection is draining, retry", RetryAfter: time.Second}
+	}
+	s, err := conn.Opener.OpenStream(ctx)
+	if err != nil {
+		return openError(ctx, err)
+	}
+	x.Conn = conn
+	// The requester going away cancels the stream both ways, which the
+	// egress side sees as its request context ending.
+	stop := context.AfterFunc(ctx, func() { s.Abort(codec.StreamCancelled) })
+	defer stop()
+
+	fw := transport.GetFrameWriter(s, t.maxFrame)
+	x.Head.RuleID = x.Rule.ID
+	fw.Request(&x.Head)
+	req := x.Request
+	var copied chan error
+	switch cl := x.Head.ContentLength; {
+	case cl == 0:
+		err = finishRequest(fw, s, nil)
+		transport.PutFrameWriter(fw)
+	case cl > 0 && cl <= int64(t.maxFrame):
+		// A small body of known length is read now, so that the head, the
+		// body and END leave in one write.
+		if _, err = fw.CopyBody(req.Body); err == nil {
+			err = finishRequest(fw, s, req.Trailer)
+		}
+		transport.PutFrameWriter(fw)
+	default:
+		// The head leaves now: a streaming peer (gRPC) may answer before
+		// the body ends, or wait for the answer's head before sending more.
+		if err = fw.Flush(); err == nil {
+			copied = make(chan error, 1)
+			go func() {
+				_, err := fw.CopyBody(req.Body)
+				if err == nil {
+					err = finishRequest(fw, s, req.Trailer)
+				}
+				if err != nil {
+					s.Abort(codec.StreamCancelled)
+				}
+				copied <- err
+			}()
+		} else {
+			transport.PutFrameWriter(fw)
+		}
+	}
+	if err == nil {
+		err = t.readResponse(ctx, x, s)
+		if err == nil {
+			err = next.Handle(ctx, x)
+		}
+	}
+	if err != nil || !x.Body.Done() {
+		s.Abort(codec.StreamCancelled)
+	}
+	if copied != nil {
+		if cerr := waitCopy(x, copied); err == nil && cerr != nil && !x.Body.Done() {
+			err = cerr
+		}
+		transport.PutFrameWriter(fw)
+	}
+	return err
+}
+
+// waitCopy waits for the request-body copier. The answer is complete (or
+// failed) by now, so the rest of the body is not wanted: if the copier is
+// stuck reading the user's body, a read deadline in the past frees it.
+func waitCopy(x *pipeline.Exchange, copied chan error) error {
+	select {
+	case err := <-copied:
+		return err
+	default:
+	}
+	if x.Writer != nil {
+		_ = http.NewResponseController(x.Writer).SetReadDeadline(time.Now())
+	}
+	return <-copied
+}
+
+func finishRequest(fw *transport.FrameWriter, s pipeline.Stream, trailer http.Header) error {
+	if hasValues(trailer) {
+		fw.Trailers(trailer)
+	}
+	fw.End()
+	if err := fw.Flush(); err != nil {
+		return err
+	}
+	return s.Close()
+}
+
+func hasValues(h http.Header) bool {
+	for _, v := range h {
+		if len(v) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// readResponse reads the peer's answer head into x.Response.
+func (t *Tunnel) readResponse(ctx context.Context, x *pipeline.Exchange, s pipeline.Stream) error {
+	x.Frames.Reset(s, t.maxFrame)
+	typ, p, err := x.Frames.Next()
+	if err != nil {
+		return streamError(ctx, err)
+	}
+	switch typ {
+	case codec.FrameResponse:
+		var head codec.ResponseHead
+		if err := codec.ParseResponse(p, &head); err != nil {
+			return &pipeline.Reject{Status: http.StatusBadGateway, Message: "malformed answer from the tunnel peer", Err: err}
+		}
+		resp := x.NewResponse()
+		resp.StatusCode = head.Status
+		resp.Header = head.Header
+		resp.ContentLength = head.ContentLength
+		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+		resp.Trailer = make(http.Header)
+		x.Body.Reset(&x.Frames, resp.Trailer)
+		resp.Body = &x.Body
+		resp.Request = x.Request
+		return nil
+	case codec.FrameError:
+		e, err := codec.ParseError(p)
+		if err != nil {
+			return &pipeline.Reject{Status: http.StatusBadGateway, Message: "malformed answer from the tunnel peer", Err: err}
+		}
+		return e
+	}
+	return &pipeline.Reject{Status: http.StatusBadGateway, Message: "malformed answer from the tunnel peer",
+		Err: fmt.Errorf("want RESPONSE or ERROR, got %s", typ)}
+}
+
+// streamError turns a failure to get an answer into what the user sees: a
+// refused stream is retryable (503), a cancelled request needs no answer,
+// anything else is a 502.
+func streamError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if code, ok := transport.StreamCode(err); ok && code == codec.StreamRefused {
+		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel peer is at capacity, retry", RetryAfter: time.Second, Err: err}
+	}
+	return &pipeline.Reject{Status: http.StatusBadGateway, Message: "tunnel stream failed", Err: err}
+}
+
+func openError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, pipeline.ErrOverloaded) {
+		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel is at its stream limit, retry", RetryAfter: time.Second, Err: err}
+	}
+	return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel connection unavailable, retry", RetryAfter: time.Second, Err: err}
+}
+
+var _ pipeline.Stage = (*Tunnel)(nil)

@@ -1,0 +1,185 @@
+// Package encode is the last stage of a chain: it delivers Exchange.Response
+// to whoever asked. On the ingress side it writes the user's HTTP response,
+// flushing streamed bodies as they arrive and sending trailers; on the egress
+// side it writes the answer's frames to the tunnel stream, batched and
+// without copying body bytes.
+package encode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/internal/httpx"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// Config configures the encode stage. The zero value is the default.
+type Config struct {
+	// MaxFrameSize is the largest DATA frame written to the tunnel (S9).
+	// If zero, 64 KiB. Both sides must agree.
+	MaxFrameSize int
+	// CopyBufferSize is the buffer for copying a body to the user. If
+	// zero, 32 KiB.
+	CopyBufferSize int
+}
+
+// Encoder is the encode stage. Safe for concurrent use.
+type Encoder struct {
+	maxFrame int
+	copyBuf  int
+}
+
+// New returns an encode stage.
+func New(cfg Config) (*Encoder, error) {
+	if cfg.MaxFrameSize < 0 || cfg.MaxFrameSize > codec.MaxPayload || cfg.CopyBufferSize < 0 {
+		return nil, fmt.Errorf("encode: sizes out of range (%d, %d)", cfg.MaxFrameSize, cfg.CopyBufferSize)
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
+	}
+	if cfg.CopyBufferSize == 0 {
+		cfg.CopyBufferSize = 32 << 10
+	}
+	return &Encoder{maxFrame: cfg.MaxFrameSize, copyBuf: cfg.CopyBufferSize}, nil
+}
+
+// Name implements pipeline.Namer.
+func (e *Encoder) Name() string { return "encode" }
+
+// ErrNoResponse is returned when encode runs and no stage set a response.
+var ErrNoResponse = errors.New("encode: no stage set a response (is egress before encode?)")
+
+// Handle implements pipeline.Stage.
+func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	resp := x.Response
+	if resp == nil {
+		return ErrNoResponse
+	}
+	httpx.RemoveHopByHop(resp.Header)
+	var err error
+	if x.Side == pipeline.Ingress {
+		err = e.toUser(x, resp)
+	} else {
+		err = e.toStream(x, resp)
+	}
+	if err != nil {
+		return err
+	}
+	return next.Handle(ctx, x)
+}
+
+// toUser writes resp to the user's ResponseWriter.
+func (e *Encoder) toUser(x *pipeline.Exchange, resp *http.Response) error {
+	w := x.Writer
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	h[httpx.RequestIDHeader] = []string{x.ID}
+	if resp.ContentLength >= 0 && !bodyless(resp.StatusCode) {
+		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+	}
+	x.Status = resp.StatusCode
+	w.WriteHeader(resp.StatusCode)
+	// A body of unknown length is a stream (gRPC, server-sent events): the
+	// head and every chunk go out at once. A body of known length is
+	// buffered by net/http and flushed at the end.
+	streaming := resp.ContentLength < 0
+	rc := http.NewResponseController(w)
+	if streaming {
+		if err := rc.Flush(); err != nil {
+			return writeErr(err)
+		}
+	}
+	buf := pipeline.GetBuffer(e.copyBuf)
+	defer pipeline.PutBuffer(buf)
+	p := buf.B[:e.copyBuf]
+	for {
+		n, rerr := resp.Body.Read(p)
+		if n > 0 {
+			if _, err := w.Write(p[:n]); err != nil {
+				return writeErr(err)
+			}
+			if streaming {
+				if err := rc.Flush(); err != nil {
+					return writeErr(err)
+				}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("encode: read answer body: %w", rerr)
+		}
+	}
+	for k, v := range resp.Trailer {
+		if len(v) > 0 {
+			h[http.TrailerPrefix+k] = v
+		}
+	}
+	return nil
+}
+
+// toStream writes resp as frames to the tunnel stream.
+func (e *Encoder) toStream(x *pipeline.Exchange, resp *http.Response) error {
+	fw := transport.GetFrameWriter(x.Stream, e.maxFrame)
+	defer transport.PutFrameWriter(fw)
+	if len(resp.Trailer) > 0 {
+		// Declare the trailers so that an HTTP/1.1 user gets them too.
+		names := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		resp.Header["Trailer"] = names
+	}
+	head := codec.ResponseHead{Status: resp.StatusCode, ContentLength: resp.ContentLength, Header: resp.Header}
+	delete(resp.Header, "Content-Length")
+	fw.Response(&head)
+	x.Status = resp.StatusCode
+	if resp.ContentLength < 0 {
+		if err := fw.Flush(); err != nil {
+			return transport.WriteError{Err: err}
+		}
+	}
+	if _, err := fw.CopyBody(resp.Body); err != nil {
+		return err
+	}
+	if hasValues(resp.Trailer) {
+		fw.Trailers(resp.Trailer)
+	}
+	fw.End()
+	if err := fw.Flush(); err != nil {
+		return transport.WriteError{Err: err}
+	}
+	return x.Stream.Close()
+}
+
+func hasValues(h http.Header) bool {
+	for _, v := range h {
+		if len(v) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func bodyless(status int) bool {
+	return status == http.StatusNoContent || status == http.StatusNotModified || (status >= 100 && status < 200)
+}
+
+// UserGoneError marks a failure to write to the user: the user went away.
+type UserGoneError struct{ Err error }
+
+func (e UserGoneError) Error() string { return "write to user: " + e.Err.Error() }
+func (e UserGoneError) Unwrap() error { return e.Err }
+
+func writeErr(err error) error { return UserGoneError{err} }
+
+var _ pipeline.Stage = (*Encoder)(nil)
