@@ -217,7 +217,8 @@ func (s *Server) handleConn(qc *quic.Conn) {
 
 	ack := &codec.HelloAck{SessionID: session.ID, Resumed: resumed,
 		HashCheckInterval: s.cfg.Sync.HashCheckInterval, FullSyncInterval: s.cfg.Sync.FullSyncInterval}
-	if err := peer.Accept(ack); err == nil {
+	err = peer.Accept(ack)
+	if err == nil {
 		err = peer.SendSnapshot(s.rules.Load(), id)
 	}
 	if err != nil {

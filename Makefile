@@ -1,0 +1,46 @@
+# qtunnel — the two commands are 'make demo' and 'make test'.
+GO        ?= go
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
+PKGS      := ./...
+
+.PHONY: all build demo test test-short lint fmt vet staticcheck bench bench-micro fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o bin/tunnel ./cmd/tunnel
+
+## demo: run a server, a client and two sample upstreams on loopback; prints what to curl.
+demo:
+	$(GO) run ./cmd/tunnel demo
+
+## test: every check and every test (race detector on, goroutine leaks checked).
+test: lint
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## test-short: the tests without the long end-to-end transfers.
+test-short:
+	$(GO) test -race -count=1 -short $(PKGS)
+
+lint: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(GO) run $(STATICCHECK) $(PKGS)
+
+## bench-micro: hot-path micro-benchmarks with allocations.
+bench-micro:
+	$(GO) test -run XXX -bench . -benchmem ./codec/... ./pipeline/... ./transport/...
+
+## fuzz: a short run of every codec fuzz target.
+fuzz:
+	for f in FuzzParseRequest FuzzParseResponse FuzzControl FuzzBody; do \
+		$(GO) test ./codec -run XXX -fuzz "^$$f$$" -fuzztime 30s || exit 1; done
+
+clean:
+	rm -rf bin
