@@ -21,8 +21,8 @@ var units = []struct {
 }
 
 // ParseSize parses "64KiB", "10MiB", "4096".
-func ParseSize(s string) (Size, error) {
-	s = strings.TrimSpace(s)
+func ParseSize(in string) (Size, error) {
+	s := strings.TrimSpace(in)
 	mult := int64(1)
 	for _, u := range units {
 		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
@@ -32,7 +32,7 @@ func ParseSize(s string) (Size, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is not a size (such as 4096, 64KiB, 10MiB)", s)
+		return 0, fmt.Errorf("%q is not a size (such as 4096, 64KiB, 10MiB)", in)
 	}
 	return Size(n * mult), nil
 }
@@ -41,7 +41,9 @@ func ParseSize(s string) (Size, error) {
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		// A TypeError lets the decoder go on and report the file's other
+		// problems too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	*s = v
 	return nil

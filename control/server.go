@@ -12,6 +12,10 @@ import (
 	"github.com/qtunnel/qtunnel/rules"
 )
 
+// RejectReason is what a refused client is told: it does not say whether the
+// id or the token was wrong.
+const RejectReason = "unknown client id or invalid token"
+
 // ErrUnauthenticated is returned by Handshake when the client's id or token
 // is wrong. The client has been sent a REJECT.
 var ErrUnauthenticated = errors.New("client authentication failed")
@@ -47,7 +51,7 @@ func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Durati
 	}
 	if !tokens.Check(hello.ClientID, hello.Token) {
 		_ = w.send(func(b []byte) []byte {
-			return codec.AppendReject(b, &codec.Error{Status: http.StatusUnauthorized, Message: "unknown client id or invalid token"})
+			return codec.AppendReject(b, &codec.Error{Status: http.StatusUnauthorized, Message: RejectReason})
 		})
 		return nil, fmt.Errorf("%w: client %q", ErrUnauthenticated, hello.ClientID)
 	}

@@ -77,6 +77,10 @@ func (r *Registry) Attach(clientID string, conn *pipeline.Conn, now time.Time) (
 // Detach unbinds conn from s if it is still s's connection; a connection that
 // was already replaced leaves the session alone.
 func (r *Registry) Detach(s *Session, conn *pipeline.Conn, now time.Time) {
+	// Under the registry's lock, so that a sweep never sees the session
+	// disconnected but not yet touched.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if s.conn.CompareAndSwap(conn, nil) {
 		s.Touch(now)
 	}

@@ -223,6 +223,12 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 	peer, err := control.Hello(dctx, cs, hello, c.cfg.Limits.HandshakeTimeout)
 	if err != nil {
 		_ = qc.Close(codec.ConnNormal, "handshake failed")
+		if code, remote, ok := transport.CloseCode(err); ok && remote && code == codec.ConnAuthFailed {
+			// The server closed before its REJECT arrived; its close says why.
+			var ae *quic.ApplicationError
+			errors.As(err, &ae)
+			return nil, &control.RejectedError{Reason: ae.ErrorMessage}
+		}
 		return nil, err
 	}
 	info := &pipeline.Conn{

@@ -185,12 +185,21 @@ func (s *Server) handleConn(qc *quic.Conn) {
 	}
 	peer, err := control.Handshake(ctx, cs, s.tokens, s.cfg.Limits.HandshakeTimeout)
 	if err != nil {
-		code := codec.ConnProtocol
+		code, reason := codec.ConnProtocol, "control handshake failed"
 		if errors.Is(err, control.ErrUnauthenticated) {
-			code = codec.ConnAuthFailed
+			code, reason = codec.ConnAuthFailed, control.RejectReason
 		}
 		s.log.Warn("client refused", "remote", remote, "err", err)
-		_ = qc.CloseWithError(quic.ApplicationErrorCode(code), "handshake failed")
+		// Give the REJECT a moment to arrive: the client hangs up when it
+		// reads it. The close carries the reason too, in case it does not.
+		_ = cs.Close()
+		wait := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+		case <-wait.C:
+		}
+		wait.Stop()
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
 		return
 	}
 	id := peer.Hello.ClientID

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -66,6 +67,23 @@ func LoadCertificate(certFile, keyFile string) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("load server certificate: %w", err)
 	}
 	return c, nil
+}
+
+// WritePEM writes c's certificate chain and private key as PEM files; the
+// key file is readable by its owner only.
+func WritePEM(c tls.Certificate, certFile, keyFile string) error {
+	var certs []byte
+	for _, der := range c.Certificate {
+		certs = append(certs, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(certFile, certs, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
 }
 
 // Pin returns the pin of a certificate: "sha256:" and the base64 SHA-256 of

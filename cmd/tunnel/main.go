@@ -68,6 +68,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tunnel: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0 // the flag set printed its usage
+	}
 	if err != nil {
 		var ps config.Problems
 		if errors.As(err, &ps) {
@@ -102,8 +105,9 @@ func shutdownContext(log *slog.Logger) (context.Context, func()) {
 	return ctx, func() { signal.Stop(sigs); cancel(); close(sigs) }
 }
 
-func configFlag(name string, args []string) (string, error) {
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (YAML)")
 	if err := fs.Parse(args); err != nil {
 		return "", err
@@ -115,7 +119,7 @@ func configFlag(name string, args []string) (string, error) {
 }
 
 func runServer(args []string, stderr io.Writer) error {
-	path, err := configFlag("server", args)
+	path, err := configFlag("server", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -137,7 +141,7 @@ func runServer(args []string, stderr io.Writer) error {
 }
 
 func runClient(args []string, stderr io.Writer) error {
-	path, err := configFlag("client", args)
+	path, err := configFlag("client", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -160,6 +164,7 @@ func runClient(args []string, stderr io.Writer) error {
 
 func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var o demo.Options
 	fs.StringVar(&o.Public, "public", "127.0.0.1:18080", "server's public HTTP listener")
 	fs.StringVar(&o.Forward, "forward", "127.0.0.1:19090", "client's forward listener")

@@ -84,8 +84,9 @@ func fromHTTP(x *pipeline.Exchange) error {
 	id := h.Get(httpx.RequestIDHeader)
 	if !httpx.ValidRequestID(id) {
 		id = httpx.NewRequestID()
-		h.Set(httpx.RequestIDHeader, id)
 	}
+	// Exactly one id crosses: the one in the logs.
+	h[httpx.RequestIDHeader] = []string{id}
 	x.ID = id
 	x.Protocol = protocolOf(r)
 	if x.Protocol == pipeline.ProtoWebSocket {
@@ -93,6 +94,15 @@ func fromHTTP(x *pipeline.Exchange) error {
 	}
 	httpx.RemoveHopByHop(h)
 	delete(h, "Content-Length") // the head carries it
+	if len(r.Trailer) > 0 {
+		// net/http moved the declaration into r.Trailer; the far side
+		// needs it to expect the TRAILERS frame.
+		names := make([]string, 0, len(r.Trailer))
+		for k := range r.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = []string{strings.Join(names, ", ")}
+	}
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"

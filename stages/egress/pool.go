@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qtunnel/qtunnel/rules"
@@ -98,6 +99,7 @@ type Target struct {
 	// hands them out before dialling new ones.
 	warm   chan *warmConn
 	dialer net.Dialer
+	closed atomic.Bool // set by close; warm-up parks nothing after it
 }
 
 type warmConn struct {
@@ -221,10 +223,18 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 		if err != nil {
 			return fmt.Errorf("warm up %s: %w", t.base.Redacted(), err)
 		}
+		if t.closed.Load() {
+			_ = c.Close()
+			return nil
+		}
 		select {
 		case t.warm <- &warmConn{Conn: c, at: time.Now()}:
 		default:
 			_ = c.Close()
+			return nil
+		}
+		if t.closed.Load() {
+			t.drainWarm() // close raced with the park above
 			return nil
 		}
 	}
@@ -274,7 +284,12 @@ func (p *Pool) Close() {
 }
 
 func (t *Target) close() {
+	t.closed.Store(true)
 	t.rt.CloseIdleConnections()
+	t.drainWarm()
+}
+
+func (t *Target) drainWarm() {
 	for {
 		select {
 		case c := <-t.warm:
