@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -164,4 +166,56 @@ func (c *Client) ReadToken() (string, error) {
 		return env, nil
 	}
 	return "", errors.New("no token: set token, token_file or QTUNNEL_TOKEN")
+}
+
+// CheckFiles reads the files a server configuration names (certificate and
+// key) and reports the ones that cannot be used, with their lines. The
+// server does the same at start; check-config runs it so that a bad file is
+// found before a deploy, not during one.
+func CheckFiles(name string, data []byte, c *Server) error {
+	var k checker
+	if c.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile); err != nil {
+			k.add("tls.cert_file", "%v", err)
+		}
+	}
+	return k.located(name, data)
+}
+
+// CheckClientFiles is CheckFiles for a client: token file and CA file.
+func CheckClientFiles(name string, data []byte, c *Client) error {
+	var k checker
+	if c.Token == "" && c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		switch {
+		case err != nil:
+			k.add("token_file", "%v", err)
+		case strings.TrimSpace(string(b)) == "":
+			k.add("token_file", "%s is empty", c.TokenFile)
+		}
+	}
+	if c.ServerCAFile != "" {
+		pem, err := os.ReadFile(c.ServerCAFile)
+		switch {
+		case err != nil:
+			k.add("server_ca_file", "%v", err)
+		case !x509.NewCertPool().AppendCertsFromPEM(pem):
+			k.add("server_ca_file", "%s holds no PEM certificate", c.ServerCAFile)
+		}
+	}
+	return k.located(name, data)
+}
+
+// located gives k's problems their file and line.
+func (k *checker) located(name string, data []byte) error {
+	if len(k.ps) == 0 {
+		return nil
+	}
+	var doc yaml.Node
+	_ = yaml.Unmarshal(data, &doc)
+	for i := range k.ps {
+		k.ps[i].File = name
+		k.ps[i].Line = lineOf(&doc, k.ps[i].Path)
+	}
+	return k.ps
 }

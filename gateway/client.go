@@ -89,9 +89,6 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, o); err != nil {
 		return nil, err
 	}
-	if c.streams, err = newStreamServer(c.chains.egress, cfg.Limits.MaxConcurrentStreams, int(cfg.Limits.MaxFrameSize), c.log); err != nil {
-		return nil, err
-	}
 	return c, nil
 }
 
@@ -126,6 +123,10 @@ func (c *Client) ForwardAddr(listen string) net.Addr {
 // the server refuses this client, whose credentials cannot improve by
 // retrying.
 func (c *Client) Run(ctx context.Context) error {
+	var err error
+	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.log); err != nil {
+		return err
+	}
 	backoff := transport.Backoff{Base: c.cfg.Reconnect.Base, Max: c.cfg.Reconnect.Max, Stable: c.cfg.Reconnect.Stable}
 	var fatal error
 	for ctx.Err() == nil {
@@ -161,8 +162,7 @@ func (c *Client) Run(ctx context.Context) error {
 			break
 		}
 	}
-	err := c.shutdown()
-	return errors.Join(fatal, err)
+	return errors.Join(fatal, c.shutdown())
 }
 
 func retryable(err error) bool {

@@ -106,9 +106,6 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, o); err != nil {
 		return nil, err
 	}
-	if s.streams, err = newStreamServer(s.chains.egress, cfg.Limits.MaxConcurrentStreams, int(cfg.Limits.MaxFrameSize), s.log); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -140,6 +137,13 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("public listener: %w", err)
+	}
+	// The worker pool is the first thing that runs goroutines: made here,
+	// a server that never starts owns none.
+	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.log); err != nil {
+		_ = ln.Close()
+		_ = pub.Close()
+		return err
 	}
 	s.tunnelLn, s.publicLn = ln, pub
 	s.handler = &ingressHandler{chain: s.chains.ingress, listener: "", log: s.log}

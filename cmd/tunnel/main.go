@@ -199,16 +199,22 @@ func checkConfig(args []string, stdout io.Writer) error {
 	if len(args) != 2 || (args[0] != "server" && args[0] != "client") {
 		return errors.New("usage: tunnel check-config server|client FILE")
 	}
-	var err error
+	path := args[1]
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
 	var summary string
 	if args[0] == "server" {
 		var c *config.Server
-		if c, err = config.LoadServer(args[1]); err == nil {
+		if c, err = config.ParseServer(path, data); err == nil {
+			err = config.CheckFiles(path, data, c)
 			summary = fmt.Sprintf("%d clients, %d rules", len(c.Clients), len(c.Rules))
 		}
 	} else {
 		var c *config.Client
-		if c, err = config.LoadClient(args[1]); err == nil {
+		if c, err = config.ParseClient(path, data); err == nil {
+			err = config.CheckClientFiles(path, data, c)
 			summary = fmt.Sprintf("client %q, server %s", c.ID, c.Server)
 		}
 	}

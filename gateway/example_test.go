@@ -1,0 +1,75 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// A server and a client in one process: a reverse rule makes an upstream on
+// the client's side reachable through the server's public listener.
+func Example() {
+	quiet := gateway.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	// The upstream near the client.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s via %s", r.Host, r.Header.Get("X-Forwarded-Proto"))
+	})}
+	go up.Serve(ln)
+	defer up.Close()
+
+	scfg := config.Server{
+		Listen: "127.0.0.1:0", PublicHTTP: "127.0.0.1:0",
+		Clients: []config.ClientEntry{{ID: "laptop", TokenSHA256: control.HashToken("s3cret").String()}},
+		Rules: []rules.Rule{{ID: "app", Client: "laptop", Direction: rules.Reverse,
+			Host: "app.example.test", Upstream: "http://" + ln.Addr().String()}},
+	}
+	scfg.SetDefaults()
+	srv, err := gateway.NewServer(scfg, quiet)
+	if err != nil {
+		panic(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		panic(err)
+	}
+
+	ccfg := config.Client{ID: "laptop", Token: "s3cret", Server: srv.TunnelAddr().String(), ServerPin: srv.Pin()}
+	ccfg.SetDefaults()
+	cl, err := gateway.NewClient(ccfg, quiet)
+	if err != nil {
+		panic(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cl.Run(ctx) }()
+	<-cl.Ready()
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+srv.PublicAddr().String()+"/", nil)
+	req.Host = "app.example.test"
+	tr := &http.Transport{}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tr.CloseIdleConnections()
+	fmt.Println(resp.StatusCode, string(body))
+
+	stop()
+	<-done
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	// Output: 200 hello app.example.test via http
+}
