@@ -6,6 +6,11 @@
 //	tunnel demo
 //	tunnel check-config server|client FILE
 //	tunnel hash-token < token
+//	tunnel bench [-quick] [-scenario NAME,...]
+//
+// With QTUNNEL_PROFILE=PREFIX in its environment, the process writes a CPU
+// profile to PREFIX.cpu.pprof and an allocation profile to
+// PREFIX.allocs.pprof when it exits (the bench harness's -profile flag).
 package main
 
 import (
@@ -18,10 +23,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/qtunnel/qtunnel/bench"
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/demo"
@@ -37,10 +45,40 @@ commands:
   check-config server|client FILE
                              check a configuration file; report each problem with its line
   hash-token                 read a client token on stdin, print its token_sha256
+  bench [flags]              run the benchmark harness (tunnel vs direct); -h for flags
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	stop := startProfile(os.Getenv("QTUNNEL_PROFILE"))
+	code := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// startProfile starts a CPU profile written to prefix.cpu.pprof; the
+// function it returns stops it and writes prefix.allocs.pprof.
+func startProfile(prefix string) func() {
+	if prefix == "" {
+		return func() {}
+	}
+	cpu, err := os.Create(prefix + ".cpu.pprof")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		cpu.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		if f, err := os.Create(prefix + ".allocs.pprof"); err == nil {
+			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -61,6 +99,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = checkConfig(args, stdout)
 	case "hash-token":
 		err = hashToken(stdin, stdout)
+	case "bench":
+		err = runBench(args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -235,5 +275,83 @@ func hashToken(stdin io.Reader, stdout io.Writer) error {
 		return errors.New("hash-token: give the token on stdin")
 	}
 	fmt.Fprintln(stdout, control.HashToken(token).String())
+	return nil
+}
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "spot check: 1s runs, one run each, 128 MiB bulk (under a minute)")
+	o := bench.Options{}
+	fs.DurationVar(&o.Duration, "duration", 0, "length of each load run (default 5s)")
+	fs.IntVar(&o.Runs, "runs", 0, "runs per measurement; the median is reported (default 3)")
+	bulk := fs.String("bulk", "", "bulk transfer size, such as 1GiB (default 1GiB)")
+	fs.IntVar(&o.IdleConns, "idle", 0, "idle keep-alive connections to hold (default 1000)")
+	scenarios := fs.String("scenario", "", "comma-separated scenarios to run (default all): "+strings.Join(bench.ScenarioNames, ","))
+	out := fs.String("out", "bench/results", "directory for results.json and chart.svg")
+	fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
+	fs.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: this one)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *quick {
+		q := bench.Quick()
+		if o.Duration == 0 {
+			o.Duration = q.Duration
+		}
+		if o.Runs == 0 {
+			o.Runs = q.Runs
+		}
+		if *bulk == "" {
+			o.BulkSize = q.BulkSize
+		}
+		if o.IdleConns == 0 {
+			o.IdleConns = q.IdleConns
+		}
+	}
+	if *bulk != "" {
+		size, err := config.ParseSize(*bulk)
+		if err != nil {
+			return fmt.Errorf("-bulk: %w", err)
+		}
+		o.BulkSize = int64(size)
+	}
+	if *scenarios != "" {
+		o.Scenarios = strings.Split(*scenarios, ",")
+	}
+	for _, dir := range []string{*out, o.ProfileDir} {
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+		}
+	}
+	o.Progress = stderr
+	ctx, stop := shutdownContext(slog.New(slog.NewTextHandler(stderr, nil)))
+	defer stop()
+	rep, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	rep.Command = "tunnel bench " + strings.Join(args, " ")
+	fmt.Fprintln(stdout)
+	rep.WriteTable(stdout)
+	if *out == "" {
+		return nil
+	}
+	for name, write := range map[string]func(io.Writer) error{"results.json": rep.WriteJSON, "chart.svg": rep.WriteSVG} {
+		f, err := os.Create(filepath.Join(*out, name))
+		if err != nil {
+			return err
+		}
+		err = write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "\nwrote %s and %s\n", filepath.Join(*out, "results.json"), filepath.Join(*out, "chart.svg"))
 	return nil
 }

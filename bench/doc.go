@@ -1,0 +1,15 @@
+// Package bench is the load harness that drives tuning of the hot path.
+//
+// It starts a sample upstream (in the harness process), a tunnel server and
+// a tunnel client (separate processes, the shipped binary), and runs each
+// scenario three ways in the same run: directly against the upstream,
+// through the reverse tunnel and through the forward tunnel. It also
+// measures the transport's ceiling, raw quic-go, in the same run. Load comes
+// from vegeta (closed loop: N workers as fast as they go; open loop: a
+// constant rate with latency counted from each request's intended send time,
+// so that stalls are not hidden by coordinated omission); latencies go into
+// HdrHistogram. CPU time and peak RSS of each side come from /proc.
+//
+// Results are a table (with progress while it runs), a JSON file and an SVG
+// chart; see BENCHMARKS.md for the figures and the commands.
+package bench

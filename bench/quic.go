@@ -1,0 +1,186 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/transport"
+)
+
+// rawQUIC is the transport's ceiling: quic-go alone, with the tunnel's own
+// settings, a server and a client in this process. It answers the question
+// "how much of the gap to direct is QUIC itself?".
+type rawQUIC struct {
+	ln   *transport.Listener
+	conn *transport.ClientConn
+	wg   sync.WaitGroup
+	stop context.CancelFunc
+}
+
+func startRawQUIC(ctx context.Context) (*rawQUIC, error) {
+	cert, err := transport.SelfSigned("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	pin, _ := transport.CertificatePin(cert)
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLS(cert), transport.Config{})
+	if err != nil {
+		return nil, err
+	}
+	r := &rawQUIC{ln: ln}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.stop = cancel
+	r.wg.Go(func() { r.serve(sctx) })
+	tlsConf, err := transport.ClientTLS(transport.ClientTLSOptions{Pin: pin})
+	if err == nil {
+		r.conn, err = transport.Dial(ctx, ln.Addr().String(), tlsConf, transport.Config{})
+	}
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// serve echoes every stream: whatever arrives goes back, then FIN.
+func (r *rawQUIC) serve(ctx context.Context) {
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		c, err := r.ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		conns.Go(func() {
+			var streams sync.WaitGroup
+			defer streams.Wait()
+			for {
+				s, err := c.AcceptStream(ctx)
+				if err != nil {
+					return
+				}
+				streams.Go(func() {
+					_, _ = io.Copy(s, s)
+					_ = s.Close()
+				})
+			}
+		})
+	}
+}
+
+func (r *rawQUIC) close() {
+	if r.conn != nil {
+		_ = r.conn.Close(codec.ConnNormal, "done")
+	}
+	r.stop()
+	_ = r.ln.Close()
+	r.wg.Wait()
+}
+
+// echo runs workers that each open a stream, send 1 KiB, read the 1 KiB echo,
+// as fast as they go for d.
+func (r *rawQUIC) echo(ctx context.Context, workers int, d time.Duration) LoadResult {
+	msg := make([]byte, 1024)
+	hist := hdrhistogram.New(1, 60_000_000, 3)
+	var mu sync.Mutex
+	var n, errs atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			buf := make([]byte, 1024)
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				err := r.oneEcho(ctx, msg, buf)
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				n.Add(1)
+				mu.Lock()
+				_ = hist.RecordValue(max(1, time.Since(t0).Microseconds()))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	res := LoadResult{Requests: n.Load() + errs.Load(), Errors: errs.Load(), Seconds: secs, RPS: float64(n.Load()) / secs,
+		P50: float64(hist.ValueAtQuantile(50)), P99: float64(hist.ValueAtQuantile(99)),
+		P999: float64(hist.ValueAtQuantile(99.9)), Max: float64(hist.Max())}
+	if e, ok := firstErr.Load().(string); ok {
+		res.FirstError = e
+	}
+	return res
+}
+
+func (r *rawQUIC) oneEcho(ctx context.Context, msg, buf []byte) error {
+	s, err := r.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Write(msg); err != nil {
+		return err
+	}
+	if err := s.Close(); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(s, buf); err != nil {
+		return err
+	}
+	if _, err := s.Read(buf[:1]); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("echo: want EOF after 1 KiB, got %v", err)
+	}
+	return nil
+}
+
+// bulk sends size bytes on one stream and reads them back: MiB/s one way.
+// The echo makes both directions busy, like the tunnel's upload test: the
+// figure is the rate of the upward copy.
+func (r *rawQUIC) bulk(ctx context.Context, size int64) (float64, error) {
+	s, err := r.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(s, io.LimitReader(zeros{}, size))
+		if err == nil {
+			err = s.Close()
+		}
+		errc <- err
+	}()
+	n, err := io.Copy(io.Discard, s)
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n != size {
+		return 0, fmt.Errorf("echoed %d of %d bytes", n, size)
+	}
+	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
+}
+
+// socketBuffers reports the UDP receive and send buffers quic-go got on its
+// socket, as the kernel reports them (twice what was set, on Linux).
+func (r *rawQUIC) socketBuffers() (rcv, snd int, err error) {
+	return transport.SocketBuffers(r.ln)
+}

@@ -1,0 +1,388 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Options configures a harness run. The zero value is the full run.
+type Options struct {
+	// Binary is the tunnel binary to run as server and client. Default:
+	// this executable.
+	Binary string
+	// Duration of each load run. Default 5s.
+	Duration time.Duration
+	// Runs is how many times each measurement is repeated; the run with the
+	// median throughput is reported. Default 3.
+	Runs int
+	// BulkSize is the size of each bulk transfer. Default 1 GiB.
+	BulkSize int64
+	// IdleConns is how many idle keep-alive connections are held open.
+	// Default 1000.
+	IdleConns int
+	// Scenarios selects scenarios by name; empty runs all.
+	Scenarios []string
+	// ProfileDir, if set, makes the server and client write CPU and
+	// allocation profiles there.
+	ProfileDir string
+	// Progress receives a line per measurement while the run goes on.
+	Progress io.Writer
+}
+
+// Quick returns options for a spot check that finishes in under a minute.
+func Quick() Options {
+	return Options{Duration: time.Second, Runs: 1, BulkSize: 128 << 20, IdleConns: 200}
+}
+
+func (o *Options) defaults() error {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.Binary = exe
+	}
+	if o.Duration <= 0 {
+		o.Duration = 5 * time.Second
+	}
+	if o.Runs <= 0 {
+		o.Runs = 3
+	}
+	if o.BulkSize <= 0 {
+		o.BulkSize = 1 << 30
+	}
+	if o.IdleConns <= 0 {
+		o.IdleConns = 1000
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	for _, s := range o.Scenarios {
+		if !slices.Contains(ScenarioNames, s) {
+			return fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(ScenarioNames, ", "))
+		}
+	}
+	return nil
+}
+
+// ScenarioNames lists the scenarios in the order they run.
+var ScenarioNames = []string{
+	"h1-c1", "h1-c64", "h1-open50", "h1-open80", "h1-rate1000", "h2-mux64",
+	"bulk-up", "bulk-down", "idle", "quic-echo", "quic-bulk",
+}
+
+// Row is one measurement: one scenario, one way of reaching the upstream.
+type Row struct {
+	Scenario string     `json:"scenario"`
+	Target   string     `json:"target"` // direct, reverse, forward, quic
+	Load     LoadResult `json:"load"`
+	// MiBps is the transfer rate of bulk scenarios.
+	MiBps float64 `json:"mib_per_s,omitempty"`
+	// Ratio is throughput relative to direct (bulk: relative to raw QUIC
+	// for quic-bulk's own row and to direct otherwise).
+	Ratio float64 `json:"ratio,omitempty"`
+	// AddedP50 and AddedP99 are the latency the tunnel adds over direct, µs.
+	AddedP50 float64 `json:"added_p50_us,omitempty"`
+	AddedP99 float64 `json:"added_p99_us,omitempty"`
+	// CPU seconds per 1000 requests and peak RSS of each side.
+	ServerCPUPer1k float64 `json:"server_cpu_s_per_1k,omitempty"`
+	ClientCPUPer1k float64 `json:"client_cpu_s_per_1k,omitempty"`
+	ServerPeakRSS  int64   `json:"server_peak_rss,omitempty"`
+	ClientPeakRSS  int64   `json:"client_peak_rss,omitempty"`
+	// PerConnBytes is the memory one idle connection costs each side.
+	ServerPerConn float64 `json:"server_bytes_per_idle_conn,omitempty"`
+	ClientPerConn float64 `json:"client_bytes_per_idle_conn,omitempty"`
+}
+
+// Report is a whole harness run.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Command  string    `json:"command"`
+	Machine  Machine   `json:"machine"`
+	Options  string    `json:"options"`
+	Rows     []Row     `json:"rows"`
+	Bars     []Bar     `json:"bars"`
+	Duration float64   `json:"duration_s"`
+}
+
+// Run runs the harness.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Started: time.Now(), Machine: readMachine(),
+		Options: fmt.Sprintf("duration=%v runs=%d bulk=%dMiB idle=%d", o.Duration, o.Runs, o.BulkSize>>20, o.IdleConns)}
+	want := func(name string) bool { return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, name) }
+	say := func(format string, args ...any) { fmt.Fprintf(o.Progress, format+"\n", args...) }
+
+	e, err := startEnv(ctx, o.Binary, o.ProfileDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := e.close(); cerr != nil {
+			say("stopping the tunnel: %v", cerr)
+		}
+	}()
+	spid, cpid := e.pids()
+	m := newMeter(spid, cpid)
+	targets := e.targets()
+
+	// measure runs one load o.Runs times and keeps the run with the
+	// median throughput, with the CPU and memory it cost.
+	measure := func(scenario string, t target, l Load) Row {
+		l.URL, l.Host = t.Base+"/1k", t.Host
+		type run struct {
+			res LoadResult
+			use []usage
+		}
+		var runs []run
+		for i := range o.Runs {
+			m.start()
+			res := l.Run(ctx)
+			runs = append(runs, run{res, m.stop()})
+			say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d",
+				scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors)
+		}
+		sort.Slice(runs, func(i, j int) bool { return runs[i].res.RPS < runs[j].res.RPS })
+		mid := runs[len(runs)/2]
+		row := Row{Scenario: scenario, Target: t.Name, Load: mid.res}
+		if t.Name != "direct" {
+			k := float64(mid.res.Requests) / 1000
+			if k > 0 {
+				row.ServerCPUPer1k = mid.use[0].CPU.Seconds() / k
+				row.ClientCPUPer1k = mid.use[1].CPU.Seconds() / k
+			}
+			row.ServerPeakRSS, row.ClientPeakRSS = mid.use[0].PeakRSS, mid.use[1].PeakRSS
+		}
+		return row
+	}
+	addRows := func(rows ...Row) {
+		var direct *Row
+		for i := range rows {
+			if rows[i].Target == "direct" {
+				direct = &rows[i]
+			}
+		}
+		for i := range rows {
+			if direct != nil && direct.Load.RPS > 0 {
+				rows[i].Ratio = rows[i].Load.RPS / direct.Load.RPS
+				rows[i].AddedP50 = rows[i].Load.P50 - direct.Load.P50
+				rows[i].AddedP99 = rows[i].Load.P99 - direct.Load.P99
+			}
+		}
+		rep.Rows = append(rep.Rows, rows...)
+	}
+	closed := func(name string, l Load) {
+		if !want(name) {
+			return
+		}
+		say("%s: %s", name, describe(l, o))
+		var rows []Row
+		for _, t := range targets {
+			rows = append(rows, measure(name, t, l))
+		}
+		addRows(rows...)
+	}
+
+	closed("h1-c1", Load{Conns: 1, Duration: o.Duration})
+	closed("h1-c64", Load{Conns: 64, Duration: o.Duration})
+	if want("h1-open50") || want("h1-open80") {
+		maxRate := rep.tunnelMax("h1-c64")
+		if maxRate == 0 {
+			say("calibrating the tunnel's maximum (h1-c64 was not selected)")
+			for _, t := range targets[1:] {
+				r := measure("calibrate", t, Load{Conns: 64, Duration: o.Duration})
+				if maxRate == 0 || r.Load.RPS < maxRate {
+					maxRate = r.Load.RPS
+				}
+			}
+		}
+		closed("h1-open50", Load{Conns: 64, Rate: 0.5 * maxRate, Duration: o.Duration})
+		closed("h1-open80", Load{Conns: 64, Rate: 0.8 * maxRate, Duration: o.Duration})
+	}
+	closed("h1-rate1000", Load{Conns: 64, Rate: 1000, Duration: o.Duration})
+	closed("h2-mux64", Load{Conns: 64, HTTP2: true, Duration: o.Duration})
+
+	var quic *rawQUIC
+	if want("quic-echo") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
+		if quic, err = startRawQUIC(ctx); err != nil {
+			return nil, fmt.Errorf("raw QUIC ceiling: %w", err)
+		}
+		defer quic.close()
+		if rcv, snd, err := quic.socketBuffers(); err == nil {
+			rep.Machine.QUICRcvBuf, rep.Machine.QUICSndBuf = rcv, snd
+		}
+	}
+	var quicBulk float64
+	if want("quic-bulk") || want("bulk-up") || want("bulk-down") {
+		say("quic-bulk: %d MiB on one raw quic-go stream, echoed", o.BulkSize>>20)
+		var rates []float64
+		for i := range o.Runs {
+			r, err := quic.bulk(ctx, o.BulkSize)
+			if err != nil {
+				return nil, fmt.Errorf("quic-bulk: %w", err)
+			}
+			say("  quic-bulk    quic     run %d/%d: %8.1f MiB/s", i+1, o.Runs, r)
+			rates = append(rates, r)
+		}
+		quicBulk = median(rates)
+		rep.Rows = append(rep.Rows, Row{Scenario: "quic-bulk", Target: "quic", MiBps: quicBulk})
+	}
+	for _, up := range []bool{true, false} {
+		name := map[bool]string{true: "bulk-up", false: "bulk-down"}[up]
+		if !want(name) {
+			continue
+		}
+		say("%s: %d MiB in one request", name, o.BulkSize>>20)
+		var rows []Row
+		for _, t := range targets {
+			var rates []float64
+			var uses [][]usage
+			for i := range o.Runs {
+				m.start()
+				r, err := Transfer(ctx, t.Base, t.Host, o.BulkSize, up)
+				uses = append(uses, m.stop())
+				if err != nil {
+					return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
+				}
+				say("  %-12s %-8s run %d/%d: %8.1f MiB/s", name, t.Name, i+1, o.Runs, r)
+				rates = append(rates, r)
+			}
+			row := Row{Scenario: name, Target: t.Name, MiBps: median(rates)}
+			if t.Name != "direct" {
+				row.ServerPeakRSS, row.ClientPeakRSS = uses[0][0].PeakRSS, uses[0][1].PeakRSS
+				if quicBulk > 0 {
+					row.Ratio = row.MiBps / quicBulk
+				}
+			}
+			rows = append(rows, row)
+		}
+		rep.Rows = append(rep.Rows, rows...)
+	}
+	if want("idle") {
+		say("idle: %d keep-alive connections held open through each tunnel", o.IdleConns)
+		for _, t := range targets[1:] {
+			row, err := idleConns(ctx, t, o.IdleConns, spid, cpid)
+			if err != nil {
+				return nil, fmt.Errorf("idle %s: %w", t.Name, err)
+			}
+			say("  idle         %-8s server +%.1f KiB/conn, client +%.1f KiB/conn", t.Name, row.ServerPerConn/1024, row.ClientPerConn/1024)
+			rep.Rows = append(rep.Rows, row)
+		}
+	}
+	if want("quic-echo") {
+		say("quic-echo: 64 workers, one raw quic-go stream per 1 KiB echo")
+		var rs []LoadResult
+		for i := range o.Runs {
+			r := quic.echo(ctx, 64, o.Duration)
+			say("  quic-echo    quic     run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs", i+1, o.Runs, r.RPS, r.P50, r.P99)
+			rs = append(rs, r)
+		}
+		sort.Slice(rs, func(i, j int) bool { return rs[i].RPS < rs[j].RPS })
+		row := Row{Scenario: "quic-echo", Target: "quic", Load: rs[len(rs)/2]}
+		if d := rep.find("h1-c64", "direct"); d != nil && d.Load.RPS > 0 {
+			row.Ratio = row.Load.RPS / d.Load.RPS
+		}
+		rep.Rows = append(rep.Rows, row)
+	}
+	rep.Bars = checkBars(rep)
+	rep.Duration = time.Since(rep.Started).Seconds()
+	return rep, nil
+}
+
+func describe(l Load, o Options) string {
+	mode := "closed loop"
+	if l.Rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f req/s", l.Rate)
+	}
+	proto := "HTTP/1.1"
+	if l.HTTP2 {
+		proto = "HTTP/2 (h2c)"
+	}
+	return fmt.Sprintf("%s 1 KiB responses, %d connections, %s, %v x %d", proto, l.Conns, mode, l.Duration, o.Runs)
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func (r *Report) find(scenario, target string) *Row {
+	for i := range r.Rows {
+		if r.Rows[i].Scenario == scenario && r.Rows[i].Target == target {
+			return &r.Rows[i]
+		}
+	}
+	return nil
+}
+
+// tunnelMax is the lower of the two tunnels' throughputs in a scenario.
+func (r *Report) tunnelMax(scenario string) float64 {
+	a, b := r.find(scenario, "reverse"), r.find(scenario, "forward")
+	if a == nil || b == nil {
+		return 0
+	}
+	return min(a.Load.RPS, b.Load.RPS)
+}
+
+// idleConns opens n keep-alive connections through t, each used for one
+// request and then left idle, and reports what they cost each side.
+func idleConns(ctx context.Context, t target, n, spid, cpid int) (Row, error) {
+	s, c := proc{spid}, proc{cpid}
+	s0, _ := s.rss()
+	c0, _ := c.rss()
+	var conns []net.Conn
+	defer func() {
+		for _, cn := range conns {
+			cn.Close()
+		}
+	}()
+	addr := strings.TrimPrefix(t.Base, "http://")
+	host := t.Host
+	if host == "" {
+		host = addr
+	}
+	req := []byte("GET /1k HTTP/1.1\r\nHost: " + host + "\r\n\r\n")
+	for range n {
+		cn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return Row{}, err
+		}
+		conns = append(conns, cn)
+		if _, err := cn.Write(req); err != nil {
+			return Row{}, err
+		}
+		_ = cn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReaderSize(cn, 4096), nil)
+		if err != nil {
+			return Row{}, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		_ = cn.SetReadDeadline(time.Time{})
+	}
+	// Let the runtimes settle their heaps before reading resident memory.
+	settle := time.NewTimer(500 * time.Millisecond)
+	select {
+	case <-settle.C:
+	case <-ctx.Done():
+		settle.Stop()
+		return Row{}, ctx.Err()
+	}
+	s1, _ := s.rss()
+	c1, _ := c.rss()
+	return Row{Scenario: "idle", Target: t.Name,
+		ServerPerConn: float64(s1-s0) / float64(n), ClientPerConn: float64(c1-c0) / float64(n),
+		ServerPeakRSS: s1, ClientPeakRSS: c1}, nil
+}
