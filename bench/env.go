@@ -164,6 +164,9 @@ func (e *env) spawn(binary, role, conf, profileDir string) (*exec.Cmd, error) {
 	e.logs[role] = buf
 	cmd.Stdout, cmd.Stderr = lockedBuffer{&e.mu, buf}, lockedBuffer{&e.mu, buf}
 	cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
+	if g := os.Getenv("BENCH_TUNNEL_GOMAXPROCS"); g != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+g)
+	}
 	if profileDir != "" {
 		cmd.Env = append(cmd.Env, "QTUNNEL_PROFILE="+filepath.Join(profileDir, role))
 	}

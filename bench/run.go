@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -77,7 +78,7 @@ func (o *Options) defaults() error {
 // ScenarioNames lists the scenarios in the order they run.
 var ScenarioNames = []string{
 	"h1-c1", "h1-c64", "h1-open50", "h1-open80", "h1-rate1000", "h2-mux64",
-	"bulk-up", "bulk-down", "idle", "quic-echo", "quic-bulk",
+	"bulk-up", "bulk-down", "idle", "quic-echo", "quic-echo-c1", "quic-bulk",
 }
 
 // Row is one measurement: one scenario, one way of reaching the upstream.
@@ -137,61 +138,66 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	m := newMeter(spid, cpid)
 	targets := e.targets()
 
-	// measure runs one load o.Runs times and keeps the run with the
-	// median throughput, with the CPU and memory it cost.
-	measure := func(scenario string, t target, l Load) Row {
-		l.URL, l.Host = t.Base+"/1k", t.Host
-		type run struct {
-			res LoadResult
-			use []usage
-		}
-		var runs []run
-		for i := range o.Runs {
-			m.start()
-			res := l.Run(ctx)
-			runs = append(runs, run{res, m.stop()})
-			say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d",
-				scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors)
-		}
-		sort.Slice(runs, func(i, j int) bool { return runs[i].res.RPS < runs[j].res.RPS })
-		mid := runs[len(runs)/2]
-		row := Row{Scenario: scenario, Target: t.Name, Load: mid.res}
-		if t.Name != "direct" {
-			k := float64(mid.res.Requests) / 1000
-			if k > 0 {
-				row.ServerCPUPer1k = mid.use[0].CPU.Seconds() / k
-				row.ClientCPUPer1k = mid.use[1].CPU.Seconds() / k
-			}
-			row.ServerPeakRSS, row.ClientPeakRSS = mid.use[0].PeakRSS, mid.use[1].PeakRSS
-		}
-		return row
+	// measure runs one load o.Runs times on every target, interleaved (direct,
+	// reverse, forward, direct, ...) so that drift of the machine's speed hits
+	// all targets alike. Each target reports its median run; the ratio to
+	// direct is the median of the per-round ratios.
+	type run struct {
+		res LoadResult
+		use []usage
 	}
-	addRows := func(rows ...Row) {
-		var direct *Row
-		for i := range rows {
-			if rows[i].Target == "direct" {
-				direct = &rows[i]
+	measure := func(scenario string, ts []target, l Load) []Row {
+		runs := make([][]run, len(ts))
+		for i := range o.Runs {
+			for ti, t := range ts {
+				l.URL, l.Host = t.Base+"/1k", t.Host
+				runtime.GC() // start each run with the harness's own heap settled
+				m.start()
+				res := l.Run(ctx)
+				runs[ti] = append(runs[ti], run{res, m.stop()})
+				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d %s",
+					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors, res.FirstError)
 			}
 		}
-		for i := range rows {
-			if direct != nil && direct.Load.RPS > 0 {
-				rows[i].Ratio = rows[i].Load.RPS / direct.Load.RPS
-				rows[i].AddedP50 = rows[i].Load.P50 - direct.Load.P50
-				rows[i].AddedP99 = rows[i].Load.P99 - direct.Load.P99
+		rows := make([]Row, len(ts))
+		for ti, t := range ts {
+			rs := slices.Clone(runs[ti])
+			sort.Slice(rs, func(i, j int) bool { return rs[i].res.RPS < rs[j].res.RPS })
+			mid := rs[len(rs)/2]
+			row := Row{Scenario: scenario, Target: t.Name, Load: mid.res}
+			if t.Name != "direct" {
+				k := float64(mid.res.Requests) / 1000
+				if k > 0 {
+					row.ServerCPUPer1k = mid.use[0].CPU.Seconds() / k
+					row.ClientCPUPer1k = mid.use[1].CPU.Seconds() / k
+				}
+				row.ServerPeakRSS, row.ClientPeakRSS = mid.use[0].PeakRSS, mid.use[1].PeakRSS
 			}
+			if ts[0].Name == "direct" && t.Name != "direct" {
+				var ratios, p50s, p99s []float64
+				for i := range runs[ti] {
+					d, x := runs[0][i].res, runs[ti][i].res
+					if d.RPS > 0 {
+						ratios = append(ratios, x.RPS/d.RPS)
+					}
+					p50s = append(p50s, x.P50-d.P50)
+					p99s = append(p99s, x.P99-d.P99)
+				}
+				if len(ratios) > 0 {
+					row.Ratio = median(ratios)
+				}
+				row.AddedP50, row.AddedP99 = median(p50s), median(p99s)
+			}
+			rows[ti] = row
 		}
-		rep.Rows = append(rep.Rows, rows...)
+		return rows
 	}
 	closed := func(name string, l Load) {
 		if !want(name) {
 			return
 		}
 		say("%s: %s", name, describe(l, o))
-		var rows []Row
-		for _, t := range targets {
-			rows = append(rows, measure(name, t, l))
-		}
-		addRows(rows...)
+		rep.Rows = append(rep.Rows, measure(name, targets, l)...)
 	}
 
 	closed("h1-c1", Load{Conns: 1, Duration: o.Duration})
@@ -200,8 +206,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		maxRate := rep.tunnelMax("h1-c64")
 		if maxRate == 0 {
 			say("calibrating the tunnel's maximum (h1-c64 was not selected)")
-			for _, t := range targets[1:] {
-				r := measure("calibrate", t, Load{Conns: 64, Duration: o.Duration})
+			for _, r := range measure("calibrate", targets[1:], Load{Conns: 64, Duration: o.Duration}) {
 				if maxRate == 0 || r.Load.RPS < maxRate {
 					maxRate = r.Load.RPS
 				}
@@ -214,7 +219,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	closed("h2-mux64", Load{Conns: 64, HTTP2: true, Duration: o.Duration})
 
 	var quic *rawQUIC
-	if want("quic-echo") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
+	if want("quic-echo") || want("quic-echo-c1") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
 		if quic, err = startRawQUIC(ctx); err != nil {
 			return nil, fmt.Errorf("raw QUIC ceiling: %w", err)
 		}
@@ -280,18 +285,27 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Rows = append(rep.Rows, row)
 		}
 	}
-	if want("quic-echo") {
-		say("quic-echo: 64 workers, one raw quic-go stream per 1 KiB echo")
+	for _, q := range []struct {
+		name    string
+		workers int
+		vs      string
+	}{{"quic-echo", 64, "h1-c64"}, {"quic-echo-c1", 1, "h1-c1"}} {
+		if !want(q.name) {
+			continue
+		}
+		say("%s: %d workers, one raw quic-go stream per 1 KiB echo", q.name, q.workers)
 		var rs []LoadResult
 		for i := range o.Runs {
-			r := quic.echo(ctx, 64, o.Duration)
-			say("  quic-echo    quic     run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs", i+1, o.Runs, r.RPS, r.P50, r.P99)
+			r := quic.echo(ctx, q.workers, o.Duration)
+			say("  %-12s quic     run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs", q.name, i+1, o.Runs, r.RPS, r.P50, r.P99)
 			rs = append(rs, r)
 		}
 		sort.Slice(rs, func(i, j int) bool { return rs[i].RPS < rs[j].RPS })
-		row := Row{Scenario: "quic-echo", Target: "quic", Load: rs[len(rs)/2]}
-		if d := rep.find("h1-c64", "direct"); d != nil && d.Load.RPS > 0 {
+		row := Row{Scenario: q.name, Target: "quic", Load: rs[len(rs)/2]}
+		if d := rep.find(q.vs, "direct"); d != nil && d.Load.RPS > 0 {
 			row.Ratio = row.Load.RPS / d.Load.RPS
+			row.AddedP50 = row.Load.P50 - d.Load.P50
+			row.AddedP99 = row.Load.P99 - d.Load.P99
 		}
 		rep.Rows = append(rep.Rows, row)
 	}
