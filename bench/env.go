@@ -31,6 +31,7 @@ type env struct {
 	server   *exec.Cmd
 	client   *exec.Cmd
 	logs     map[string]*bytes.Buffer
+	extraEnv []string // added to the tunnel processes' environment
 	mu       sync.Mutex
 	upWG     sync.WaitGroup
 }
@@ -72,12 +73,12 @@ func freeAddr(network string) (string, error) {
 // startEnv starts the upstream, the server and the client and waits until
 // a request crosses each tunnel. profileDir, if set, makes both processes
 // write CPU and allocation profiles there when they stop.
-func startEnv(ctx context.Context, binary, profileDir string) (*env, error) {
+func startEnv(ctx context.Context, binary, profileDir string, extraEnv []string) (*env, error) {
 	dir, err := os.MkdirTemp("", "qtunnel-bench-")
 	if err != nil {
 		return nil, err
 	}
-	e := &env{dir: dir, logs: map[string]*bytes.Buffer{}}
+	e := &env{dir: dir, logs: map[string]*bytes.Buffer{}, extraEnv: extraEnv}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -121,7 +122,7 @@ rules:
   - {id: fwd, client: %s, direction: forward, listen: %q, upstream: %q}
 limits: {max_concurrent_streams: 4096}
 egress: {max_idle_per_upstream: 1024}
-log: {level: warn}
+log: {level: info}
 `, tunnel, e.public, certFile, keyFile, benchClient, control.HashToken(benchToken), benchClient, benchHost, upstream,
 		benchClient, e.forward, upstream)
 	clientConf := fmt.Sprintf(`id: %s
@@ -130,7 +131,7 @@ server: %q
 server_pin: %q
 limits: {max_concurrent_streams: 4096}
 egress: {max_idle_per_upstream: 1024}
-log: {level: warn}
+log: {level: info}
 `, benchClient, benchToken, tunnel, pin)
 	sc, cc := filepath.Join(dir, "server.yaml"), filepath.Join(dir, "client.yaml")
 	if err := os.WriteFile(sc, []byte(serverConf), 0o600); err != nil {
@@ -164,13 +165,20 @@ func (e *env) spawn(binary, role, conf, profileDir string) (*exec.Cmd, error) {
 	e.logs[role] = buf
 	cmd.Stdout, cmd.Stderr = lockedBuffer{&e.mu, buf}, lockedBuffer{&e.mu, buf}
 	cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
-	if g := os.Getenv("BENCH_TUNNEL_GOMAXPROCS"); g != "" {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+g)
-	}
+	cmd.Env = append(cmd.Env, e.extraEnv...)
 	if profileDir != "" {
 		cmd.Env = append(cmd.Env, "QTUNNEL_PROFILE="+filepath.Join(profileDir, role))
 	}
 	return cmd, cmd.Start()
+}
+
+// writeLogs saves each process's output as dir/<role>.log.
+func (e *env) writeLogs(dir string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for role, l := range e.logs {
+		_ = os.WriteFile(filepath.Join(dir, role+".log"), l.Bytes(), 0o644)
+	}
 }
 
 func (e *env) logText() string {

@@ -37,6 +37,11 @@ type Options struct {
 	ProfileDir string
 	// Progress receives a line per measurement while the run goes on.
 	Progress io.Writer
+	// LogDir, if set, receives server.log and client.log.
+	LogDir string
+	// TunnelEnv is added to the server's and client's environment, such
+	// as GOGC=200, to try runtime settings.
+	TunnelEnv []string
 }
 
 // Quick returns options for a spot check that finishes in under a minute.
@@ -121,17 +126,20 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{Started: time.Now(), Machine: readMachine(),
-		Options: fmt.Sprintf("duration=%v runs=%d bulk=%dMiB idle=%d", o.Duration, o.Runs, o.BulkSize>>20, o.IdleConns)}
+		Options: fmt.Sprintf("duration=%v runs=%d bulk=%dMiB idle=%d tunnel-env=%v", o.Duration, o.Runs, o.BulkSize>>20, o.IdleConns, o.TunnelEnv)}
 	want := func(name string) bool { return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, name) }
 	say := func(format string, args ...any) { fmt.Fprintf(o.Progress, format+"\n", args...) }
 
-	e, err := startEnv(ctx, o.Binary, o.ProfileDir)
+	e, err := startEnv(ctx, o.Binary, o.ProfileDir, o.TunnelEnv)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if cerr := e.close(); cerr != nil {
 			say("stopping the tunnel: %v", cerr)
+		}
+		if o.LogDir != "" {
+			e.writeLogs(o.LogDir)
 		}
 	}()
 	spid, cpid := e.pids()

@@ -32,9 +32,19 @@ func appendHeader(b []byte, h http.Header) []byte {
 
 // decoder reads fields from a payload. The first error sticks; later reads
 // return zero values, so a parser checks d.err once at the end.
+//
+// A decoder made by newStringDecoder turns the whole payload into one string
+// up front and hands out substrings of it: a head with twenty fields costs
+// one string allocation, not forty.
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte // the unread rest of the payload
+	full int    // length of the whole payload
+	s    string // the whole payload as a string, if made by newStringDecoder
+	err  error
+}
+
+func newStringDecoder(p []byte) decoder {
+	return decoder{b: p, full: len(p), s: string(p)}
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -84,10 +94,26 @@ func (d *decoder) bytes() []byte {
 	return p
 }
 
-func (d *decoder) str() string { return string(d.bytes()) }
+func (d *decoder) str() string {
+	if d.s == "" {
+		return string(d.bytes())
+	}
+	l := d.varint()
+	if d.err != nil {
+		return ""
+	}
+	if l > uint64(len(d.b)) {
+		d.fail("field of %d bytes overruns payload", l)
+		return ""
+	}
+	start := d.full - len(d.b)
+	d.b = d.b[l:]
+	return d.s[start : start+int(l)]
+}
 
 // header reads a field list into a new http.Header, canonicalising names and
 // rejecting names and values that could smuggle a header across the tunnel.
+// Values share one backing array: a header costs a map and one slice.
 func (d *decoder) header() http.Header {
 	n := d.varint()
 	if d.err != nil {
@@ -99,9 +125,10 @@ func (d *decoder) header() http.Header {
 		return nil
 	}
 	h := make(http.Header, n)
-	for i := uint64(0); i < n; i++ {
-		name := d.bytes()
-		value := d.bytes()
+	vals := make([]string, n)
+	for i := range vals {
+		name := d.str()
+		value := d.str()
 		if d.err != nil {
 			return nil
 		}
@@ -113,8 +140,13 @@ func (d *decoder) header() http.Header {
 			d.fail("invalid value for field %q", name)
 			return nil
 		}
-		k := textproto.CanonicalMIMEHeaderKey(string(name))
-		h[k] = append(h[k], string(value))
+		k := textproto.CanonicalMIMEHeaderKey(name)
+		if prior, ok := h[k]; ok {
+			h[k] = append(prior, value) // a repeated name: rare, may copy
+			continue
+		}
+		vals[i] = value
+		h[k] = vals[i : i+1 : i+1]
 	}
 	return h
 }
@@ -127,12 +159,12 @@ func (d *decoder) done() error {
 }
 
 // validFieldName reports whether name is an RFC 9110 token.
-func validFieldName(name []byte) bool {
+func validFieldName[T string | []byte](name T) bool {
 	if len(name) == 0 {
 		return false
 	}
-	for _, c := range name {
-		if int(c) >= len(tokenTable) || !tokenTable[c] {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; int(c) >= len(tokenTable) || !tokenTable[c] {
 			return false
 		}
 	}
@@ -140,9 +172,9 @@ func validFieldName(name []byte) bool {
 }
 
 // validFieldValue rejects the bytes that end or split a field: NUL, CR, LF.
-func validFieldValue(v []byte) bool {
-	for _, c := range v {
-		if c == 0 || c == '\r' || c == '\n' {
+func validFieldValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c == 0 || c == '\r' || c == '\n' {
 			return false
 		}
 	}

@@ -75,7 +75,7 @@ func AppendRequest(b []byte, h *RequestHead) []byte {
 
 // ParseRequest decodes the payload of a REQUEST frame into h.
 func ParseRequest(p []byte, h *RequestHead) error {
-	d := decoder{b: p}
+	d := newStringDecoder(p)
 	h.Kind = Kind(d.u8())
 	h.RuleID = d.str()
 	h.RequestID = d.str()
@@ -93,7 +93,7 @@ func ParseRequest(p []byte, h *RequestHead) error {
 	if h.Kind < KindHTTP || h.Kind > KindTCP {
 		return fmt.Errorf("%w: unknown stream kind %d", ErrMalformed, h.Kind)
 	}
-	if h.Kind != KindTCP && (h.Method == "" || !validFieldName([]byte(h.Method))) {
+	if h.Kind != KindTCP && (h.Method == "" || !validFieldName(h.Method)) {
 		return fmt.Errorf("%w: invalid method %q", ErrMalformed, h.Method)
 	}
 	if h.ContentLength < -1 {
@@ -113,7 +113,7 @@ func AppendResponse(b []byte, h *ResponseHead) []byte {
 
 // ParseResponse decodes the payload of a RESPONSE frame into h.
 func ParseResponse(p []byte, h *ResponseHead) error {
-	d := decoder{b: p}
+	d := newStringDecoder(p)
 	status := d.varint()
 	h.ContentLength = int64(d.varint()) - 1
 	h.Header = d.header()
@@ -139,7 +139,7 @@ func AppendTrailers(b []byte, t http.Header) []byte {
 
 // ParseTrailers decodes the payload of a TRAILERS frame.
 func ParseTrailers(p []byte) (http.Header, error) {
-	d := decoder{b: p}
+	d := newStringDecoder(p)
 	t := d.header()
 	if err := d.done(); err != nil {
 		return nil, err

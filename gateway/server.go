@@ -250,7 +250,10 @@ func (s *Server) handleConn(qc *quic.Conn) {
 	_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "control stream closed")
 	streams.Wait()
 	s.sessions.Detach(session, info, time.Now())
-	s.log.Info("client disconnected", "client", id, "remote", remote, "reason", closeReason(qc, err))
+	st := qc.ConnectionStats()
+	s.log.Info("client disconnected", "client", id, "remote", remote, "reason", closeReason(qc, err),
+		"rtt", st.SmoothedRTT, "packets_sent", st.PacketsSent, "packets_received", st.PacketsReceived,
+		"packets_lost", st.PacketsLost, "bytes_sent", st.BytesSent, "bytes_received", st.BytesReceived)
 }
 
 func closeReason(qc *quic.Conn, err error) string {

@@ -88,8 +88,10 @@ func (r *Rule) Normalize() {
 
 // NormalizeHost lower-cases host and drops a port and a trailing dot.
 func NormalizeHost(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	if strings.IndexByte(host, ':') >= 0 { // only then: a failed split allocates its error
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
 	}
 	host = strings.TrimSuffix(host, ".")
 	for i := 0; i < len(host); i++ {

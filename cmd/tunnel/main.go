@@ -291,6 +291,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "bench/results", "directory for results.json and chart.svg")
 	fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
 	fs.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: this one)")
+	tunnelEnv := fs.String("tunnel-env", "", "comma-separated VAR=value pairs for the server and client, such as GOGC=200")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -319,6 +320,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if *scenarios != "" {
 		o.Scenarios = strings.Split(*scenarios, ",")
 	}
+	if *tunnelEnv != "" {
+		o.TunnelEnv = strings.Split(*tunnelEnv, ",")
+	}
 	for _, dir := range []string{*out, o.ProfileDir} {
 		if dir != "" {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -327,6 +331,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	o.Progress = stderr
+	o.LogDir = *out
 	ctx, stop := shutdownContext(slog.New(slog.NewTextHandler(stderr, nil)))
 	defer stop()
 	rep, err := bench.Run(ctx, o)

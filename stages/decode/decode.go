@@ -85,8 +85,11 @@ func fromHTTP(x *pipeline.Exchange) error {
 	if !httpx.ValidRequestID(id) {
 		id = httpx.NewRequestID()
 	}
+	// The four fields the gateway sets share one backing array.
+	vals := make([]string, 4)
 	// Exactly one id crosses: the one in the logs.
-	h[httpx.RequestIDHeader] = []string{id}
+	vals[0] = id
+	h[httpx.RequestIDHeader] = vals[0:1:1]
 	x.ID = id
 	x.Protocol = protocolOf(r)
 	if x.Protocol == pipeline.ProtoWebSocket {
@@ -109,12 +112,14 @@ func fromHTTP(x *pipeline.Exchange) error {
 	}
 	ip := httpx.ClientIP(r.RemoteAddr)
 	if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
-		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+		vals[1] = strings.Join(prior, ", ") + ", " + ip
 	} else {
-		h["X-Forwarded-For"] = []string{ip}
+		vals[1] = ip
 	}
-	h["X-Forwarded-Proto"] = []string{scheme}
-	h["X-Forwarded-Host"] = []string{r.Host}
+	vals[2], vals[3] = scheme, r.Host
+	h["X-Forwarded-For"] = vals[1:2:2]
+	h["X-Forwarded-Proto"] = vals[2:3:3]
+	h["X-Forwarded-Host"] = vals[3:4:4]
 	target := r.RequestURI
 	if target == "" {
 		target = r.URL.RequestURI()

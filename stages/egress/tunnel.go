@@ -188,8 +188,9 @@ func (t *Tunnel) readResponse(ctx context.Context, x *pipeline.Exchange, s pipel
 		resp.Header = head.Header
 		resp.ContentLength = head.ContentLength
 		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
-		resp.Trailer = make(http.Header)
-		x.Body.Reset(&x.Frames, resp.Trailer)
+		// No trailer map up front: most answers have none, and the body
+		// makes one when TRAILERS arrive (encode reads it from there).
+		x.Body.Reset(&x.Frames, nil)
 		resp.Body = &x.Body
 		resp.Request = x.Request
 		return nil

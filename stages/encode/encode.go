@@ -91,8 +91,9 @@ func (e *Encoder) toUser(x *pipeline.Exchange, resp *http.Response) error {
 	// head and every chunk go out at once. A body of known length is
 	// buffered by net/http and flushed at the end.
 	streaming := resp.ContentLength < 0
-	rc := http.NewResponseController(w)
+	var rc *http.ResponseController
 	if streaming {
+		rc = http.NewResponseController(w)
 		if err := rc.Flush(); err != nil {
 			return writeErr(err)
 		}
@@ -119,7 +120,11 @@ func (e *Encoder) toUser(x *pipeline.Exchange, resp *http.Response) error {
 			return fmt.Errorf("encode: read answer body: %w", rerr)
 		}
 	}
-	for k, v := range resp.Trailer {
+	trailer := resp.Trailer
+	if b, ok := resp.Body.(*codec.Body); ok && trailer == nil {
+		trailer = b.Trailer // the tunnel's answer: trailers arrive with the body
+	}
+	for k, v := range trailer {
 		if len(v) > 0 {
 			h[http.TrailerPrefix+k] = v
 		}
