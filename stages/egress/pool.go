@@ -95,6 +95,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 type Target struct {
 	base *url.URL
 	rt   *http.Transport
+	h1   *h1Client // plain-HTTP/1.1 upstreams only
 	// warm holds connections dialled ahead of the first request; dial
 	// hands them out before dialling new ones.
 	warm   chan *warmConn
@@ -172,7 +173,22 @@ func (p *Pool) newTarget(base *url.URL, h2 bool) *Target {
 		ExpectContinueTimeout: time.Second,
 		Protocols:             &protos,
 	}
+	if base.Scheme == "http" && !h2 {
+		addr := base.Host
+		if base.Port() == "" {
+			addr = net.JoinHostPort(base.Hostname(), "80")
+		}
+		t.h1 = newH1Client(addr, t.dial, c)
+	}
 	return t
+}
+
+// RoundTrip sends req to the upstream.
+func (t *Target) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.h1 != nil && t.h1.handles(req) {
+		return t.h1.roundTrip(req)
+	}
+	return t.rt.RoundTrip(req)
 }
 
 // dial hands out a warm connection that is still alive, or dials a new one.
@@ -180,7 +196,7 @@ func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	for {
 		select {
 		case c := <-t.warm:
-			if alive(c) {
+			if time.Since(c.at) < 60*time.Second && alive(c.Conn) {
 				return c.Conn, nil
 			}
 			_ = c.Close()
@@ -194,10 +210,7 @@ func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, erro
 // alive checks, without blocking, that a connection dialled ahead has not
 // been closed by the upstream meanwhile: a read with a deadline in the past
 // times out on a live, silent connection and fails at once on a closed one.
-func alive(c *warmConn) bool {
-	if time.Since(c.at) > 60*time.Second {
-		return false
-	}
+func alive(c net.Conn) bool {
 	if err := c.SetReadDeadline(time.Now()); err != nil {
 		return false
 	}
@@ -286,6 +299,9 @@ func (p *Pool) Close() {
 func (t *Target) close() {
 	t.closed.Store(true)
 	t.rt.CloseIdleConnections()
+	if t.h1 != nil {
+		t.h1.close()
+	}
 	t.drainWarm()
 }
 

@@ -42,7 +42,7 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 	}
 	req := x.Request
 	t.prepare(req, x.Rule.HostHeader)
-	resp, err := t.rt.RoundTrip(req)
+	resp, err := t.RoundTrip(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err() // the requester went away; nobody to answer

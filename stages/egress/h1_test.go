@@ -1,0 +1,259 @@
+package egress
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+func h1Server(t *testing.T, h http.Handler) (*httptest.Server, *countingListener) {
+	t.Helper()
+	s := httptest.NewUnstartedServer(h)
+	cl := &countingListener{Listener: s.Listener}
+	s.Listener = cl
+	s.Start()
+	t.Cleanup(s.Close)
+	return s, cl
+}
+
+func newTestH1(t *testing.T, addr string, mutate func(*PoolConfig)) *h1Client {
+	t.Helper()
+	c := PoolConfig{}
+	if mutate != nil {
+		mutate(&c)
+	}
+	c.SetDefaults()
+	d := &net.Dialer{Timeout: time.Second}
+	h := newH1Client(addr, d.DialContext, c)
+	t.Cleanup(h.close)
+	return h
+}
+
+func do(t *testing.T, h *h1Client, method, url string, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	require.NoError(t, err)
+	if body != nil {
+		req.ContentLength = -1
+	}
+	resp, err := h.roundTrip(req)
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	return resp, string(b)
+}
+
+func TestH1ReusesConnectionsAndStreamsBodies(t *testing.T) {
+	t.Parallel()
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Sum")
+		fmt.Fprintf(w, "%s %s %d", r.Method, r.URL.Path, len(b))
+		w.Header().Set("X-Sum", "ok")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	for i := range 10 {
+		method, body := http.MethodGet, io.Reader(nil)
+		if i%2 == 1 {
+			method, body = http.MethodPost, strings.NewReader(strings.Repeat("x", 100_000))
+		}
+		resp, got := do(t, h, method, srv.URL+"/p", body)
+		require.Equal(t, 200, resp.StatusCode)
+		want := "GET /p 0"
+		if i%2 == 1 {
+			want = "POST /p 100000"
+		}
+		require.Equal(t, want, got)
+		require.Equal(t, "ok", resp.Trailer.Get("X-Sum"))
+	}
+	require.EqualValues(t, 1, cl.n.Load(), "ten requests, one keep-alive connection")
+	require.Equal(t, 1, h.idleConns())
+}
+
+func TestH1HeadAndBodilessAnswersKeepTheConnection(t *testing.T) {
+	t.Parallel()
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/204" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Length", "5")
+		_, _ = io.WriteString(w, "hello")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	for _, c := range []struct{ method, path string }{{"HEAD", "/"}, {"GET", "/204"}, {"GET", "/"}} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, nil)
+		resp, err := h.roundTrip(req)
+		require.NoError(t, err)
+		require.NoError(t, resp.Body.Close(), "closing an answer without a body returns its connection")
+	}
+	require.EqualValues(t, 1, cl.n.Load())
+}
+
+func TestH1RetriesAKeptConnectionTheUpstreamClosed(t *testing.T) {
+	t.Parallel()
+	// A raw upstream that answers one request per connection but says
+	// keep-alive, then closes: the next request finds a dead connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns atomic.Int32
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // runs after the listener closes (cleanups run last-in first-out)
+	t.Cleanup(func() { ln.Close() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			br := bufio.NewReader(c)
+			if _, err := http.ReadRequest(br); err == nil {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			c.Close()
+		}
+	})
+	h := newTestH1(t, ln.Addr().String(), nil)
+	for range 3 {
+		resp, body := do(t, h, http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+		require.Equal(t, 200, resp.StatusCode)
+		require.Equal(t, "ok", body)
+	}
+	require.EqualValues(t, 3, conns.Load(), "each request after the first retried once on a fresh connection")
+}
+
+func TestH1EarlyAnswerDoesNotReuseAHalfWrittenConnection(t *testing.T) {
+	t.Parallel()
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	go func() { _, _ = pw.Write([]byte("start")) }() // then stalls: the upstream answers first
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/early", pr)
+	req.ContentLength = -1
+	resp, err := h.roundTrip(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
+	_, _ = io.ReadAll(resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Zero(t, h.idleConns(), "a connection whose request was not fully written is not reused")
+	resp, body := do(t, h, http.MethodGet, srv.URL+"/", nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "ok", body)
+	require.EqualValues(t, 2, cl.n.Load())
+}
+
+func TestH1SkipsInformationalAnswers(t *testing.T) {
+	t.Parallel()
+	srv, _ := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		_, _ = io.WriteString(w, "final")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	resp, body := do(t, h, http.MethodGet, srv.URL+"/", nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "final", body)
+}
+
+func TestH1BoundsConnectionsPerUpstream(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var inside atomic.Int32
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inside.Add(1)
+		<-release
+		_, _ = io.WriteString(w, "ok")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), func(c *PoolConfig) { c.MaxConnsPerUpstream = 2 })
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+			resp, err := h.roundTrip(req)
+			if err == nil {
+				_, _ = io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for inside.Load() < 2 && time.Now().Before(deadline) {
+		<-time.After(5 * time.Millisecond)
+	}
+	require.EqualValues(t, 2, inside.Load())
+	require.EqualValues(t, 2, cl.n.Load(), "the third request waits for a connection instead of opening one")
+	close(release)
+	wg.Wait()
+	require.LessOrEqual(t, cl.n.Load(), int32(2))
+}
+
+func TestH1CancellationCutsTheConnection(t *testing.T) {
+	t.Parallel()
+	entered := make(chan struct{})
+	gone := make(chan struct{})
+	srv, _ := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-r.Context().Done()
+		close(gone)
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/", nil)
+	go func() { <-entered; cancel() }()
+	_, err := h.roundTrip(req)
+	require.Error(t, err)
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream did not see the cancellation")
+	}
+}
+
+func TestH1IdleConnectionsExpire(t *testing.T) {
+	t.Parallel()
+	srv, _ := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	h := newTestH1(t, srv.Listener.Addr().String(), func(c *PoolConfig) { c.IdleTimeout = 50 * time.Millisecond })
+	do(t, h, http.MethodGet, srv.URL+"/", nil)
+	require.Equal(t, 1, h.idleConns())
+	deadline := time.Now().Add(5 * time.Second)
+	for h.idleConns() > 0 && time.Now().Before(deadline) {
+		<-time.After(10 * time.Millisecond)
+	}
+	require.Zero(t, h.idleConns(), "the janitor closes connections idle past the timeout")
+}
