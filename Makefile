@@ -3,7 +3,7 @@ GO        ?= go
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PKGS      := ./...
 
-.PHONY: all build demo test test-short lint fmt vet staticcheck bench bench-micro fuzz clean
+.PHONY: all build demo test test-short lint fmt vet staticcheck bench bench-quick bench-micro fuzz clean
 
 all: build
 
@@ -32,6 +32,15 @@ vet:
 
 staticcheck:
 	$(GO) run $(STATICCHECK) $(PKGS)
+
+## bench: the load harness, tunnel vs direct vs raw quic-go, medians of 3 runs
+## (about 8 minutes); writes bench/results/{results.json,chart.svg,*.log}.
+bench:
+	$(GO) run ./cmd/tunnel bench -runs 3 -out bench/results
+
+## bench-quick: the same scenarios in under a minute, for spot checks.
+bench-quick:
+	$(GO) run ./cmd/tunnel bench -quick -out bench/out
 
 ## bench-micro: hot-path micro-benchmarks with allocations.
 bench-micro:

@@ -124,6 +124,24 @@ type Common struct {
 	// ShutdownGrace is how long in-flight requests may take to finish after
 	// SIGTERM or SIGINT (S1). Default 10s.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// Runtime tunes the Go runtime of the process.
+	Runtime Runtime `yaml:"runtime"`
+}
+
+// Runtime holds Go runtime settings. Zero values leave Go's defaults (and
+// the GOMAXPROCS, GOGC and GOMEMLIMIT environment variables) alone.
+type Runtime struct {
+	// MaxProcs caps the OS threads running Go code at once (GOMAXPROCS).
+	// On a machine shared with busy neighbours (the benchmark runs four
+	// busy processes on two cores) 1 per side lowers latency and CPU per
+	// request; on a dedicated machine leave it at Go's default, the
+	// number of cores.
+	MaxProcs int `yaml:"max_procs"`
+	// GCPercent sets the garbage collector's target (GOGC).
+	GCPercent int `yaml:"gc_percent"`
+	// MemoryLimit is a soft limit on the memory the runtime uses
+	// (GOMEMLIMIT): the collector works harder as it is approached.
+	MemoryLimit Size `yaml:"memory_limit"`
 }
 
 // Limits bounds what one request and the whole side may use.
@@ -295,6 +313,15 @@ func (c *Common) check(k *checker) {
 	k.positive("limits.handshake_timeout", c.Limits.HandshakeTimeout)
 	k.positive("limits.stream_open_timeout", c.Limits.StreamOpenTimeout)
 	k.positive("shutdown_grace", c.ShutdownGrace)
+	if c.Runtime.MaxProcs < 0 {
+		k.add("runtime.max_procs", "must not be negative")
+	}
+	if c.Runtime.GCPercent < 0 {
+		k.add("runtime.gc_percent", "must not be negative")
+	}
+	if c.Runtime.MemoryLimit < 0 {
+		k.add("runtime.memory_limit", "must not be negative")
+	}
 	k.positive("quic.idle_timeout", c.QUIC.IdleTimeout)
 	k.positive("quic.keep_alive", c.QUIC.KeepAlive)
 	k.positive("quic.handshake_timeout", c.QUIC.HandshakeTimeout)

@@ -171,6 +171,7 @@ func runServer(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	gateway.ApplyRuntime(cfg.Runtime, log)
 	srv, err := gateway.NewServer(*cfg, gateway.WithLogger(log))
 	if err != nil {
 		return err
@@ -193,6 +194,7 @@ func runClient(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	gateway.ApplyRuntime(cfg.Runtime, log)
 	cl, err := gateway.NewClient(*cfg, gateway.WithLogger(log))
 	if err != nil {
 		return err

@@ -1,0 +1,109 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/qtunnel/qtunnel/bench"
+	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "qtunnel-bench-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "tunnel")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/tunnel")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build tunnel:", err)
+		os.Exit(1)
+	}
+	ignore := append(pipelinetest.IgnoredGoroutines(), goleak.IgnoreCurrent())
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(ignore...); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// TestHarnessSmoke runs a few scenarios very briefly against real server
+// and client processes and checks that every figure is there and sane.
+func TestHarnessSmoke(t *testing.T) {
+	var progress bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := bench.Run(ctx, bench.Options{
+		Binary: binary, Duration: 300 * time.Millisecond, Runs: 1, BulkSize: 8 << 20, IdleConns: 20,
+		Scenarios: []string{"h1-c1", "h1-c64", "h2-mux64", "bulk-up", "bulk-down", "idle", "quic-echo", "quic-bulk"},
+		Progress:  &progress,
+	})
+	require.NoError(t, err, progress.String())
+	find := func(s, target string) bench.Row {
+		for _, r := range rep.Rows {
+			if r.Scenario == s && r.Target == target {
+				return r
+			}
+		}
+		t.Fatalf("no row %s/%s in:\n%s", s, target, progress.String())
+		return bench.Row{}
+	}
+	for _, s := range []string{"h1-c1", "h1-c64", "h2-mux64"} {
+		for _, target := range []string{"direct", "reverse", "forward"} {
+			r := find(s, target)
+			require.Positive(t, r.Load.RPS, "%s %s", s, target)
+			require.Zero(t, r.Load.Errors, "%s %s: %s", s, target, r.Load.FirstError)
+			require.Positive(t, r.Load.P50)
+			if target != "direct" {
+				require.Positive(t, r.Ratio)
+				require.Positive(t, r.ServerPeakRSS)
+				require.Positive(t, r.ServerCPUPer1k+r.ClientCPUPer1k, "the tunnel processes spent CPU")
+			}
+		}
+	}
+	for _, s := range []string{"bulk-up", "bulk-down"} {
+		require.Positive(t, find(s, "reverse").MiBps)
+		require.Positive(t, find(s, "forward").Ratio, "ratio to raw quic-go")
+	}
+	require.Positive(t, find("quic-bulk", "quic").MiBps)
+	require.Positive(t, find("quic-echo", "quic").Load.RPS)
+	require.NotZero(t, find("idle", "reverse").ServerPeakRSS)
+	require.NotEmpty(t, rep.Bars)
+	require.Contains(t, progress.String(), "h1-c64")
+
+	var table, js, svg bytes.Buffer
+	rep.WriteTable(&table)
+	require.Contains(t, table.String(), "the bar:")
+	require.Contains(t, table.String(), "h1-c64")
+	require.NoError(t, rep.WriteJSON(&js))
+	var back bench.Report
+	require.NoError(t, json.Unmarshal(js.Bytes(), &back))
+	require.Len(t, back.Rows, len(rep.Rows))
+	require.NoError(t, rep.WriteSVG(&svg))
+	require.True(t, strings.HasPrefix(svg.String(), "<svg"))
+	require.Contains(t, svg.String(), "h1-c64")
+}
+
+func TestUnknownScenario(t *testing.T) {
+	_, err := bench.Run(context.Background(), bench.Options{Binary: binary, Scenarios: []string{"nope"}})
+	require.ErrorContains(t, err, `unknown scenario "nope"`)
+}
