@@ -44,7 +44,7 @@ bench-quick:
 
 ## bench-micro: hot-path micro-benchmarks with allocations.
 bench-micro:
-	$(GO) test -run XXX -bench . -benchmem ./codec/... ./pipeline/... ./transport/...
+	$(GO) test -run XXX -bench . -benchmem ./codec/... ./pipeline/... ./transport/... ./stages/... ./gateway/...
 
 ## fuzz: a short run of every codec fuzz target.
 fuzz:

@@ -150,80 +150,135 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// WriteSVG draws throughput relative to direct for each scenario: one bar
-// per tunnel direction, with direct at 100%.
+// WriteSVG draws three panels: request throughput relative to direct,
+// bulk throughput relative to raw quic-go, and the latency a tunnel adds
+// at one connection against the bar.
 func (r *Report) WriteSVG(w io.Writer) error {
-	type group struct {
-		name   string
-		values [3]float64 // direct, reverse, forward, as fractions of direct
-		labels [3]string
-	}
-	var groups []group
-	for _, s := range []string{"h1-c1", "h1-c64", "h1-open80", "h2-mux64", "bulk-up", "bulk-down"} {
-		d := r.find(s, "direct")
-		if d == nil {
-			continue
-		}
-		g := group{name: s}
-		base := d.Load.RPS
-		unit := "req/s"
-		if d.MiBps > 0 {
-			base, unit = d.MiBps, "MiB/s"
-		}
-		if base <= 0 {
-			continue
-		}
-		for i, t := range []string{"direct", "reverse", "forward"} {
-			row := r.find(s, t)
-			if row == nil {
-				continue
-			}
-			v := row.Load.RPS
-			if row.MiBps > 0 {
-				v = row.MiBps
-			}
-			g.values[i] = v / base
-			g.labels[i] = fmt.Sprintf("%.0f %s", v, unit)
-		}
-		groups = append(groups, g)
-	}
-	const width, height, top, bottom, left = 900, 380, 40, 60, 50
-	plotH := float64(height - top - bottom)
-	gw := float64(width-left-20) / float64(max(1, len(groups)))
-	colors := [3]string{"#9e9e9e", "#1f77b4", "#ff7f0e"}
 	var b strings.Builder
+	const width, height = 1000, 360
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", width, height)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14">qtunnel throughput relative to a direct connection (same run, %s)</text>`+"\n",
-		left, html.EscapeString(r.Machine.CPU))
-	for _, pct := range []float64{0, 0.25, 0.5, 0.75, 1} {
-		y := float64(top) + plotH*(1-pct)
-		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%.0f%%</text>`+"\n",
-			left, width-20, y, y, left-5, y+4, pct*100)
+	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
+	fmt.Fprintf(&b, `<text x="10" y="18" font-size="13">qtunnel vs direct, measured in one run (%s, %d cores, %s)</text>`+"\n",
+		html.EscapeString(r.Machine.CPU), r.Machine.Cores, html.EscapeString(r.Machine.Go))
+
+	var reqs []svgGroup
+	for _, s := range []string{"h1-c1", "h1-c64", "h2-mux64"} {
+		if g, ok := r.ratioGroup(s, "direct", func(x *Row) float64 { return x.Load.RPS }); ok {
+			reqs = append(reqs, g)
+		}
 	}
-	for gi, g := range groups {
-		x0 := float64(left) + float64(gi)*gw + gw*0.1
-		bw := gw * 0.8 / 3
-		for i, v := range g.values {
-			h := plotH * min(v, 1.2) / 1.0
-			if h > plotH {
-				h = plotH
-			}
-			x := x0 + float64(i)*bw
-			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s (%.0f%%)</title></rect>`+"\n",
-				x, float64(top)+plotH-h, bw-2, h, colors[i], g.name, []string{"direct", "reverse", "forward"}[i], g.labels[i], v*100)
-			if i > 0 {
-				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%.0f%%</text>`+"\n", x+bw/2, float64(top)+plotH-h-3, v*100)
+	var bulk []svgGroup
+	for _, s := range []string{"bulk-up", "bulk-down"} {
+		q := r.find("quic-bulk", "quic")
+		rev, fwd := r.find(s, "reverse"), r.find(s, "forward")
+		if q == nil || rev == nil || fwd == nil || q.MiBps <= 0 {
+			continue
+		}
+		bulk = append(bulk, svgGroup{name: s, values: []float64{1, rev.MiBps / q.MiBps, fwd.MiBps / q.MiBps},
+			labels: []string{fmt.Sprintf("%.0f MiB/s", q.MiBps), fmt.Sprintf("%.0f MiB/s", rev.MiBps), fmt.Sprintf("%.0f MiB/s", fwd.MiBps)}})
+	}
+	var lat []svgGroup
+	if rev, fwd := r.find("h1-c1", "reverse"), r.find("h1-c1", "forward"); rev != nil && fwd != nil {
+		lat = append(lat,
+			svgGroup{name: "added p50", values: []float64{200, rev.AddedP50, fwd.AddedP50}},
+			svgGroup{name: "added p99", values: []float64{500, rev.AddedP99, fwd.AddedP99}})
+		for i := range lat {
+			for _, v := range lat[i].values {
+				lat[i].labels = append(lat[i].labels, fmt.Sprintf("%.0f µs", v))
 			}
 		}
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x0+gw*0.4, height-bottom+16, g.name)
 	}
-	for i, name := range []string{"direct", "reverse tunnel", "forward tunnel"} {
-		x := left + i*140
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="12" height="12" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n",
-			x, height-22, colors[i], x+16, height-12, name)
-	}
+	panel(&b, 10, 40, 420, 260, "requests/s, share of direct", []string{"direct", "reverse", "forward"}, reqs, 1, true)
+	panel(&b, 450, 40, 250, 260, "bulk MiB/s, share of raw quic-go", []string{"quic-go", "reverse", "forward"}, bulk, 1, true)
+	panel(&b, 720, 40, 270, 260, "latency added at 1 connection (µs)", []string{"the bar", "reverse", "forward"}, lat, 0, false)
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+type svgGroup struct {
+	name   string
+	values []float64
+	labels []string
+}
+
+func (r *Report) ratioGroup(scenario, base string, v func(*Row) float64) (svgGroup, bool) {
+	d := r.find(scenario, base)
+	if d == nil || v(d) <= 0 {
+		return svgGroup{}, false
+	}
+	g := svgGroup{name: scenario}
+	for _, t := range []string{base, "reverse", "forward"} {
+		row := r.find(scenario, t)
+		if row == nil {
+			return svgGroup{}, false
+		}
+		g.values = append(g.values, v(row)/v(d))
+		g.labels = append(g.labels, fmt.Sprintf("%.0f req/s", v(row)))
+	}
+	return g, true
+}
+
+var svgColors = []string{"#9e9e9e", "#1f77b4", "#ff7f0e"}
+
+// panel draws grouped bars in a box at (x, y). With percent, values are
+// fractions and the axis reads 0-100%; otherwise the axis fits the data.
+func panel(b *strings.Builder, x, y, w, h int, title string, legend []string, groups []svgGroup, _ float64, percent bool) {
+	const top, bottom, left = 32, 50, 45
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="12">%s</text>`+"\n", x, y+12, html.EscapeString(title))
+	maxV := 1.0
+	if !percent {
+		maxV = 0
+		for _, g := range groups {
+			for _, v := range g.values {
+				maxV = max(maxV, v)
+			}
+		}
+		if maxV <= 0 {
+			maxV = 1
+		}
+		maxV *= 1.1
+	}
+	plotH := float64(h - top - bottom)
+	y0 := float64(y + top)
+	for i := 0; i <= 4; i++ {
+		f := float64(i) / 4
+		yy := y0 + plotH*(1-f)
+		label := fmt.Sprintf("%.0f", f*maxV)
+		if percent {
+			label = fmt.Sprintf("%.0f%%", f*100)
+		}
+		fmt.Fprintf(b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#e0e0e0"/><text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n",
+			x+left, x+w, yy, yy, x+left-4, yy+4, label)
+	}
+	if len(groups) == 0 {
+		fmt.Fprintf(b, `<text x="%d" y="%.1f" fill="#888">not measured</text>`+"\n", x+left+10, y0+plotH/2)
+		return
+	}
+	gw := float64(w-left) / float64(len(groups))
+	for gi, g := range groups {
+		x0 := float64(x+left) + float64(gi)*gw + gw*0.1
+		bw := gw * 0.8 / float64(len(g.values))
+		for i, v := range g.values {
+			bh := plotH * min(v/maxV, 1)
+			xx := x0 + float64(i)*bw
+			label := ""
+			if i < len(g.labels) {
+				label = g.labels[i]
+			}
+			fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s</title></rect>`+"\n",
+				xx, y0+plotH-bh, bw-2, bh, svgColors[i%len(svgColors)], g.name, legend[i%len(legend)], html.EscapeString(label))
+			text := fmt.Sprintf("%.0f", v)
+			if percent {
+				text = fmt.Sprintf("%.0f%%", v*100)
+			}
+			fmt.Fprintf(b, `<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10">%s</text>`+"\n", xx+bw/2-1, y0+plotH-bh-3, text)
+		}
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+gw*0.4, y0+plotH+15, html.EscapeString(g.name))
+	}
+	for i, name := range legend {
+		lx := x + left + i*(w-left)/len(legend)
+		fmt.Fprintf(b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n",
+			lx, y+h-18, svgColors[i], lx+14, y+h-9, html.EscapeString(name))
+	}
 }

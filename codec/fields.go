@@ -111,10 +111,11 @@ func (d *decoder) str() string {
 	return d.s[start : start+int(l)]
 }
 
-// header reads a field list into a new http.Header, canonicalising names and
-// rejecting names and values that could smuggle a header across the tunnel.
-// Values share one backing array: a header costs a map and one slice.
-func (d *decoder) header() http.Header {
+// header reads a field list into h (cleared first) or, if h is nil, a new
+// http.Header, canonicalising names and rejecting names and values that
+// could smuggle a header across the tunnel. Values share one backing array:
+// a header costs a map (unless given one) and one slice.
+func (d *decoder) header(h http.Header) http.Header {
 	n := d.varint()
 	if d.err != nil {
 		return nil
@@ -124,7 +125,11 @@ func (d *decoder) header() http.Header {
 		d.fail("field count %d overruns payload", n)
 		return nil
 	}
-	h := make(http.Header, n)
+	if h == nil {
+		h = make(http.Header, n)
+	} else {
+		clear(h)
+	}
 	vals := make([]string, n)
 	for i := range vals {
 		name := d.str()

@@ -86,7 +86,7 @@ func ParseRequest(p []byte, h *RequestHead) error {
 	h.Authority = d.str()
 	h.Path = d.str()
 	h.ContentLength = int64(d.varint()) - 1
-	h.Header = d.header()
+	h.Header = d.header(nil)
 	if err := d.done(); err != nil {
 		return err
 	}
@@ -111,12 +111,13 @@ func AppendResponse(b []byte, h *ResponseHead) []byte {
 	return endFrame(b, start)
 }
 
-// ParseResponse decodes the payload of a RESPONSE frame into h.
+// ParseResponse decodes the payload of a RESPONSE frame into h. If
+// h.Header is not nil it is cleared and reused.
 func ParseResponse(p []byte, h *ResponseHead) error {
 	d := newStringDecoder(p)
 	status := d.varint()
 	h.ContentLength = int64(d.varint()) - 1
-	h.Header = d.header()
+	h.Header = d.header(h.Header)
 	if err := d.done(); err != nil {
 		return err
 	}
@@ -140,7 +141,7 @@ func AppendTrailers(b []byte, t http.Header) []byte {
 // ParseTrailers decodes the payload of a TRAILERS frame.
 func ParseTrailers(p []byte) (http.Header, error) {
 	d := newStringDecoder(p)
-	t := d.header()
+	t := d.header(nil)
 	if err := d.done(); err != nil {
 		return nil, err
 	}

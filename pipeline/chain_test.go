@@ -266,3 +266,29 @@ func TestRegistry(t *testing.T) {
 	require.ErrorContains(t, err, `unknown stage "nope"`)
 	require.Equal(t, []string{"noop"}, r.Names())
 }
+
+func TestExchangeStringsAreDisjoint(t *testing.T) {
+	t.Parallel()
+	x := pipeline.Acquire(pipeline.Ingress)
+	a := x.Strings(4)
+	b := x.Strings(2)
+	c := x.Strings(5) // beyond the 8 the exchange holds: allocated
+	for i := range a {
+		a[i] = "a"
+	}
+	for i := range b {
+		b[i] = "b"
+	}
+	for i := range c {
+		c[i] = "c"
+	}
+	require.Equal(t, []string{"a", "a", "a", "a"}, a)
+	require.Equal(t, []string{"b", "b"}, b)
+	require.Len(t, c, 5)
+	h := x.ResponseHeader()
+	h.Set("K", "v")
+	x.Release()
+	y := pipeline.Acquire(pipeline.Ingress)
+	require.Empty(t, y.ResponseHeader(), "a released exchange's header map comes back empty")
+	y.Release()
+}

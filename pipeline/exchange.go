@@ -131,7 +131,10 @@ type Exchange struct {
 	Frames codec.Reader
 	Body   codec.Body
 
-	resp http.Response
+	resp    http.Response
+	strs    [8]string   // see Strings
+	strsN   int         // how many of strs were handed out
+	respHdr http.Header // see ResponseHeader
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(Exchange) }}
@@ -148,8 +151,33 @@ func Acquire(side Side) *Exchange {
 func (x *Exchange) Release() {
 	frames := x.Frames
 	frames.Reset(nil, 0) // drop the stream, keep the read buffer
-	*x = Exchange{Frames: frames}
+	hdr := x.respHdr
+	clear(hdr)
+	*x = Exchange{Frames: frames, respHdr: hdr}
 	exchangePool.Put(x)
+}
+
+// Strings returns n empty strings backed by the exchange, for header values
+// that live only as long as the exchange (fields the gateway adds to a
+// request it forwards or a response it writes; net/http copies a response
+// header when it is written). Each call gets its own strings; beyond 8 in
+// all it allocates.
+func (x *Exchange) Strings(n int) []string {
+	if x.strsN+n > len(x.strs) {
+		return make([]string, n)
+	}
+	s := x.strs[x.strsN : x.strsN+n : x.strsN+n]
+	x.strsN += n
+	return s
+}
+
+// ResponseHeader returns an empty header map backed by the exchange, for an
+// answer that is written and done with before the exchange is released.
+func (x *Exchange) ResponseHeader() http.Header {
+	if x.respHdr == nil {
+		x.respHdr = make(http.Header, 8)
+	}
+	return x.respHdr
 }
 
 // NewResponse returns the exchange's embedded *http.Response, reset, so that

@@ -85,8 +85,9 @@ func fromHTTP(x *pipeline.Exchange) error {
 	if !httpx.ValidRequestID(id) {
 		id = httpx.NewRequestID()
 	}
-	// The four fields the gateway sets share one backing array.
-	vals := make([]string, 4)
+	// The four fields the gateway sets share the exchange's strings: the
+	// request is sent (encoded) before the exchange ends.
+	vals := x.Strings(4)
 	// Exactly one id crosses: the one in the logs.
 	vals[0] = id
 	h[httpx.RequestIDHeader] = vals[0:1:1]

@@ -15,7 +15,11 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/rules"
 )
+
+var rulesRule = rules.Rule{ID: "bench", Client: "c", Direction: rules.Reverse, Host: "h"}
 
 // countingListener counts accepted connections.
 type countingListener struct {
@@ -256,4 +260,55 @@ func TestH1IdleConnectionsExpire(t *testing.T) {
 		<-time.After(10 * time.Millisecond)
 	}
 	require.Zero(t, h.idleConns(), "the janitor closes connections idle past the timeout")
+}
+
+// BenchmarkPoolCheckout measures taking an upstream's target from the pool
+// and a kept-alive connection from its client and putting it back: the
+// per-request cost of the egress pool itself.
+func BenchmarkPoolCheckout(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p, err := NewPool(PoolConfig{WarmConns: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	r := &rulesRule
+	r.Upstream = "http://" + ln.Addr().String()
+	t, err := p.Get(r)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	pc, err := t.h1.get(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t.h1.slots <- struct{}{}
+	t.h1.put(pc)
+	b.ReportAllocs()
+	for b.Loop() {
+		t, err := p.Get(r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t.h1.slots <- struct{}{}
+		pc, err := t.h1.get(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t.h1.put(pc)
+	}
 }

@@ -179,7 +179,9 @@ func (t *Tunnel) readResponse(ctx context.Context, x *pipeline.Exchange, s pipel
 	}
 	switch typ {
 	case codec.FrameResponse:
-		var head codec.ResponseHead
+		// The answer is written to the user before the exchange ends: its
+		// header map can be the exchange's.
+		head := codec.ResponseHead{Header: x.ResponseHeader()}
 		if err := codec.ParseResponse(p, &head); err != nil {
 			return &pipeline.Reject{Status: http.StatusBadGateway, Message: "malformed answer from the tunnel peer", Err: err}
 		}

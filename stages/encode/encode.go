@@ -81,9 +81,14 @@ func (e *Encoder) toUser(x *pipeline.Exchange, resp *http.Response) error {
 	for k, v := range resp.Header {
 		h[k] = v
 	}
-	h[httpx.RequestIDHeader] = []string{x.ID}
+	// net/http is done with the header when the exchange ends, so the
+	// values can live in the exchange.
+	vals := x.Strings(2)
+	vals[0] = x.ID
+	h[httpx.RequestIDHeader] = vals[0:1:1]
 	if resp.ContentLength >= 0 && !bodyless(resp.StatusCode) {
-		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		vals[1] = strconv.FormatInt(resp.ContentLength, 10)
+		h["Content-Length"] = vals[1:2:2]
 	}
 	x.Status = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
