@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 )
 
 // readerBufSize is the read-ahead buffer of a Reader. Reads larger than it
@@ -136,11 +137,13 @@ type Body struct {
 	// http.Request.Trailer, with the code that reads the body.
 	Trailer http.Header
 	err     error
+	done    atomic.Bool // err != nil, readable from other goroutines
 }
 
 // Reset makes b read the body that starts at r's next frame.
 func (b *Body) Reset(r *Reader, trailer http.Header) {
 	b.r, b.Trailer, b.err = r, trailer, nil
+	b.done.Store(false)
 }
 
 // Read implements io.Reader.
@@ -149,7 +152,9 @@ func (b *Body) Read(p []byte) (int, error) {
 		if b.err != nil {
 			return 0, b.err
 		}
-		b.err = b.next()
+		if b.err = b.next(); b.err != nil {
+			b.done.Store(true)
+		}
 	}
 	if len(p) == 0 {
 		return 0, nil
@@ -157,6 +162,7 @@ func (b *Body) Read(p []byte) (int, error) {
 	n, err := b.r.ReadData(p)
 	if err != nil {
 		b.err = err
+		b.done.Store(true)
 	}
 	return n, err
 }
@@ -166,7 +172,8 @@ func (b *Body) Read(p []byte) (int, error) {
 func (b *Body) Close() error { return nil }
 
 // Done reports whether the body has been read to its end (or failed).
-func (b *Body) Done() bool { return b.err != nil }
+// It may be called while another goroutine reads the body.
+func (b *Body) Done() bool { return b.done.Load() }
 
 // Err returns io.EOF after a complete body, the error that ended it, or nil
 // while it is still being read.

@@ -29,8 +29,15 @@ type Server struct {
 	// Listen is the UDP address of the tunnel (QUIC) listener. Default ":4443".
 	Listen string `yaml:"listen"`
 	// PublicHTTP is the TCP address of the public HTTP listener that serves
-	// reverse rules. Default ":8080".
+	// reverse rules (HTTP/1.1 and HTTP/2 without TLS). Default ":8080".
 	PublicHTTP string `yaml:"public_http"`
+	// PublicHTTPS is the TCP address of the public HTTPS listener for
+	// reverse rules (HTTP/1.1 and HTTP/2 by ALPN); empty: none. It needs
+	// PublicTLS.
+	PublicHTTPS string `yaml:"public_https"`
+	// PublicTLS holds the public HTTPS listener's certificates; the
+	// certificate is picked by SNI, the rule by Host.
+	PublicTLS []CertFiles `yaml:"public_tls"`
 	// TLS is the server's identity. With no files, the server makes a
 	// self-signed certificate at start and logs its pin for clients.
 	TLS ServerTLS `yaml:"tls"`
@@ -43,6 +50,12 @@ type Server struct {
 	// Sessions sets how long a disconnected client's session is kept (S7).
 	Sessions Sessions `yaml:"sessions"`
 	Common   `yaml:",inline"`
+}
+
+// CertFiles names a PEM certificate chain and its key.
+type CertFiles struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // ServerTLS names the server certificate files (PEM).
@@ -97,7 +110,10 @@ type Client struct {
 	ServerPin string `yaml:"server_pin"`
 	// Reconnect sets the backoff after losing the server (S4).
 	Reconnect Reconnect `yaml:"reconnect"`
-	Common    `yaml:",inline"`
+	// ForwardTLS holds the certificates of forward listeners whose rules
+	// set listen_tls; the certificate is picked by SNI.
+	ForwardTLS []CertFiles `yaml:"forward_tls"`
+	Common     `yaml:",inline"`
 }
 
 // Reconnect holds the client's reconnect backoff (full jitter).
@@ -350,6 +366,13 @@ func (c *Server) Validate() error {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		k.add("tls", "cert_file and key_file go together")
 	}
+	if c.PublicHTTPS != "" {
+		k.hostPort("public_https", c.PublicHTTPS)
+		if len(c.PublicTLS) == 0 {
+			k.add("public_tls", "public_https needs at least one certificate")
+		}
+	}
+	checkCerts(&k, "public_tls", c.PublicTLS)
 	k.positive("sync.hash_check_interval", c.Sync.HashCheckInterval)
 	k.positive("sync.full_sync_interval", c.Sync.FullSyncInterval)
 	k.positive("sessions.sweep_interval", c.Sessions.SweepInterval)
@@ -422,11 +445,20 @@ func (c *Client) Validate() error {
 			k.add("server_pin", "%v", err)
 		}
 	}
+	checkCerts(&k, "forward_tls", c.ForwardTLS)
 	k.positive("reconnect.base", c.Reconnect.Base)
 	k.positive("reconnect.max", c.Reconnect.Max)
 	k.positive("reconnect.stable", c.Reconnect.Stable)
 	c.Common.check(&k)
 	return k.err()
+}
+
+func checkCerts(k *checker, path string, cs []CertFiles) {
+	for i, c := range cs {
+		if c.CertFile == "" || c.KeyFile == "" {
+			k.add(fmt.Sprintf("%s[%d]", path, i), "cert_file and key_file are both required")
+		}
+	}
 }
 
 // ParseLevel parses a log level name.

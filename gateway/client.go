@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,30 +40,19 @@ type Client struct {
 
 	conn atomic.Pointer[pipeline.Conn] // the live connection, nil while down
 
-	mu        sync.Mutex // guards listeners and closing
-	listeners map[string]*forwardListener
-	closing   bool
-	wg        sync.WaitGroup // listener servers and retired listeners' drains
+	listeners *listenerSet // forward rules' listeners
+	applyMu   sync.Mutex   // one apply at a time
 
 	ready     chan struct{} // closed when the first rules are applied
 	readyOnce sync.Once
 	applied   atomic.Uint64
 }
 
-// forwardListener serves the forward rules bound to one listen address.
-type forwardListener struct {
-	addr    string
-	ln      net.Listener
-	srv     *http.Server
-	handler *ingressHandler
-}
-
 // NewClient checks cfg (which must have had SetDefaults and Validate) and
 // builds the client. It connects to nothing; Run does.
 func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	o := buildOptions(opts)
-	c := &Client{cfg: cfg, o: o, log: o.log.With("side", "client", "client", cfg.ID),
-		listeners: map[string]*forwardListener{}, ready: make(chan struct{})}
+	c := &Client{cfg: cfg, o: o, log: o.log.With("side", "client", "client", cfg.ID), ready: make(chan struct{})}
 	var err error
 	if c.token, err = cfg.ReadToken(); err != nil {
 		return nil, err
@@ -89,6 +77,11 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, o); err != nil {
 		return nil, err
 	}
+	certs, err := loadCerts(cfg.ForwardTLS)
+	if err != nil {
+		return nil, err
+	}
+	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, c.log)
 	return c, nil
 }
 
@@ -106,14 +99,7 @@ func (c *Client) Connected() bool { return c.conn.Load() != nil }
 
 // ForwardAddr returns the bound address of the forward listener configured
 // as listen (useful when it asked for port 0), or nil.
-func (c *Client) ForwardAddr(listen string) net.Addr {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if fl := c.listeners[listen]; fl != nil {
-		return fl.ln.Addr()
-	}
-	return nil
-}
+func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(listen) }
 
 // Run connects to the server and serves until ctx is done, reconnecting
 // after losses with backoff and full jitter (S4). It then shuts down within
@@ -289,71 +275,21 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) error {
 	if got := t.Hash(); string(got[:]) != string(hash) {
 		return fmt.Errorf("rule set hash mismatch: got %x, server said %x", got, hash)
 	}
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return errors.New("client is shutting down")
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	pend, err := c.listeners.prepare(t.Listeners(rules.Forward))
+	if err != nil {
+		return err
 	}
-	want := t.Listeners()
-	var added []*forwardListener
-	for _, addr := range want {
-		if c.listeners[addr] != nil {
-			continue
-		}
-		ln, err := listenTCP(addr)
-		if err != nil {
-			c.mu.Unlock()
-			for _, fl := range added {
-				_ = fl.ln.Close()
-			}
-			return fmt.Errorf("forward listener %s: %w", addr, err)
-		}
-		h := &ingressHandler{chain: c.chains.ingress, listener: addr, log: c.log}
-		added = append(added, &forwardListener{addr: addr, ln: ln, handler: h, srv: newIngressServer(h, c.cfg.Limits, c.log)})
-	}
-	c.mu.Unlock()
-
 	wctx, cancel := context.WithTimeout(context.Background(), c.cfg.Egress.DialTimeout)
 	c.pool.Warm(wctx, rs, rules.Reverse)
 	cancel()
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		for _, fl := range added {
-			_ = fl.ln.Close()
-		}
-		return errors.New("client is shutting down")
-	}
 	old := c.rules.Swap(t)
 	c.applied.Store(version)
-	for _, fl := range added {
-		c.listeners[fl.addr] = fl
-		c.wg.Go(func() {
-			if err := fl.srv.Serve(fl.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				c.log.Error("forward listener failed", "listen", fl.addr, "err", err)
-			}
-		})
-	}
-	for addr, fl := range c.listeners {
-		if !slices.Contains(want, addr) {
-			delete(c.listeners, addr)
-			c.wg.Go(func() { c.retire(fl) })
-		}
-	}
-	c.log.Info("rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", len(c.listeners))
+	c.listeners.commit(pend)
+	c.log.Info("rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
 	c.readyOnce.Do(func() { close(c.ready) })
 	return nil
-}
-
-// retire stops a forward listener: no new connections, requests in flight
-// finish within the grace period.
-func (c *Client) retire(fl *forwardListener) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
-	defer cancel()
-	if err := shutdownHTTP(ctx, fl.srv, fl.handler); err != nil {
-		c.log.Warn("forward listener did not drain in time", "listen", fl.addr, "err", err)
-	}
 }
 
 // drain shuts a live session down gracefully: stop forward listeners and
@@ -363,7 +299,7 @@ func (c *Client) drain(s *clientSession) {
 	c.log.Info("client shutting down")
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
 	defer cancel()
-	c.stopListeners(ctx)
+	c.listeners.shutdown(ctx)
 	if err := s.peer.GoAway("client shutting down"); err != nil {
 		c.log.Debug("goaway failed", "err", err)
 	}
@@ -374,35 +310,17 @@ func (c *Client) drain(s *clientSession) {
 	<-s.done
 }
 
-// stopListeners shuts every forward listener down, in parallel, until ctx.
-func (c *Client) stopListeners(ctx context.Context) {
-	c.mu.Lock()
-	c.closing = true
-	ls := c.listeners
-	c.listeners = map[string]*forwardListener{}
-	c.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, fl := range ls {
-		wg.Go(func() {
-			if err := shutdownHTTP(ctx, fl.srv, fl.handler); err != nil {
-				c.log.Warn("forward listener did not drain in time", "listen", fl.addr, "err", err)
-			}
-		})
-	}
-	wg.Wait()
-}
-
 // shutdown releases everything after the last session ended.
 func (c *Client) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
 	defer cancel()
-	c.stopListeners(ctx)
+	c.listeners.shutdown(ctx)
 	err := c.streams.close(ctx)
 	if errors.Is(err, pipeline.ErrClosed) {
 		err = nil
 	}
 	c.streams.wait()
-	c.wg.Wait()
+	c.listeners.wait()
 	c.pool.Close()
 	if cerr := c.chains.close(ctx); cerr != nil {
 		err = errors.Join(err, cerr)

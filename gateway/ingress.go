@@ -62,6 +62,10 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 	}
 	status, msg, retry := pipeline.Answer(err)
 	x.Status = status
+	if x.Protocol == pipeline.ProtoGRPC || (x.Request != nil && httpx.IsGRPC(x.Request)) {
+		httpx.WriteGRPCError(x.Writer, status, msg, retry, x.ID)
+		return false
+	}
 	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
 	return false
 }
@@ -96,16 +100,4 @@ func listenTCP(addr string) (net.Listener, error) {
 		return nil, err
 	}
 	return ln, nil
-}
-
-// shutdownHTTP stops srv gracefully until ctx is done, then forcibly, and in
-// both cases waits for the handlers still running (they end once their
-// connections are closed).
-func shutdownHTTP(ctx context.Context, srv *http.Server, h *ingressHandler) error {
-	err := srv.Shutdown(ctx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	h.inflight.Wait()
-	return err
 }

@@ -39,10 +39,10 @@ type Server struct {
 	chains   *chains
 	streams  *streamServer
 
-	tunnelLn *transport.Listener
-	publicLn net.Listener
-	public   *http.Server
-	handler  *ingressHandler
+	tunnelLn  *transport.Listener
+	public    []ingressListener // public_http, then public_https if set
+	listeners *listenerSet      // reverse TCP rules' listeners
+	publicTLS []tls.Certificate
 
 	mu    sync.Mutex
 	conns map[*serverConn]struct{}
@@ -95,6 +95,9 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.pool, err = egress.NewPool(pc); err != nil {
 		return nil, err
 	}
+	if s.publicTLS, err = loadCerts(cfg.PublicTLS); err != nil {
+		return nil, err
+	}
 	conns := egress.ConnSourceFunc(func(r *rules.Rule) (*pipeline.Conn, error) {
 		if c := s.sessions.Conn(r.Client); c != nil {
 			return c, nil
@@ -106,6 +109,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, o); err != nil {
 		return nil, err
 	}
+	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, s.log)
 	return s, nil
 }
 
@@ -124,7 +128,20 @@ func (s *Server) Pin() string { return s.pin }
 func (s *Server) TunnelAddr() net.Addr { return s.tunnelLn.Addr() }
 
 // PublicAddr returns the bound public HTTP address; valid after Start.
-func (s *Server) PublicAddr() net.Addr { return s.publicLn.Addr() }
+func (s *Server) PublicAddr() net.Addr { return s.public[0].addr() }
+
+// PublicTLSAddr returns the bound public HTTPS address, or nil if there is
+// none; valid after Start.
+func (s *Server) PublicTLSAddr() net.Addr {
+	if len(s.public) < 2 {
+		return nil
+	}
+	return s.public[1].addr()
+}
+
+// ListenerAddr returns the bound address of a reverse TCP rule's listener
+// configured as listen, or nil.
+func (s *Server) ListenerAddr(listen string) net.Addr { return s.listeners.addr(listen) }
 
 // Start binds the tunnel and public listeners and starts serving. It
 // returns once both are bound.
@@ -133,32 +150,54 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	abandon := func() {
+		_ = ln.Close()
+		for _, l := range s.public {
+			l.abandon()
+		}
+		s.public = nil
+	}
 	pub, err := listenTCP(s.cfg.PublicHTTP)
 	if err != nil {
-		_ = ln.Close()
+		abandon()
 		return fmt.Errorf("public listener: %w", err)
+	}
+	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.log))
+	if s.cfg.PublicHTTPS != "" {
+		pubTLS, err := listenTCP(s.cfg.PublicHTTPS)
+		if err != nil {
+			abandon()
+			return fmt.Errorf("public HTTPS listener: %w", err)
+		}
+		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.log))
+	}
+	pend, err := s.listeners.prepare(s.rules.Load().Listeners(rules.Reverse))
+	if err != nil {
+		abandon()
+		return err
 	}
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
 	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.log); err != nil {
-		_ = ln.Close()
-		_ = pub.Close()
+		abandon()
+		s.listeners.closeBound(pend)
 		return err
 	}
-	s.tunnelLn, s.publicLn = ln, pub
-	s.handler = &ingressHandler{chain: s.chains.ingress, listener: "", log: s.log}
-	s.public = newIngressServer(s.handler, s.cfg.Limits, s.log)
+	s.tunnelLn = ln
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = cancel
 	s.wg.Go(func() { s.acceptLoop(runCtx) })
-	s.wg.Go(func() {
-		if err := s.public.Serve(pub); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("public listener failed", "err", err)
-		}
-	})
+	for _, l := range s.public {
+		s.wg.Go(l.serve)
+	}
+	s.listeners.commit(pend)
 	s.wg.Go(func() { s.sweep(runCtx) })
-	s.log.Info("server started", "tunnel", ln.Addr().String(), "public_http", pub.Addr().String(),
-		"pin", s.pin, "rules", s.rules.Load().Len(), "clients", len(s.tokens))
+	attrs := []any{"tunnel", ln.Addr().String(), "public_http", pub.Addr().String()}
+	if a := s.PublicTLSAddr(); a != nil {
+		attrs = append(attrs, "public_https", a.String())
+	}
+	attrs = append(attrs, "pin", s.pin, "rules", s.rules.Load().Len(), "clients", len(s.tokens), "tcp_listeners", s.listeners.count())
+	s.log.Info("server started", attrs...)
 	return nil
 }
 
@@ -346,9 +385,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.log.Info("server shutting down")
 	_ = s.tunnelLn.StopAccepting()
 	// Reverse requests in flight use client connections: finish them first.
-	if err := shutdownHTTP(ctx, s.public, s.handler); err != nil {
-		errs = append(errs, fmt.Errorf("public listener: %w", err))
+	var lwg sync.WaitGroup
+	for _, l := range s.public {
+		lwg.Go(func() {
+			if err := l.stop(ctx); err != nil {
+				s.log.Warn("public listener did not drain in time", "listen", l.addr().String(), "err", err)
+			}
+		})
 	}
+	lwg.Go(func() { s.listeners.shutdown(ctx) })
+	lwg.Wait()
 	s.mu.Lock()
 	conns := s.conns
 	s.conns = nil
@@ -368,7 +414,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.streams.wait()
 	s.stop()
 	waited := make(chan struct{})
-	go func() { s.wg.Wait(); close(waited) }()
+	go func() {
+		s.wg.Wait()
+		// Upgraded connections outlive their listener's shutdown; with the
+		// tunnel closed under them they end now.
+		for _, l := range s.public {
+			l.wait()
+		}
+		s.listeners.wait()
+		close(waited)
+	}()
 	select {
 	case <-waited:
 	case <-ctx.Done():

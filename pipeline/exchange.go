@@ -115,6 +115,9 @@ type Exchange struct {
 	Request *http.Request
 	// Writer answers the user (ingress side only).
 	Writer http.ResponseWriter
+	// Downstream is the user's raw connection, for TCP rules (ingress side
+	// only; Request and Writer are nil then).
+	Downstream net.Conn
 	// Stream carries the request and answer (egress side only).
 	Stream Stream
 	// Head is the request head: decoded from the stream (egress) or built
@@ -122,6 +125,10 @@ type Exchange struct {
 	Head codec.RequestHead
 	// Response is the answer, set by the egress stage; encode writes it.
 	Response *http.Response
+	// Upgraded is the far end of a connection that switched to raw bytes
+	// (a WebSocket after 101, a TCP rule after the upstream answered): set
+	// by the egress stage, spliced to the user (or the stream) by encode.
+	Upgraded io.ReadWriteCloser
 	// Status is the status the user got, for logs and metrics.
 	Status int
 

@@ -31,6 +31,14 @@ const (
 	Forward Direction = "forward"
 )
 
+// Protocols a rule can carry.
+const (
+	// ProtoHTTP carries HTTP/1.1, HTTP/2, gRPC and WebSocket. The default.
+	ProtoHTTP = "http"
+	// ProtoTCP carries raw TCP: a listener port mapped to host:port.
+	ProtoTCP = "tcp"
+)
+
 // Rule is one route through the tunnel. The zero value is invalid; see Validate.
 type Rule struct {
 	// ID names the rule; unique across the server. Letters, digits, '.', '_', '-'.
@@ -39,6 +47,9 @@ type Rule struct {
 	Client string `json:"client" yaml:"client"`
 	// Direction is "reverse" or "forward".
 	Direction Direction `json:"direction" yaml:"direction"`
+	// Protocol is "http" (the default: HTTP/1.1, HTTP/2, gRPC, WebSocket)
+	// or "tcp" (raw bytes from a listener port to host:port).
+	Protocol string `json:"protocol,omitempty" yaml:"protocol"`
 	// Host matches the request's Host (case-insensitive, port and trailing dot
 	// ignored). Required for reverse rules; optional for forward rules, where
 	// empty matches any host.
@@ -46,12 +57,28 @@ type Rule struct {
 	// PathPrefix matches the request path on segment boundaries: "/api"
 	// matches "/api" and "/api/x" but not "/apix". Empty means "/".
 	PathPrefix string `json:"path_prefix,omitempty" yaml:"path_prefix"`
-	// Listen is the address a forward rule's listener binds on the client,
-	// such as "127.0.0.1:9000". Unused for reverse rules.
+	// Listen is the address a rule's own listener binds: for forward rules
+	// on the client (required), for reverse TCP rules on the server
+	// (required). Reverse HTTP rules use the server's public listeners.
 	Listen string `json:"listen,omitempty" yaml:"listen"`
-	// Upstream is the URL the egress side sends requests to: http:// or
-	// https://, host and port, and an optional base path.
+	// ListenTLS makes a forward HTTP rule's listener speak TLS (with HTTP/2
+	// by ALPN), with the certificate of the client's forward_tls setting.
+	ListenTLS bool `json:"listen_tls,omitempty" yaml:"listen_tls"`
+	// Upstream is where the egress side sends requests: for HTTP rules a
+	// URL, http:// or https://, host and port, and an optional base path;
+	// for TCP rules host:port (or tcp://host:port).
 	Upstream string `json:"upstream" yaml:"upstream"`
+	// UpstreamCAFile holds PEM CA certificates that must sign an https://
+	// upstream's certificate. Default: the system's roots.
+	UpstreamCAFile string `json:"upstream_ca_file,omitempty" yaml:"upstream_ca_file"`
+	// UpstreamServerName is the name checked in an https:// upstream's
+	// certificate (and sent as SNI). Default: the upstream URL's host.
+	UpstreamServerName string `json:"upstream_server_name,omitempty" yaml:"upstream_server_name"`
+	// UpstreamTLSInsecureSkipVerify accepts ANY certificate from an
+	// https:// upstream: anyone on the path can read and change the
+	// traffic. For tests and for upstreams on the same host only; the
+	// egress side logs a warning for every rule that sets it.
+	UpstreamTLSInsecureSkipVerify bool `json:"upstream_tls_insecure_skip_verify,omitempty" yaml:"upstream_tls_insecure_skip_verify"`
 	// UpstreamHTTP2 speaks HTTP/2 to the upstream: h2c for http:// upstreams,
 	// h2 (ALPN) for https://.
 	UpstreamHTTP2 bool `json:"upstream_http2,omitempty" yaml:"upstream_http2"`
@@ -78,6 +105,9 @@ func (e *FieldError) Error() string {
 // Normalize fills defaults and canonicalises fields in place: lower-case host
 // without trailing dot, path prefix with a leading slash.
 func (r *Rule) Normalize() {
+	if r.Protocol == "" {
+		r.Protocol = ProtoHTTP
+	}
 	r.Host = NormalizeHost(r.Host)
 	if r.PathPrefix == "" {
 		r.PathPrefix = "/"
@@ -114,20 +144,40 @@ func (r *Rule) Validate(i int) error {
 	if !idPattern.MatchString(r.Client) {
 		return fail("client", "%q is not a valid client id", r.Client)
 	}
+	if r.Protocol != ProtoHTTP && r.Protocol != ProtoTCP {
+		return fail("protocol", "%q is neither %q nor %q", r.Protocol, ProtoHTTP, ProtoTCP)
+	}
 	switch r.Direction {
 	case Reverse:
-		if r.Host == "" {
+		if r.Protocol == ProtoHTTP && r.Host == "" {
 			return fail("host", "a reverse rule needs a host to match on the server's public listener")
+		}
+		if r.Protocol == ProtoTCP && r.Listen == "" {
+			return fail("listen", "a reverse TCP rule needs a listen address on the server, such as :2222")
 		}
 	case Forward:
 		if r.Listen == "" {
 			return fail("listen", "a forward rule needs a listen address on the client, such as 127.0.0.1:9000")
 		}
+	default:
+		return fail("direction", "%q is neither %q nor %q", r.Direction, Reverse, Forward)
+	}
+	if r.Listen != "" {
 		if _, port, err := net.SplitHostPort(r.Listen); err != nil || port == "" {
 			return fail("listen", "%q is not host:port", r.Listen)
 		}
-	default:
-		return fail("direction", "%q is neither %q nor %q", r.Direction, Reverse, Forward)
+	}
+	if r.Protocol == ProtoTCP {
+		if r.Host != "" || (r.PathPrefix != "" && r.PathPrefix != "/") || r.ListenTLS || r.UpstreamHTTP2 || r.HostHeader != "" {
+			return fail("protocol", "a TCP rule has no host, path_prefix, listen_tls, upstream_http2 or host_header")
+		}
+		if _, err := ParseTCPUpstream(r.Upstream); err != nil {
+			return fail("upstream", "%v", err)
+		}
+		return nil
+	}
+	if r.ListenTLS && r.Direction != Forward {
+		return fail("listen_tls", "only forward rules have their own listener; reverse rules use the server's public_https listener")
 	}
 	if strings.ContainsAny(r.Host, "/ ?#@") {
 		return fail("host", "%q is not a host name", r.Host)
@@ -135,13 +185,29 @@ func (r *Rule) Validate(i int) error {
 	if strings.ContainsAny(r.PathPrefix, "?# ") {
 		return fail("path_prefix", "%q must be a plain path", r.PathPrefix)
 	}
-	if _, err := ParseUpstream(r.Upstream); err != nil {
+	u, err := ParseUpstream(r.Upstream)
+	if err != nil {
 		return fail("upstream", "%v", err)
+	}
+	if u.Scheme != "https" && (r.UpstreamCAFile != "" || r.UpstreamServerName != "" || r.UpstreamTLSInsecureSkipVerify) {
+		return fail("upstream", "upstream_ca_file, upstream_server_name and upstream_tls_insecure_skip_verify need an https:// upstream")
 	}
 	if strings.ContainsAny(r.HostHeader, "\r\n\x00 /") {
 		return fail("host_header", "%q is not a host", r.HostHeader)
 	}
 	return nil
+}
+
+// ParseTCPUpstream checks a TCP rule's upstream and returns it as host:port.
+func ParseTCPUpstream(s string) (string, error) {
+	addr := strings.TrimPrefix(s, "tcp://")
+	if addr == "" {
+		return "", errors.New("missing (want host:port, such as 127.0.0.1:5432)")
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return "", fmt.Errorf("%q is not host:port", s)
+	}
+	return addr, nil
 }
 
 // ParseUpstream parses and checks an upstream URL.

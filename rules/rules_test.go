@@ -41,8 +41,9 @@ func TestMatch(t *testing.T) {
 		{"", "app.example.test", "/api/v2/x", "api-v2"},
 		{"", "other.test", "/x", "other"},
 		{"", "nobody.test", "/", ""},
-		{"127.0.0.1:9000", "anything", "/", "db"},
-		{"127.0.0.1:9001", "anything", "/", ""},
+		{rules.ListenerKey(rules.Forward, "127.0.0.1:9000"), "anything", "/", "db"},
+		{rules.ListenerKey(rules.Forward, "127.0.0.1:9001"), "anything", "/", ""},
+		{"127.0.0.1:9000", "anything", "/", ""},
 	}
 	for _, tt := range tests {
 		got := tab.Match(tt.listener, tt.host, tt.path)
@@ -54,7 +55,8 @@ func TestMatch(t *testing.T) {
 		require.Equal(t, tt.want, got.ID, "%s %s%s", tt.listener, tt.host, tt.path)
 	}
 	require.Equal(t, "app.example.test", tab.ByID("root").Host, "hosts are normalised")
-	require.Equal(t, []string{"127.0.0.1:9000"}, tab.Listeners())
+	require.Equal(t, []rules.Listener{{Addr: "127.0.0.1:9000", Direction: rules.Forward, Protocol: rules.ProtoHTTP}}, tab.Listeners(rules.Forward))
+	require.Empty(t, tab.Listeners(rules.Reverse))
 	require.Len(t, tab.ForClient("c1"), 4)
 	require.Equal(t, uint64(1), tab.Version())
 	require.Equal(t, 5, tab.Len())

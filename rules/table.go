@@ -49,9 +49,13 @@ func NewTable(version uint64, rs []Rule) (*Table, error) {
 				return nil, &FieldError{Index: i, Field: conflictField(r), Msg: fmt.Sprintf(
 					"%s%s on %s is already routed by rule %q", r.Host, r.PathPrefix, describeListener(key), other.ID)}
 			}
-			if r.Direction == Forward && other.Client != r.Client {
+			if key != "" && other.Client != r.Client {
 				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
 					"listen address %s belongs to client %q (rule %q)", r.Listen, other.Client, other.ID)}
+			}
+			if key != "" && (other.Protocol != r.Protocol || other.Direction != r.Direction || other.ListenTLS != r.ListenTLS || r.Protocol == ProtoTCP) {
+				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
+					"listen address %s is already used by rule %q", r.Listen, other.ID)}
 			}
 		}
 		if r.Direction == Reverse {
@@ -90,15 +94,23 @@ func describeListener(key string) string {
 	if key == "" {
 		return "the public listener"
 	}
-	return key
+	_, addr, _ := strings.Cut(key, " ")
+	return addr
 }
 
+// listenerKey names the listener a rule is served on: "" for the server's
+// public HTTP listeners, else ListenerKey of the rule's own listener.
 func (r *Rule) listenerKey() string {
-	if r.Direction == Forward {
-		return r.Listen
+	if r.Direction == Forward || r.Protocol == ProtoTCP {
+		return ListenerKey(r.Direction, r.Listen)
 	}
 	return ""
 }
+
+// ListenerKey is how Match knows a rule-owned listener: its direction and
+// address. The same address can be a forward listener on a client and a
+// reverse TCP listener on the server.
+func ListenerKey(dir Direction, addr string) string { return string(dir) + " " + addr }
 
 // Version returns the version the table was built at.
 func (t *Table) Version() uint64 {
@@ -146,24 +158,41 @@ func (t *Table) ByID(id string) *Rule {
 	return t.byID[id]
 }
 
-// Listeners returns the listen addresses of the forward rules, sorted.
-func (t *Table) Listeners() []string {
+// Listener is a listen address some rules need, and what it serves.
+type Listener struct {
+	Addr      string
+	Direction Direction
+	Protocol  string
+	TLS       bool
+}
+
+// Key is the listener's ListenerKey.
+func (l Listener) Key() string { return ListenerKey(l.Direction, l.Addr) }
+
+// Listeners returns the rule-owned listeners in direction dir (forward:
+// the client's; reverse: the server's TCP listeners), sorted by address.
+func (t *Table) Listeners(dir Direction) []Listener {
 	if t == nil {
 		return nil
 	}
-	var out []string
-	for k := range t.routes {
-		if k != "" {
-			out = append(out, k)
+	var out []Listener
+	for k, cands := range t.routes {
+		if k == "" || len(cands) == 0 || cands[0].Direction != dir {
+			continue
 		}
+		l := Listener{Addr: cands[0].Listen, Direction: dir, Protocol: cands[0].Protocol}
+		for _, r := range cands {
+			l.TLS = l.TLS || r.ListenTLS
+		}
+		out = append(out, l)
 	}
-	slices.Sort(out)
+	slices.SortFunc(out, func(a, b Listener) int { return strings.Compare(a.Addr, b.Addr) })
 	return out
 }
 
 // Match returns the rule that routes a request for host and path arriving on
-// listener ("" for the server's public listener, else a forward listen
-// address), or nil. host may carry a port and any case.
+// listener ("" for the server's public listeners, else the ListenerKey of a
+// rule-owned listener), or nil. host may carry a port and any case.
 func (t *Table) Match(listener, host, path string) *Rule {
 	if t == nil {
 		return nil
@@ -177,6 +206,18 @@ func (t *Table) Match(listener, host, path string) *Rule {
 		if (r.Host == "" || r.Host == host) && pathHasPrefix(path, r.PathPrefix) {
 			return r
 		}
+	}
+	return nil
+}
+
+// MatchListener returns the rule served on a rule-owned listener whatever
+// the request (TCP rules: one per listener), or nil.
+func (t *Table) MatchListener(listener string) *Rule {
+	if t == nil || listener == "" {
+		return nil
+	}
+	if cands := t.routes[listener]; len(cands) > 0 {
+		return cands[0]
 	}
 	return nil
 }

@@ -103,3 +103,67 @@ func ClientIP(remoteAddr string) string {
 	}
 	return remoteAddr
 }
+
+// IsGRPC reports whether a request is a gRPC call.
+func IsGRPC(r *http.Request) bool {
+	return r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// GRPCCode maps the status of a gateway error to a gRPC status code, after
+// gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md), with two
+// sharper codes: 413 is RESOURCE_EXHAUSTED and 504 DEADLINE_EXCEEDED.
+func GRPCCode(status int) int {
+	switch status {
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	case http.StatusUnauthorized:
+		return 16 // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return 7 // PERMISSION_DENIED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusRequestEntityTooLarge:
+		return 8 // RESOURCE_EXHAUSTED
+	case http.StatusGatewayTimeout:
+		return 4 // DEADLINE_EXCEEDED
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}
+
+// WriteGRPCError answers a gRPC call with the gateway's own error, the way
+// gRPC clients understand it: HTTP 200, then grpc-status and grpc-message
+// (percent-encoded) as trailers.
+func WriteGRPCError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string) {
+	h := w.Header()
+	for k := range h {
+		delete(h, k)
+	}
+	h.Set("Content-Type", "application/grpc")
+	if requestID != "" {
+		h.Set(RequestIDHeader, requestID)
+	}
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
+	}
+	w.WriteHeader(http.StatusOK)
+	h.Set(http.TrailerPrefix+"Grpc-Status", strconv.Itoa(GRPCCode(status)))
+	h.Set(http.TrailerPrefix+"Grpc-Message", grpcPercentEncode("qtunnel: "+msg))
+}
+
+func grpcPercentEncode(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&0xf])
+	}
+	return b.String()
+}

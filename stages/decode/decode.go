@@ -78,6 +78,9 @@ func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 func fromHTTP(x *pipeline.Exchange) error {
 	r := x.Request
 	if r == nil {
+		if x.Downstream != nil {
+			return fromTCP(x)
+		}
 		return errors.New("decode: ingress exchange without a request")
 	}
 	h := r.Header
@@ -93,10 +96,17 @@ func fromHTTP(x *pipeline.Exchange) error {
 	h[httpx.RequestIDHeader] = vals[0:1:1]
 	x.ID = id
 	x.Protocol = protocolOf(r)
+	kind := codec.KindHTTP
+	var upgrade []string
 	if x.Protocol == pipeline.ProtoWebSocket {
-		return pipeline.Rejectf(http.StatusNotImplemented, "WebSocket upgrades are not supported by this gateway version")
+		// Upgrade is hop-by-hop, but it is what the far side must ask its
+		// upstream for: it crosses in the head of an upgrade stream.
+		kind, upgrade = codec.KindUpgrade, h["Upgrade"]
 	}
 	httpx.RemoveHopByHop(h)
+	if upgrade != nil {
+		h["Upgrade"] = upgrade
+	}
 	delete(h, "Content-Length") // the head carries it
 	if len(r.Trailer) > 0 {
 		// net/http moved the declaration into r.Trailer; the far side
@@ -126,7 +136,7 @@ func fromHTTP(x *pipeline.Exchange) error {
 		target = r.URL.RequestURI()
 	}
 	x.Head = codec.RequestHead{
-		Kind:          codec.KindHTTP,
+		Kind:          kind,
 		RequestID:     id,
 		TraceParent:   h.Get("Traceparent"),
 		TraceState:    h.Get("Tracestate"),
@@ -140,6 +150,14 @@ func fromHTTP(x *pipeline.Exchange) error {
 	if r.Body == nil || r.Body == http.NoBody {
 		x.Head.ContentLength = 0
 	}
+	return nil
+}
+
+// fromTCP heads an exchange for a raw TCP connection.
+func fromTCP(x *pipeline.Exchange) error {
+	x.ID = httpx.NewRequestID()
+	x.Protocol = pipeline.ProtoTCP
+	x.Head = codec.RequestHead{Kind: codec.KindTCP, RequestID: x.ID, ContentLength: -1, Header: http.Header{}}
 	return nil
 }
 
@@ -180,12 +198,14 @@ func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*stream
 	if err := codec.ParseRequest(p, head); err != nil {
 		return nil, malformed(err)
 	}
-	if head.Kind != codec.KindHTTP {
-		return nil, pipeline.Rejectf(http.StatusNotImplemented, "stream kind %s is not supported by this gateway version", head.Kind)
-	}
 	x.ID = head.RequestID
 	if !httpx.ValidRequestID(x.ID) {
 		x.ID = httpx.NewRequestID()
+	}
+	if head.Kind == codec.KindTCP {
+		// Raw bytes follow once the upstream answers: no HTTP request.
+		x.Protocol = pipeline.ProtoTCP
+		return nil, nil
 	}
 	x.Protocol = pipeline.ProtoHTTP1
 	if strings.HasPrefix(head.Header.Get("Content-Type"), "application/grpc") {
@@ -218,6 +238,16 @@ func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*stream
 	}
 	x.Body.Reset(&x.Frames, req.Trailer)
 	var body *streamBody
+	if head.Kind == codec.KindUpgrade {
+		// The upgrade request has no body; raw bytes follow on the stream
+		// only once the upstream agreed (101).
+		x.Protocol = pipeline.ProtoWebSocket
+		req.Header["Connection"] = []string{"Upgrade"}
+		req.Body = http.NoBody
+		req.ContentLength = 0
+		x.Request = req.WithContext(ctx)
+		return nil, nil
+	}
 	if head.ContentLength == 0 {
 		// No body: the END frame follows the head at once; consume it so
 		// the stream completes, and give net/http the body it expects.

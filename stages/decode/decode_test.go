@@ -269,17 +269,44 @@ func TestIngressContentLength(t *testing.T) {
 	}
 }
 
-func TestIngressWebSocketRejected(t *testing.T) {
+func TestIngressWebSocketUpgrade(t *testing.T) {
 	t.Parallel()
 	r := httptest.NewRequest(http.MethodGet, "/ws", nil)
 	r.Header.Set("Connection", "Upgrade")
 	r.Header.Set("Upgrade", "WebSocket")
 	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	r.Header.Set("Sec-WebSocket-Protocol", "chat")
 	x, next, err := runIngress(t, r)
-	requireReject(t, err, http.StatusNotImplemented)
-	require.False(t, next.called)
+	require.NoError(t, err)
+	require.True(t, next.called)
 	require.Equal(t, pipeline.ProtoWebSocket, x.Protocol)
-	require.NotEmpty(t, x.ID, "a rejected request still has an id for the error answer")
+	require.Equal(t, codec.KindUpgrade, x.Head.Kind, "an upgrade crosses as an upgrade stream")
+	require.Equal(t, []string{"WebSocket"}, x.Head.Header["Upgrade"], "the protocol asked for crosses in the head")
+	require.NotContains(t, x.Head.Header, "Connection")
+	require.Equal(t, "chat", x.Head.Header.Get("Sec-WebSocket-Protocol"), "end-to-end fields cross unchanged")
+}
+
+func TestEgressTCPKindHasNoRequest(t *testing.T) {
+	t.Parallel()
+	d := newDecoder(t, decode.Config{})
+	s := pipelinetest.NewStream()
+	t.Cleanup(s.Shutdown)
+	go func() {
+		_, _ = s.PeerWrite(codec.AppendRequest(nil, &codec.RequestHead{Kind: codec.KindTCP, RuleID: "db", RequestID: "r1"}))
+	}()
+	x := pipeline.Acquire(pipeline.Egress)
+	defer x.Release()
+	x.Stream = s
+	called := false
+	err := d.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		called = true
+		require.Nil(t, x.Request, "raw bytes follow; there is no HTTP request")
+		require.Equal(t, pipeline.ProtoTCP, x.Protocol)
+		require.Equal(t, "db", x.Head.RuleID)
+		return nil
+	}))
+	require.NoError(t, err)
+	require.True(t, called)
 }
 
 func TestIngressProtocolDetection(t *testing.T) {
@@ -475,7 +502,6 @@ func TestEgressMalformed(t *testing.T) {
 		{"empty method", frames(nil).request(noMethod).end(), http.StatusBadRequest},
 		{"target not a path", frames(nil).request(withPath).end(), http.StatusBadRequest},
 		{"body after a zero length", frames(nil).request(okHead).data("x").end(), http.StatusBadRequest},
-		{"TCP kind is not supported", codec.AppendRequest(nil, &codec.RequestHead{Kind: codec.KindTCP}), http.StatusNotImplemented},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

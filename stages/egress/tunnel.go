@@ -62,7 +62,7 @@ func (t *Tunnel) Name() string { return "egress" }
 
 // Handle implements pipeline.Stage.
 func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
-	if x.Rule == nil || x.Request == nil {
+	if x.Rule == nil || (x.Request == nil && x.Head.Kind != codec.KindTCP) {
 		return errors.New("egress: exchange has no rule or request (is route before egress?)")
 	}
 	conn, err := t.conns.ConnFor(x.Rule)
@@ -85,6 +85,9 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	fw := transport.GetFrameWriter(s, t.maxFrame)
 	x.Head.RuleID = x.Rule.ID
 	fw.Request(&x.Head)
+	if x.Head.Kind != codec.KindHTTP {
+		return t.raw(ctx, x, s, fw, next)
+	}
 	req := x.Request
 	var copied chan error
 	switch cl := x.Head.ContentLength; {
@@ -133,6 +136,33 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		transport.PutFrameWriter(fw)
 	}
 	return err
+}
+
+// raw carries an upgrade (WebSocket) or a TCP connection: the head goes now,
+// without END; if the far side agrees (101, or 200 for TCP once it reached
+// the upstream) the stream carries raw bytes both ways, which encode
+// splices to the user. A refused upgrade is an ordinary answer.
+func (t *Tunnel) raw(ctx context.Context, x *pipeline.Exchange, s pipeline.Stream, fw *transport.FrameWriter, next pipeline.Handler) error {
+	err := fw.Flush()
+	transport.PutFrameWriter(fw)
+	if err == nil {
+		err = t.readResponse(ctx, x, s)
+	}
+	if err != nil {
+		s.Abort(codec.StreamCancelled)
+		return err
+	}
+	if x.Head.Kind == codec.KindUpgrade && x.Response.StatusCode != http.StatusSwitchingProtocols {
+		_ = s.Close() // refused: nothing more to send; the answer follows as frames
+		err = next.Handle(ctx, x)
+		if err != nil || !x.Body.Done() {
+			s.Abort(codec.StreamCancelled)
+		}
+		return err
+	}
+	x.Response.Body = http.NoBody
+	x.Upgraded = transport.StreamDuplex{R: x.Frames.Raw(), S: s}
+	return next.Handle(ctx, x)
 }
 
 // waitCopy waits for the request-body copier. The answer is complete (or

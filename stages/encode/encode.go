@@ -61,6 +61,12 @@ func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	if resp == nil {
 		return ErrNoResponse
 	}
+	if x.Upgraded != nil {
+		if err := e.splice(x, resp); err != nil {
+			return err
+		}
+		return next.Handle(ctx, x)
+	}
 	httpx.RemoveHopByHop(resp.Header)
 	var err error
 	if x.Side == pipeline.Ingress {
@@ -72,6 +78,65 @@ func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 		return err
 	}
 	return next.Handle(ctx, x)
+}
+
+// splice delivers an answer that switched to raw bytes (101 for a WebSocket,
+// the go-ahead of a TCP rule) and then copies bytes both ways until both
+// directions end. Once the switch is made there is no HTTP left to answer
+// an error with: a connection that ends badly just ends (and is logged at
+// debug level by whoever runs the exchange).
+func (e *Encoder) splice(x *pipeline.Exchange, resp *http.Response) error {
+	far, ok := x.Upgraded.(transport.Duplex)
+	if !ok {
+		far = transport.RWCDuplex{ReadWriteCloser: x.Upgraded}
+	}
+	upgrade := resp.Header["Upgrade"]
+	httpx.RemoveHopByHop(resp.Header)
+	x.Status = resp.StatusCode
+	var near transport.Duplex
+	switch {
+	case x.Side == pipeline.Egress:
+		if upgrade != nil {
+			resp.Header["Upgrade"] = upgrade
+		}
+		fw := transport.GetFrameWriter(x.Stream, e.maxFrame)
+		fw.Response(&codec.ResponseHead{Status: resp.StatusCode, ContentLength: -1, Header: resp.Header})
+		err := fw.Flush()
+		transport.PutFrameWriter(fw)
+		if err != nil {
+			_ = far.Close()
+			return transport.WriteError{Err: err}
+		}
+		near = transport.StreamDuplex{R: x.Frames.Raw(), S: x.Stream}
+	case x.Downstream != nil: // a TCP rule: the user's connection is raw already
+		near = transport.ConnDuplex{Conn: x.Downstream}
+	default: // a WebSocket: take the user's connection over and answer 101 on it
+		hj, ok := x.Writer.(http.Hijacker)
+		if !ok {
+			_ = far.Close()
+			return errors.New("encode: this connection cannot switch protocols (HTTP/2 upgrades are not supported)")
+		}
+		conn, brw, err := hj.Hijack()
+		if err != nil {
+			_ = far.Close()
+			return fmt.Errorf("encode: take over the connection: %w", err)
+		}
+		defer conn.Close()
+		h := resp.Header
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = upgrade
+		h[httpx.RequestIDHeader] = []string{x.ID}
+		fmt.Fprintf(brw, "HTTP/1.1 %d %s\r\n", resp.StatusCode, http.StatusText(resp.StatusCode))
+		_ = h.Write(brw)
+		_, _ = brw.WriteString("\r\n")
+		if err := brw.Flush(); err != nil {
+			_ = far.Close()
+			return writeErr(err)
+		}
+		near = transport.ConnDuplex{Conn: conn, R: brw.Reader}
+	}
+	_, _, _ = transport.Splice(near, far)
+	return nil
 }
 
 // toUser writes resp to the user's ResponseWriter.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 )
@@ -52,6 +53,12 @@ func (r *Router) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	t := r.rules.Load()
 	if x.Side == pipeline.Ingress {
 		req := x.Request
+		if req == nil { // a raw TCP connection: its listener is its route
+			if x.Rule = t.MatchListener(x.Listener); x.Rule == nil || x.Rule.Protocol != rules.ProtoTCP {
+				return pipeline.Rejectf(http.StatusNotFound, "no TCP rule listens on %s", x.Listener)
+			}
+			return next.Handle(ctx, x)
+		}
 		x.Rule = t.Match(x.Listener, req.Host, req.URL.Path)
 		if x.Rule == nil {
 			return pipeline.Rejectf(http.StatusNotFound, "no route for host %q and path %q", req.Host, req.URL.Path)
@@ -61,6 +68,9 @@ func (r *Router) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	rule := t.ByID(x.Head.RuleID)
 	if rule == nil || rule.Direction != r.egress || (x.Conn != nil && x.Conn.ClientID != "" && rule.Client != x.Conn.ClientID) {
 		return pipeline.Rejectf(http.StatusNotFound, "rule %q does not exist here (removed, or not this client's)", x.Head.RuleID)
+	}
+	if (rule.Protocol == rules.ProtoTCP) != (x.Head.Kind == codec.KindTCP) {
+		return pipeline.Rejectf(http.StatusBadRequest, "rule %q carries %s, not a %s stream", rule.ID, rule.Protocol, x.Head.Kind)
 	}
 	x.Rule = rule
 	return next.Handle(ctx, x)

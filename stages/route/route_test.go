@@ -96,10 +96,10 @@ func TestIngress(t *testing.T) {
 		{"longest prefix wins", "", "app.example.test", "/api/users?id=1", "api"},
 		{"prefix on a segment boundary only", "", "app.example.test", "/apix", "site"},
 		{"other client's host", "", "other.example.test", "/", "other-site"},
-		{"forward listener, any host", "127.0.0.1:9000", "whatever.test", "/", "fwd-db"},
+		{"forward listener, any host", rules.ListenerKey(rules.Forward, "127.0.0.1:9000"), "whatever.test", "/", "fwd-db"},
 		{"unknown host", "", "nope.example.test", "/", ""},
-		{"known host on a forward listener", "127.0.0.1:9000", "app.example.test", "/", "fwd-db"},
-		{"unknown listener", "127.0.0.1:9999", "app.example.test", "/", ""},
+		{"known host on a forward listener", rules.ListenerKey(rules.Forward, "127.0.0.1:9000"), "app.example.test", "/", "fwd-db"},
+		{"unknown listener", rules.ListenerKey(rules.Forward, "127.0.0.1:9999"), "app.example.test", "/", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

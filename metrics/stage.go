@@ -1,0 +1,169 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/pipeline"
+)
+
+// Code classes, the code_class label. classOther covers a status outside
+// 100..599, including 0 (the chain ended without an answer, e.g. a hijacked
+// connection).
+var classNames = [...]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+const classOther = 0
+
+func classOf(status int) uint8 {
+	if c := status / 100; c >= 1 && c <= 5 {
+		return uint8(c)
+	}
+	return classOther
+}
+
+// reqKey names one child of requests_total and request_duration_seconds.
+// It is a small comparable value: a sync.Map lookup with it does not
+// allocate (TestStageAllocatesNothingOnceWarm).
+type reqKey struct {
+	rule, dir string
+	side      pipeline.Side
+	proto     pipeline.Protocol
+	class     uint8
+}
+
+type reqSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+// series returns the children for k, resolving them on first use.
+func (m *Metrics) series(k reqKey) *reqSeries {
+	if v, ok := m.reqCache.Load(k); ok {
+		return v.(*reqSeries)
+	}
+	side, proto := k.side.String(), k.proto.String()
+	v, _ := m.reqCache.LoadOrStore(k, &reqSeries{
+		requests: m.requests.WithLabelValues(k.rule, k.dir, side, proto, classNames[k.class]),
+		duration: m.duration.WithLabelValues(k.rule, k.dir, side, proto),
+	})
+	return v.(*reqSeries)
+}
+
+// Stage returns the "observe" stage. Put it first in a chain, so that it
+// sees every exchange, including those a later stage refuses, and times
+// the whole chain. It counts the exchange in flight while the rest of the
+// chain runs, then records:
+//
+//   - requests_total, by the class of x.Status, or, when the chain failed
+//     before an answer was written (x.Status == 0), of the status
+//     pipeline.Answer gives the error, which is what the user is sent;
+//   - request_duration_seconds, from x.Start;
+//   - errors_total, by Classify(err), when the chain returned an error.
+//
+// Rule and direction come from x.Rule, or are NoRule when no rule matched.
+// Once an exchange's label set has been seen, the stage allocates nothing.
+// A nil *Metrics gives a stage that only calls next.
+func (m *Metrics) Stage() pipeline.Stage {
+	if m == nil {
+		return passThrough{}
+	}
+	return &observer{m: m}
+}
+
+type observer struct{ m *Metrics }
+
+// Name implements pipeline.Namer.
+func (*observer) Name() string { return "observe" }
+
+// Handle implements pipeline.Stage.
+func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	ss := o.m.side(x.Side)
+	ss.inflight.Inc()
+	err := next.Handle(ctx, x)
+	ss.inflight.Dec()
+
+	status := x.Status
+	if err != nil && status == 0 {
+		status = answerStatus(err)
+	}
+	k := reqKey{side: x.Side, proto: x.Protocol, class: classOf(status)}
+	k.rule, k.dir = ruleLabels(x.Rule)
+	rs := o.m.series(k)
+	rs.requests.Inc()
+	if !x.Start.IsZero() {
+		rs.duration.Observe(time.Since(x.Start).Seconds())
+	}
+	if err != nil {
+		ss.errors[Classify(err)].Inc()
+	}
+	return err
+}
+
+// answerStatus is pipeline.Answer's status, without Answer's allocations
+// for the errors stages return as they are.
+func answerStatus(err error) int {
+	switch e := err.(type) {
+	case *pipeline.Reject:
+		return e.Status
+	case *codec.Error:
+		return e.Status
+	}
+	status, _, _ := pipeline.Answer(err)
+	return status
+}
+
+// Classify says what kind of failure err is, for errors_total:
+//
+//   - a *pipeline.Reject is KindOverload when it is a 503 with a
+//     Retry-After (the request may be retried), else KindRejected;
+//   - a *codec.Error (the far side's ERROR frame) is KindOverload on the
+//     same condition, else KindUpstream;
+//   - pipeline.ErrOverloaded is KindOverload;
+//   - context.Canceled is KindCanceled, context.DeadlineExceeded
+//     KindTimeout;
+//   - anything else is KindTunnel.
+//
+// The first of these found in err's chain wins, in that order.
+func Classify(err error) ErrorKind {
+	if rj, ok := errors.AsType[*pipeline.Reject](err); ok {
+		if rj.Status == http.StatusServiceUnavailable && rj.RetryAfter > 0 {
+			return KindOverload
+		}
+		return KindRejected
+	}
+	if ce, ok := errors.AsType[*codec.Error](err); ok {
+		if ce.Status == http.StatusServiceUnavailable && ce.RetryAfter > 0 {
+			return KindOverload
+		}
+		return KindUpstream
+	}
+	switch {
+	case errors.Is(err, pipeline.ErrOverloaded):
+		return KindOverload
+	case errors.Is(err, context.Canceled):
+		return KindCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return KindTimeout
+	}
+	return KindTunnel
+}
+
+type passThrough struct{}
+
+func (passThrough) Name() string { return "observe" }
+
+func (passThrough) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	return next.Handle(ctx, x)
+}
+
+var (
+	_ pipeline.Stage = (*observer)(nil)
+	_ pipeline.Namer = (*observer)(nil)
+	_ pipeline.Stage = passThrough{}
+	_ pipeline.Namer = passThrough{}
+)
