@@ -18,9 +18,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/breaker"
 	"github.com/qtunnel/qtunnel/stages/egress"
+	"github.com/qtunnel/qtunnel/stages/ratelimit"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -142,6 +145,16 @@ type Common struct {
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// Runtime tunes the Go runtime of the process.
 	Runtime Runtime `yaml:"runtime"`
+	// Admin is the admin listener: /metrics, /healthz, /readyz, /config,
+	// /debug/pprof/. Off unless admin.listen is set; loopback only unless
+	// a token is set.
+	Admin admin.Config `yaml:"admin"`
+	// RateLimit limits requests per rule, per client and per source IP
+	// (S17); over a limit the answer is 429 with Retry-After. Off by
+	// default.
+	RateLimit ratelimit.Config `yaml:"rate_limit"`
+	// Breaker is the circuit breaker in front of each upstream (S11).
+	Breaker breaker.Config `yaml:"breaker"`
 }
 
 // Runtime holds Go runtime settings. Zero values leave Go's defaults (and
@@ -229,6 +242,8 @@ func (c *Common) SetDefaults() {
 	logger := c.Egress.Logger
 	c.Egress.SetDefaults()
 	c.Egress.Logger = logger // chosen by the side that runs the pool
+	c.RateLimit.SetDefaults()
+	c.Breaker.SetDefaults()
 }
 
 // SetDefaults fills every zero setting with its default.
@@ -349,6 +364,15 @@ func (c *Common) check(k *checker) {
 	}
 	if c.Egress.MaxIdlePerUpstream < 0 {
 		k.add("egress.max_idle_per_upstream", "must not be negative")
+	}
+	if err := c.Admin.Validate(); err != nil {
+		k.add("admin", "%v", err)
+	}
+	if err := c.RateLimit.Validate(); err != nil {
+		k.add("rate_limit", "%v", err)
+	}
+	if err := c.Breaker.Validate(); err != nil {
+		k.add("breaker", "%v", err)
 	}
 	if _, err := ParseLevel(c.Log.Level); err != nil {
 		k.add("log.level", "%v", err)

@@ -207,6 +207,9 @@ type envOpts struct {
 	grace                  string
 	token                  string // the client's token; default the right one
 	pin                    string // the client's pin; default the server's
+	// extraRules are more server rules, YAML list items indented by two
+	// spaces; serverYAML and clientYAML are more top-level settings.
+	extraRules, serverYAML, clientYAML string
 }
 
 const (
@@ -254,11 +257,11 @@ rules:
     direction: forward
     listen: %q
     upstream: %q
-shutdown_grace: %s
+%sshutdown_grace: %s
 log:
   level: info
-`, e.tunnel, e.public, certFile, keyFile, clientID, control.HashToken(theToken), clientID, appHost, o.nearClient,
-		clientID, e.forward, o.nearServer, o.grace))
+%s`, e.tunnel, e.public, certFile, keyFile, clientID, control.HashToken(theToken), clientID, appHost, o.nearClient,
+		clientID, e.forward, o.nearServer, o.extraRules, o.grace, o.serverYAML))
 	token, pin := theToken, e.pin
 	if o.token != "" {
 		token = o.token
@@ -275,7 +278,7 @@ shutdown_grace: %s
 reconnect:
   base: 50ms
   max: 500ms
-`, clientID, token, e.tunnel, pin, o.grace))
+%s`, clientID, token, e.tunnel, pin, o.grace, o.clientYAML))
 	e.server = start(t, "server", "server", "-config", e.serverConf)
 	e.server.waitFor(`msg="server started"`, 20*time.Second)
 	e.client = start(t, "client", "client", "-config", e.clientConf)

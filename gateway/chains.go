@@ -22,7 +22,7 @@ type chains struct {
 // rewrite them, and compiles them. egressDir is the direction this side
 // serves as the egress side.
 func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egressDir rules.Direction,
-	conns egress.ConnSource, pool *egress.Pool, o options) (*chains, error) {
+	conns egress.ConnSource, pool *egress.Pool, k *kit, o options) (*chains, error) {
 	frame := int(c.Limits.MaxFrameSize)
 	dec, err := decode.New(decode.Config{MaxFrameSize: frame})
 	if err != nil {
@@ -44,8 +44,13 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
-	ing := []pipeline.Stage{dec, rt, tun, enc}
-	egr := []pipeline.Stage{dec, rt, up, enc}
+	// observe is first so that every outcome is counted, refusals by
+	// decode and route included. Rate limit and breaker come after route:
+	// their buckets and circuits are per rule and per upstream. The
+	// breaker guards upstreams, so it is on the egress side only.
+	obs := k.m.Stage()
+	ing := []pipeline.Stage{obs, dec, rt, k.limiter, tun, enc}
+	egr := []pipeline.Stage{obs, dec, rt, k.limiter, k.breaker, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
 			return nil, err

@@ -17,6 +17,7 @@ import (
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/egress"
@@ -38,7 +39,10 @@ type Client struct {
 	chains  *chains
 	streams *streamServer
 
-	conn atomic.Pointer[pipeline.Conn] // the live connection, nil while down
+	conn     atomic.Pointer[pipeline.Conn] // the live connection, nil while down
+	session  atomic.Pointer[clientSession] // the live session, for its statistics
+	kit      *kit
+	connects atomic.Int64
 
 	listeners *listenerSet // forward rules' listeners
 	applyMu   sync.Mutex   // one apply at a time
@@ -74,7 +78,11 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
-	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, o); err != nil {
+	if c.kit, err = newKit("client", &cfg.Common, &c.rules, c.log, c.readyErr, c.view); err != nil {
+		return nil, err
+	}
+	c.kit.m.SetConnStats(c.connStats)
+	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, c.kit, o); err != nil {
 		return nil, err
 	}
 	certs, err := loadCerts(cfg.ForwardTLS)
@@ -111,6 +119,10 @@ func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(l
 func (c *Client) Run(ctx context.Context) error {
 	var err error
 	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.log); err != nil {
+		return err
+	}
+	if err := c.kit.start(ctx, c.log); err != nil {
+		_ = c.streams.close(ctx)
 		return err
 	}
 	backoff := transport.Backoff{Base: c.cfg.Reconnect.Base, Max: c.cfg.Reconnect.Max, Stable: c.cfg.Reconnect.Stable}
@@ -228,6 +240,11 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 	}
 	s := &clientSession{qc: qc, info: info, peer: peer, done: make(chan struct{})}
 	c.conn.Store(info)
+	c.session.Store(s)
+	c.kit.m.ConnOpened()
+	if c.connects.Add(1) > 1 {
+		c.kit.m.Reconnected()
+	}
 	c.log.Info("connected to server", "server", c.cfg.Server, "session", peer.Ack.SessionID, "resumed", peer.Ack.Resumed)
 	go func() {
 		defer close(s.done)
@@ -235,6 +252,8 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 		streams.Go(func() { c.streams.serve(qc.Conn, info) })
 		s.err = peer.Run(qc.Context(), &clientEvents{c: c, s: s})
 		c.conn.CompareAndSwap(info, nil)
+		c.session.CompareAndSwap(s, nil)
+		c.kit.m.ConnClosed()
 		if code, remote, ok := transport.CloseCode(s.err); ok && remote && code == codec.ConnAuthFailed {
 			s.fatal = s.err
 		}
@@ -262,7 +281,9 @@ func (e *clientEvents) GoAway(reason string) {
 // new upstreams, then swaps the table in atomically (S6, S13) and retires
 // the listeners that only the old table used. On any error the old table
 // stays in force and the error goes back to the server.
-func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) error {
+func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error) {
+	start := time.Now()
+	defer func() { c.kit.m.ConfigApplied(version, time.Since(start), err) }()
 	for _, r := range rs {
 		if r.Client != c.cfg.ID {
 			return fmt.Errorf("rule %q belongs to client %q, not to this client", r.ID, r.Client)
@@ -325,6 +346,40 @@ func (c *Client) shutdown() error {
 	if cerr := c.chains.close(ctx); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
+	if kerr := c.kit.stop(); kerr != nil {
+		err = errors.Join(err, kerr)
+	}
 	c.log.Info("client stopped")
 	return err
+}
+
+// connStats reports the live connection for the metrics.
+func (c *Client) connStats() []metrics.ConnStats {
+	s := c.session.Load()
+	if s == nil {
+		return nil
+	}
+	return []metrics.ConnStats{connStats(c.cfg.ID, s.qc.Conn)}
+}
+
+// readyErr is /readyz: connected, with rules applied.
+func (c *Client) readyErr() error {
+	switch {
+	case c.conn.Load() == nil:
+		return notReady("not connected to the tunnel server")
+	case c.applied.Load() == 0:
+		return notReady("no rules applied yet")
+	}
+	return nil
+}
+
+// view is /config: the rules in force and the connection. The token is
+// never shown.
+func (c *Client) view() any {
+	return struct {
+		tableView
+		Client    string `json:"client"`
+		Server    string `json:"server"`
+		Connected bool   `json:"connected"`
+	}{viewOf(c.rules.Load()), c.cfg.ID, c.cfg.Server, c.conn.Load() != nil}
 }

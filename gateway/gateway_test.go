@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"errors"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -415,9 +416,13 @@ func TestUserStagesExtendTheChain(t *testing.T) {
 	// Insert the stage right after route on the server's egress chain (the
 	// forward direction reaches the upstream from the server).
 	afterRoute := func(defaults []pipeline.Stage) ([]pipeline.Stage, error) {
-		out := append([]pipeline.Stage{}, defaults[:2]...)
-		out = append(out, stamp)
-		return append(out, defaults[2:]...), nil
+		for i, s := range defaults {
+			if n, ok := s.(pipeline.Namer); ok && n.Name() == "route" {
+				out := append(append([]pipeline.Stage{}, defaults[:i+1]...), stamp)
+				return append(out, defaults[i+1:]...), nil
+			}
+		}
+		return nil, errors.New("no route stage")
 	}
 	p := startPair(t, pairOpts{
 		rules:      []rules.Rule{forwardRule("fwd", "127.0.0.1:0", up.URL)},

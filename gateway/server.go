@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -16,6 +17,7 @@ import (
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/egress"
@@ -35,6 +37,8 @@ type Server struct {
 
 	rules    rules.Store
 	sessions control.Registry
+	kit      *kit
+	serving  atomic.Bool // between Start and Shutdown
 	pool     *egress.Pool
 	chains   *chains
 	streams  *streamServer
@@ -106,7 +110,12 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
-	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, o); err != nil {
+	if s.kit, err = newKit("server", &cfg.Common, &s.rules, s.log, s.ready, s.view); err != nil {
+		return nil, err
+	}
+	s.kit.m.ConfigApplied(t.Version(), 0, nil)
+	s.kit.m.SetConnStats(s.connStats)
+	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
 	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, s.log)
@@ -183,7 +192,14 @@ func (s *Server) Start(ctx context.Context) error {
 		s.listeners.closeBound(pend)
 		return err
 	}
+	if err := s.kit.start(ctx, s.log); err != nil {
+		abandon()
+		s.listeners.closeBound(pend)
+		_ = s.streams.close(ctx)
+		return err
+	}
 	s.tunnelLn = ln
+	s.serving.Store(true)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = cancel
 	s.wg.Go(func() { s.acceptLoop(runCtx) })
@@ -344,6 +360,8 @@ func (s *Server) track(sc *serverConn) bool {
 		return false // shutting down
 	}
 	s.conns[sc] = struct{}{}
+	s.kit.m.ConnOpened()
+	s.kit.m.SetSessions(len(s.sessions.Sessions()))
 	return true
 }
 
@@ -351,6 +369,63 @@ func (s *Server) untrack(sc *serverConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, sc)
+	s.kit.m.ConnClosed()
+}
+
+// connStats reports every live connection for the metrics.
+func (s *Server) connStats() []metrics.ConnStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]metrics.ConnStats, 0, len(s.conns))
+	for sc := range s.conns {
+		out = append(out, connStats(sc.info.ClientID, sc.qc))
+	}
+	return out
+}
+
+// ready is /readyz: serving, with at least one client connected (reverse
+// rules need one to answer anything).
+func (s *Server) ready() error {
+	if !s.serving.Load() {
+		return notReady("not serving (starting or shutting down)")
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	if n == 0 {
+		return notReady("no client is connected")
+	}
+	return nil
+}
+
+// sessionView is a client's session as /config shows it.
+type sessionView struct {
+	Client         string    `json:"client"`
+	Session        string    `json:"session"`
+	Connected      bool      `json:"connected"`
+	Created        time.Time `json:"created"`
+	LastSeen       time.Time `json:"last_seen"`
+	AppliedVersion uint64    `json:"applied_version,omitempty"`
+	AppliedHash    string    `json:"applied_hash,omitempty"`
+	AppliedError   string    `json:"applied_error,omitempty"`
+	AppliedAt      time.Time `json:"applied_at,omitzero"`
+}
+
+// view is /config: the rules in force and each client's sessions. Tokens
+// and token hashes are never shown.
+func (s *Server) view() any {
+	v := struct {
+		tableView
+		Sessions []sessionView `json:"sessions"`
+	}{tableView: viewOf(s.rules.Load()), Sessions: []sessionView{}}
+	for _, ss := range s.sessions.Sessions() {
+		sv := sessionView{Client: ss.ClientID, Session: ss.ID, Connected: ss.Conn() != nil, Created: ss.Created, LastSeen: ss.LastSeen()}
+		if a := ss.Applied(); a != nil {
+			sv.AppliedVersion, sv.AppliedHash, sv.AppliedError, sv.AppliedAt = a.Version, a.Hash, a.Error, a.At
+		}
+		v.Sessions = append(v.Sessions, sv)
+	}
+	return v
 }
 
 // sweep removes sessions idle past their TTL (S7).
@@ -364,6 +439,7 @@ func (s *Server) sweep(ctx context.Context) {
 		case now := <-t.C:
 			if gone := s.sessions.Sweep(now, s.cfg.Sessions.TTL); len(gone) > 0 {
 				s.log.Info("sessions expired", "clients", gone)
+				s.kit.m.SetSessions(len(s.sessions.Sessions()))
 			}
 		}
 	}
@@ -383,6 +459,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return errors.New("server not started")
 	}
 	s.log.Info("server shutting down")
+	s.serving.Store(false) // /readyz says so at once
 	_ = s.tunnelLn.StopAccepting()
 	// Reverse requests in flight use client connections: finish them first.
 	var lwg sync.WaitGroup
@@ -437,6 +514,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	if err := s.chains.close(closeCtx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.kit.stop(); err != nil {
 		errs = append(errs, err)
 	}
 	close(s.done)

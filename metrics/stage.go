@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,7 +101,11 @@ func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 	}
 	if err != nil {
 		ss.errors[Classify(err)].Inc()
+		if rj, ok := err.(*pipeline.Reject); ok && rj.Stage != "" {
+			o.m.StageReject(rj.Stage, statusString(rj.Status))
+		}
 	}
+	o.m.AddBytes(x, x.BytesIn, x.BytesOut)
 	return err
 }
 
@@ -167,3 +172,19 @@ var (
 	_ pipeline.Stage = passThrough{}
 	_ pipeline.Namer = passThrough{}
 )
+
+// statusStrings holds the decimal text of every HTTP status, so that
+// labelling a reject by its status allocates nothing.
+var statusStrings = func() (s [600]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func statusString(status int) string {
+	if status >= 0 && status < len(statusStrings) {
+		return statusStrings[status]
+	}
+	return "other"
+}

@@ -29,15 +29,28 @@ type link struct {
 
 func (l *link) Handle(ctx context.Context, x *Exchange) error {
 	if l.tracer == nil {
-		return l.stage.Handle(ctx, x, l.next)
+		err := l.stage.Handle(ctx, x, l.next)
+		if err != nil {
+			l.blame(err)
+		}
+		return err
 	}
 	ctx, span := l.tracer.Start(ctx, l.name, trace.WithSpanKind(trace.SpanKindInternal))
 	err := l.stage.Handle(ctx, x, l.next)
 	if err != nil {
+		l.blame(err)
 		span.RecordError(err)
 	}
 	span.End()
 	return err
+}
+
+// blame names the stage on a Reject that none has claimed: the innermost
+// link to see a Reject is the stage that made it.
+func (l *link) blame(err error) {
+	if rj, ok := err.(*Reject); ok && rj.Stage == "" {
+		rj.Stage = l.name
+	}
 }
 
 // terminal ends every chain: the last stage's next.

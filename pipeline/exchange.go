@@ -131,6 +131,9 @@ type Exchange struct {
 	Upgraded io.ReadWriteCloser
 	// Status is the status the user got, for logs and metrics.
 	Status int
+	// BytesIn and BytesOut count body bytes: the request's as it crossed
+	// this side, and the answer's as this side delivered it.
+	BytesIn, BytesOut int64
 
 	// Frames and Body are scratch space for the stage that reads frames
 	// from the exchange's tunnel stream, kept here so that they are pooled

@@ -22,6 +22,8 @@ type Reject struct {
 	RetryAfter time.Duration
 	// Err is the cause, for logs; it is not shown to the user.
 	Err error
+	// Stage names the stage that refused; the chain fills it in.
+	Stage string
 }
 
 // Rejectf returns a *Reject with status and a formatted message.

@@ -70,7 +70,7 @@ func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 		if !x.Body.Done() {
 			x.Stream.CancelRead(codec.StreamCancelled)
 		}
-		body.detach()
+		x.BytesIn = body.detach()
 	}
 	return err
 }
@@ -274,6 +274,7 @@ func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*stream
 type streamBody struct {
 	mu  sync.Mutex
 	src *codec.Body
+	n   int64 // bytes read
 }
 
 var errDetached = errors.New("request body: exchange finished")
@@ -284,17 +285,22 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	if b.src == nil {
 		return 0, errDetached
 	}
-	return b.src.Read(p)
+	n, err := b.src.Read(p)
+	b.n += int64(n)
+	return n, err
 }
 
 // Close is called by net/http when it is done with the body. The exchange
 // decides what happens to the unread rest (see Handle).
 func (b *streamBody) Close() error { return nil }
 
-func (b *streamBody) detach() {
+// detach cuts the body off the exchange and returns how many bytes were
+// read through it.
+func (b *streamBody) detach() int64 {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.src = nil
-	b.mu.Unlock()
+	return b.n
 }
 
 var _ pipeline.Stage = (*Decoder)(nil)

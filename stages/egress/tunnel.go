@@ -97,7 +97,9 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	case cl > 0 && cl <= int64(t.maxFrame):
 		// A small body of known length is read now, so that the head, the
 		// body and END leave in one write.
-		if _, err = fw.CopyBody(req.Body); err == nil {
+		var n int64
+		if n, err = fw.CopyBody(req.Body); err == nil {
+			x.BytesIn = n
 			err = finishRequest(fw, s, req.Trailer)
 		}
 		transport.PutFrameWriter(fw)
@@ -107,7 +109,8 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		if err = fw.Flush(); err == nil {
 			copied = make(chan error, 1)
 			go func() {
-				_, err := fw.CopyBody(req.Body)
+				n, err := fw.CopyBody(req.Body)
+				x.BytesIn = n // read by Handle only after <-copied
 				if err == nil {
 					err = finishRequest(fw, s, req.Trailer)
 				}

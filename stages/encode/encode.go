@@ -135,7 +135,8 @@ func (e *Encoder) splice(x *pipeline.Exchange, resp *http.Response) error {
 		}
 		near = transport.ConnDuplex{Conn: conn, R: brw.Reader}
 	}
-	_, _, _ = transport.Splice(near, far)
+	in, out, _ := transport.Splice(near, far)
+	x.BytesIn, x.BytesOut = in, out
 	return nil
 }
 
@@ -177,6 +178,7 @@ func (e *Encoder) toUser(x *pipeline.Exchange, resp *http.Response) error {
 			if _, err := w.Write(p[:n]); err != nil {
 				return writeErr(err)
 			}
+			x.BytesOut += int64(n)
 			if streaming {
 				if err := rc.Flush(); err != nil {
 					return writeErr(err)
@@ -223,7 +225,9 @@ func (e *Encoder) toStream(x *pipeline.Exchange, resp *http.Response) error {
 			return transport.WriteError{Err: err}
 		}
 	}
-	if _, err := fw.CopyBody(resp.Body); err != nil {
+	n, err := fw.CopyBody(resp.Body)
+	x.BytesOut += n
+	if err != nil {
 		return err
 	}
 	if hasValues(resp.Trailer) {

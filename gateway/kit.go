@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/admin"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/metrics"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/breaker"
+	"github.com/qtunnel/qtunnel/stages/ratelimit"
+)
+
+// kit is what both sides set up the same way: metrics, the rate limiter,
+// the upstream breaker and the admin listener.
+type kit struct {
+	m       *metrics.Metrics
+	limiter *ratelimit.Limiter
+	breaker *breaker.Breaker
+	admin   *admin.Server
+}
+
+// newKit builds the kit of one side. store is the side's rule table, used to
+// label breaker states by rule.
+func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger, ready func() error, view func() any) (*kit, error) {
+	k := &kit{m: metrics.New(role)}
+	var err error
+	if k.limiter, err = ratelimit.New(c.RateLimit, ratelimit.WithLogger(log)); err != nil {
+		return nil, err
+	}
+	onChange := func(upstream string, _, to breaker.State) {
+		st := metrics.BreakerClosed
+		switch to {
+		case breaker.Open:
+			st = metrics.BreakerOpen
+		case breaker.HalfOpen:
+			st = metrics.BreakerHalfOpen
+		}
+		for _, r := range store.Load().Rules() {
+			if r.Upstream == upstream {
+				k.m.SetBreakerState(r.ID, st)
+			}
+		}
+	}
+	if k.breaker, err = breaker.New(c.Breaker, breaker.WithLogger(log), breaker.OnStateChange(onChange)); err != nil {
+		return nil, err
+	}
+	k.admin, err = admin.New(c.Admin, admin.WithMetrics(k.m.Handler()), admin.WithReady(ready),
+		admin.WithConfig(view), admin.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// start starts the admin listener, logging where it listens.
+func (k *kit) start(ctx context.Context, log *slog.Logger) error {
+	if err := k.admin.Start(ctx); err != nil {
+		return err
+	}
+	if a := k.admin.Addr(); a != nil {
+		log.Info("admin listener started", "admin", a.String())
+	}
+	return nil
+}
+
+// stop stops the admin listener: last, so that the drain can be watched.
+func (k *kit) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return k.admin.Shutdown(ctx)
+}
+
+// connStats maps quic-go's statistics of a connection for the metrics.
+func connStats(client string, qc *quic.Conn) metrics.ConnStats {
+	st := qc.ConnectionStats()
+	return metrics.ConnStats{ClientID: client, SmoothedRTT: st.SmoothedRTT, PacketsLost: st.PacketsLost,
+		BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, CongestionWindow: st.CongestionWindow}
+}
+
+// ruleView is a rule as /config shows it.
+type ruleView struct {
+	rules.Rule
+}
+
+// tableView is what /config shows of a rule table.
+type tableView struct {
+	Version uint64     `json:"version"`
+	Hash    string     `json:"hash"`
+	Rules   []ruleView `json:"rules"`
+}
+
+func viewOf(t *rules.Table) tableView {
+	v := tableView{Version: t.Version(), Hash: t.HashHex(), Rules: []ruleView{}}
+	for _, r := range t.Rules() {
+		v.Rules = append(v.Rules, ruleView{r})
+	}
+	return v
+}
+
+// notReady is the reason /readyz gives.
+func notReady(format string, args ...any) error { return fmt.Errorf(format, args...) }
