@@ -155,6 +155,27 @@ type Common struct {
 	RateLimit ratelimit.Config `yaml:"rate_limit"`
 	// Breaker is the circuit breaker in front of each upstream (S11).
 	Breaker breaker.Config `yaml:"breaker"`
+	// Tracing exports OpenTelemetry spans (S12). Off by default.
+	Tracing Tracing `yaml:"tracing"`
+}
+
+// Tracing configures OpenTelemetry tracing.
+type Tracing struct {
+	// Exporter is "" (no tracing), "otlp-grpc" or "otlp-http".
+	Exporter string `yaml:"exporter"`
+	// Endpoint is the collector, host:port. Default: the exporter's own
+	// default (localhost:4317 for gRPC, localhost:4318 for HTTP), or the
+	// OTEL_EXPORTER_OTLP_* environment variables.
+	Endpoint string `yaml:"endpoint"`
+	// Insecure sends spans without TLS.
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the share of new traces recorded, 0 to 1; requests
+	// that arrive with a sampled trace context are always recorded.
+	// Default 1.
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// ServiceName names this side in the traces. Default "qtunnel-server"
+	// or "qtunnel-client".
+	ServiceName string `yaml:"service_name"`
 }
 
 // Runtime holds Go runtime settings. Zero values leave Go's defaults (and
@@ -244,6 +265,9 @@ func (c *Common) SetDefaults() {
 	c.Egress.Logger = logger // chosen by the side that runs the pool
 	c.RateLimit.SetDefaults()
 	c.Breaker.SetDefaults()
+	if c.Tracing.SampleRatio == 0 {
+		c.Tracing.SampleRatio = 1
+	}
 }
 
 // SetDefaults fills every zero setting with its default.
@@ -364,6 +388,14 @@ func (c *Common) check(k *checker) {
 	}
 	if c.Egress.MaxIdlePerUpstream < 0 {
 		k.add("egress.max_idle_per_upstream", "must not be negative")
+	}
+	switch c.Tracing.Exporter {
+	case "", "otlp-grpc", "otlp-http":
+	default:
+		k.add("tracing.exporter", "%q is not one of \"\", otlp-grpc, otlp-http", c.Tracing.Exporter)
+	}
+	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+		k.add("tracing.sample_ratio", "%v is outside 0..1", c.Tracing.SampleRatio)
 	}
 	if err := c.Admin.Validate(); err != nil {
 		k.add("admin", "%v", err)

@@ -56,8 +56,9 @@ func tcpRules(rev, fwd, upstream string) string {
 // gigaTCPUpstream serves raw TCP. The first byte of a connection picks the
 // job: 'U' hashes everything after it up to the client's half-close and
 // answers "<bytes> <sha256 hex>"; 'D' sends size bytes of blockReader data,
-// half-closes, and waits for the client's half-close.
-func gigaTCPUpstream(t *testing.T, size int64) string {
+// half-closes, and waits for the client's half-close, which it counts in
+// downEOF.
+func gigaTCPUpstream(t *testing.T, size int64, downEOF *atomic.Int32) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -90,7 +91,9 @@ func gigaTCPUpstream(t *testing.T, size int64) string {
 						return
 					}
 					_ = c.(*net.TCPConn).CloseWrite()
-					_, _ = io.Copy(io.Discard, c)
+					if n, err := io.Copy(io.Discard, c); err == nil && n == 0 {
+						downEOF.Add(1)
+					}
 				}
 			})
 		}
@@ -108,7 +111,8 @@ func TestTCPGigabyteBothWaysBoundedMemory(t *testing.T) {
 	}
 	const size = 1 << 30
 	const rssBound = 96 << 20
-	up := gigaTCPUpstream(t, size)
+	var downEOF atomic.Int32
+	up := gigaTCPUpstream(t, size, &downEOF)
 	rev, fwd := freeAddr(t, "tcp"), freeAddr(t, "tcp")
 	e := startEnv(t, envOpts{nearClient: "http://127.0.0.1:1", nearServer: "http://127.0.0.1:1", extraRules: tcpRules(rev, fwd, up)})
 	e.server.waitFor(`msg="server started".* tcp_listeners=1`, 5*time.Second)
@@ -179,6 +183,11 @@ func TestTCPGigabyteBothWaysBoundedMemory(t *testing.T) {
 			upTook.Round(time.Millisecond), 1024/upTook.Seconds(), downTook.Round(time.Millisecond), 1024/downTook.Seconds())
 	}
 	total := time.Since(start)
+	deadline := time.Now().Add(10 * time.Second)
+	for downEOF.Load() < 2 {
+		require.True(t, time.Now().Before(deadline), "the client's early half-close reached the upstream on %d of 2 downloads", downEOF.Load())
+		waitTick()
+	}
 	srv, cl := e.server.peakRSS(), e.client.peakRSS()
 	t.Logf("4 GiB in %v (%.0f MiB/s); peak RSS: server %d MiB, client %d MiB (bound %d MiB)",
 		total.Round(time.Millisecond), 4096/total.Seconds(), srv>>20, cl>>20, rssBound>>20)
@@ -216,9 +225,9 @@ func raiseNoFile(t *testing.T, need uint64) {
 
 // wsCounter is a WebSocket echo upstream that counts what it sees.
 type wsCounter struct {
-	live, peak, normalClose atomic.Int64
-	mu                      sync.Mutex
-	otherClose              []string
+	live, normalClose atomic.Int64
+	mu                sync.Mutex
+	otherClose        []string
 }
 
 func (u *wsCounter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -227,10 +236,8 @@ func (u *wsCounter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer c.CloseNow()
-	n := u.live.Add(1)
+	u.live.Add(1)
 	defer u.live.Add(-1)
-	for p := u.peak.Load(); n > p && !u.peak.CompareAndSwap(p, n); p = u.peak.Load() {
-	}
 	ctx := r.Context()
 	for {
 		typ, data, err := c.Read(ctx)
@@ -262,7 +269,6 @@ func holdSockets(t *testing.T, up *wsCounter, url, host string, n int) {
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
 	baseNormal := up.normalClose.Load()
-	up.peak.Store(up.live.Load())
 
 	dials := make(chan struct{}, 100)
 	release := make(chan struct{})

@@ -89,7 +89,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, c.log)
+	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, o.tracer, c.log)
 	return c, nil
 }
 
@@ -118,7 +118,7 @@ func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(l
 // retrying.
 func (c *Client) Run(ctx context.Context) error {
 	var err error
-	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.log); err != nil {
+	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.log); err != nil {
 		return err
 	}
 	if err := c.kit.start(ctx, c.log); err != nil {

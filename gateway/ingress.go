@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -20,6 +22,7 @@ type ingressHandler struct {
 	chain    pipeline.Handler
 	listener string // routing key: "" for the public listener, else the listen address
 	log      *slog.Logger
+	tracer   trace.Tracer   // nil: no request spans
 	inflight sync.WaitGroup // requests being handled, so shutdown can wait for them
 }
 
@@ -28,10 +31,19 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer h.inflight.Done()
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Request, x.Writer, x.Listener = r, w, h.listener
-	err := h.chain.Handle(r.Context(), x)
+	ctx := r.Context()
+	var span trace.Span
+	if h.tracer != nil {
+		ctx = pipeline.ExtractHeader(ctx, r.Header)
+		ctx, span = h.tracer.Start(ctx, "ingress "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
+	}
+	err := h.chain.Handle(ctx, x)
 	abort := false
 	if err != nil {
 		abort = h.fail(r.Context(), x, err)
+	}
+	if span != nil {
+		endRequestSpan(span, x, err)
 	}
 	if h.log.Enabled(r.Context(), slog.LevelDebug) {
 		h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",

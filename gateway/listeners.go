@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
@@ -39,8 +41,8 @@ type httpListener struct {
 	done    chan struct{}
 }
 
-func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, log *slog.Logger) *httpListener {
-	h := &ingressHandler{chain: chain, listener: key, log: log}
+func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, tracer trace.Tracer, log *slog.Logger) *httpListener {
+	h := &ingressHandler{chain: chain, listener: key, log: log, tracer: tracer}
 	l := &httpListener{ln: ln, handler: h, srv: newIngressServer(h, lim, log), done: make(chan struct{})}
 	if certs != nil {
 		l.tls = true
@@ -196,11 +198,12 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 // starts them and retires the ones no rule needs any more (they drain in the
 // background). Safe for concurrent use.
 type listenerSet struct {
-	chain pipeline.Handler
-	lim   config.Limits
-	certs []tls.Certificate // for listen_tls rules
-	log   *slog.Logger
-	grace time.Duration
+	chain  pipeline.Handler
+	tracer trace.Tracer
+	lim    config.Limits
+	certs  []tls.Certificate // for listen_tls rules
+	log    *slog.Logger
+	grace  time.Duration
 
 	mu      sync.Mutex
 	live    map[rules.Listener]ingressListener
@@ -209,8 +212,8 @@ type listenerSet struct {
 	wg      sync.WaitGroup    // serve loops and drains
 }
 
-func newListenerSet(chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, grace time.Duration, log *slog.Logger) *listenerSet {
-	return &listenerSet{chain: chain, lim: lim, certs: certs, grace: grace, log: log, live: map[rules.Listener]ingressListener{}}
+func newListenerSet(chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, grace time.Duration, tracer trace.Tracer, log *slog.Logger) *listenerSet {
+	return &listenerSet{chain: chain, lim: lim, certs: certs, grace: grace, tracer: tracer, log: log, live: map[rules.Listener]ingressListener{}}
 }
 
 // pending is a set of listeners bound by prepare and not yet serving.
@@ -263,7 +266,7 @@ func (s *listenerSet) make(w rules.Listener, ln net.Listener) ingressListener {
 	if w.TLS {
 		certs = s.certs
 	}
-	return newHTTPListener(ln, w.Key(), s.chain, s.lim, certs, s.log)
+	return newHTTPListener(ln, w.Key(), s.chain, s.lim, certs, s.tracer, s.log)
 }
 
 func (s *listenerSet) closeBound(p *pending) {

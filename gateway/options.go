@@ -41,5 +41,17 @@ func WithEgressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, error
 	return func(o *options) { o.egress = f }
 }
 
-// WithTracer makes both chains record a span per stage.
+// WithTracer makes the side record a span per request, with a child span
+// per stage, and carry the trace context across the tunnel (W3C
+// traceparent in the request head) and to the upstream.
 func WithTracer(t trace.Tracer) Option { return func(o *options) { o.tracer = t } }
+
+// WithTracerProvider is WithTracer with the provider's tracer for this
+// package. A nil provider leaves tracing off.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) {
+		if tp != nil {
+			o.tracer = tp.Tracer("github.com/qtunnel/qtunnel/gateway")
+		}
+	}
+}

@@ -118,7 +118,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
-	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, s.log)
+	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, o.tracer, s.log)
 	return s, nil
 }
 
@@ -171,14 +171,14 @@ func (s *Server) Start(ctx context.Context) error {
 		abandon()
 		return fmt.Errorf("public listener: %w", err)
 	}
-	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.log))
+	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.o.tracer, s.log))
 	if s.cfg.PublicHTTPS != "" {
 		pubTLS, err := listenTCP(s.cfg.PublicHTTPS)
 		if err != nil {
 			abandon()
 			return fmt.Errorf("public HTTPS listener: %w", err)
 		}
-		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.log))
+		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.o.tracer, s.log))
 	}
 	pend, err := s.listeners.prepare(s.rules.Load().Listeners(rules.Reverse))
 	if err != nil {
@@ -187,7 +187,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
-	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.log); err != nil {
+	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.log); err != nil {
 		abandon()
 		s.listeners.closeBound(pend)
 		return err

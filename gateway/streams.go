@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/stages/decode"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -23,6 +25,7 @@ type streamServer struct {
 	inflight sync.WaitGroup // tasks handed to workers and not finished
 	log      *slog.Logger
 	maxFrame int
+	tracer   trace.Tracer // nil: no request spans
 }
 
 type streamTask struct {
@@ -33,8 +36,8 @@ type streamTask struct {
 
 var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
 
-func newStreamServer(chain pipeline.Handler, size, maxFrame int, log *slog.Logger) (*streamServer, error) {
-	ss := &streamServer{chain: chain, log: log, maxFrame: maxFrame}
+func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, log *slog.Logger) (*streamServer, error) {
+	ss := &streamServer{chain: chain, log: log, maxFrame: maxFrame, tracer: tracer}
 	w, err := pipeline.NewWorkerPool(size, (*streamTask).run, func(v any) {
 		log.Error("stream handler panicked", "panic", v)
 	})
@@ -77,9 +80,24 @@ func (t *streamTask) run() {
 	x := pipeline.Acquire(pipeline.Egress)
 	x.Stream, x.Conn = transport.Stream{S: s}, conn
 	ctx := s.Context()
-	err := ss.chain.Handle(ctx, x)
+	var err error
+	var span trace.Span
+	if ss.tracer != nil {
+		// The head carries the ingress side's span: read it first, so that
+		// every span of this side joins that trace.
+		if err = decode.ReadHead(x, ss.maxFrame); err == nil {
+			tctx := pipeline.ExtractHead(ctx, &x.Head)
+			tctx, span = ss.tracer.Start(tctx, "egress "+x.Head.Method, trace.WithSpanKind(trace.SpanKindServer))
+			err = ss.chain.Handle(tctx, x)
+		}
+	} else {
+		err = ss.chain.Handle(ctx, x)
+	}
 	if err != nil {
 		ss.fail(ctx, x, err)
+	}
+	if span != nil {
+		endRequestSpan(span, x, err)
 	}
 	if ss.log.Enabled(ctx, slog.LevelDebug) {
 		ss.log.LogAttrs(ctx, slog.LevelDebug, "stream",

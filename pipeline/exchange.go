@@ -123,6 +123,9 @@ type Exchange struct {
 	// Head is the request head: decoded from the stream (egress) or built
 	// by decode to be sent (ingress).
 	Head codec.RequestHead
+	// HeadRead says Head was already read from the stream (by whoever ran
+	// the exchange, to start its trace span): decode must not read it.
+	HeadRead bool
 	// Response is the answer, set by the egress stage; encode writes it.
 	Response *http.Response
 	// Upgraded is the far end of a connection that switched to raw bytes

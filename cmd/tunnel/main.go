@@ -145,6 +145,21 @@ func shutdownContext(log *slog.Logger) (context.Context, func()) {
 	return ctx, func() { signal.Stop(sigs); cancel(); close(sigs) }
 }
 
+// tracingOptions builds the tracer provider the configuration asks for;
+// flush sends what is batched, with a deadline, on exit.
+func tracingOptions(cfg config.Tracing, service string) ([]gateway.Option, func(), error) {
+	tp, err := gateway.NewTracerProvider(context.Background(), cfg, service)
+	if err != nil || tp == nil {
+		return nil, func() {}, err
+	}
+	flush := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(ctx)
+	}
+	return []gateway.Option{gateway.WithTracerProvider(tp)}, flush, nil
+}
+
 func configFlag(name string, args []string, stderr io.Writer) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -172,7 +187,12 @@ func runServer(args []string, stderr io.Writer) error {
 		return err
 	}
 	gateway.ApplyRuntime(cfg.Runtime, log)
-	srv, err := gateway.NewServer(*cfg, gateway.WithLogger(log))
+	opts, flush, err := tracingOptions(cfg.Tracing, "qtunnel-server")
+	if err != nil {
+		return err
+	}
+	defer flush()
+	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log))...)
 	if err != nil {
 		return err
 	}
@@ -195,7 +215,12 @@ func runClient(args []string, stderr io.Writer) error {
 		return err
 	}
 	gateway.ApplyRuntime(cfg.Runtime, log)
-	cl, err := gateway.NewClient(*cfg, gateway.WithLogger(log))
+	opts, flush, err := tracingOptions(cfg.Tracing, "qtunnel-client")
+	if err != nil {
+		return err
+	}
+	defer flush()
+	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log))...)
 	if err != nil {
 		return err
 	}

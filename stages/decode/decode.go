@@ -186,18 +186,12 @@ func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*stream
 	if x.Stream == nil {
 		return nil, errors.New("decode: egress exchange without a stream")
 	}
-	x.Frames.Reset(x.Stream, d.maxFrame)
-	t, p, err := x.Frames.Next()
-	if err != nil {
-		return nil, fmt.Errorf("decode: read request head: %w", err)
-	}
-	if t != codec.FrameRequest {
-		return nil, malformed(fmt.Errorf("want REQUEST, got %s", t))
+	if !x.HeadRead {
+		if err := ReadHead(x, d.maxFrame); err != nil {
+			return nil, err
+		}
 	}
 	head := &x.Head
-	if err := codec.ParseRequest(p, head); err != nil {
-		return nil, malformed(err)
-	}
 	x.ID = head.RequestID
 	if !httpx.ValidRequestID(x.ID) {
 		x.ID = httpx.NewRequestID()
@@ -265,6 +259,27 @@ func (d *Decoder) fromStream(ctx context.Context, x *pipeline.Exchange) (*stream
 	}
 	x.Request = req.WithContext(ctx)
 	return body, nil
+}
+
+// ReadHead reads and parses the request head that opens x.Stream into
+// x.Head. Malformed input is a *pipeline.Reject with status 400.
+func ReadHead(x *pipeline.Exchange, maxFrame int) error {
+	if maxFrame <= 0 {
+		maxFrame = codec.DefaultMaxFrameSize
+	}
+	x.Frames.Reset(x.Stream, maxFrame)
+	t, p, err := x.Frames.Next()
+	if err != nil {
+		return fmt.Errorf("decode: read request head: %w", err)
+	}
+	if t != codec.FrameRequest {
+		return malformed(fmt.Errorf("want REQUEST, got %s", t))
+	}
+	if err := codec.ParseRequest(p, &x.Head); err != nil {
+		return malformed(err)
+	}
+	x.HeadRead = true
+	return nil
 }
 
 // streamBody hands the request body to net/http. net/http may read and close

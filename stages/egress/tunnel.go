@@ -84,6 +84,7 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 
 	fw := transport.GetFrameWriter(s, t.maxFrame)
 	x.Head.RuleID = x.Rule.ID
+	pipeline.InjectHead(ctx, &x.Head) // the far side's spans join this trace
 	fw.Request(&x.Head)
 	if x.Head.Kind != codec.KindHTTP {
 		return t.raw(ctx, x, s, fw, next)

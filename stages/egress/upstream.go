@@ -49,6 +49,7 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 	}
 	req := x.Request
 	t.prepare(req, x.Rule.HostHeader)
+	pipeline.InjectHeader(ctx, req.Header) // the upstream joins the trace
 	resp, err := t.RoundTrip(req)
 	if err != nil {
 		if ctx.Err() != nil {
