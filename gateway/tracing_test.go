@@ -68,7 +68,7 @@ func TestOneTraceAcrossTheTunnel(t *testing.T) {
 	require.True(t, egress.Parent().IsRemote(), "the egress span's parent came across the tunnel")
 	attrs := map[string]string{}
 	for _, kv := range egress.Attributes() {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	require.Equal(t, id, attrs["qtunnel.request_id"])
 	require.Equal(t, "rev", attrs["qtunnel.rule_id"])
