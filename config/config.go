@@ -82,6 +82,9 @@ type Sync struct {
 	// FullSyncInterval is how often a full snapshot is sent regardless.
 	// Default 5m.
 	FullSyncInterval time.Duration `yaml:"full_sync_interval"`
+	// ConfigPollInterval is how often the server looks at its
+	// configuration file for changes. Default 1s.
+	ConfigPollInterval time.Duration `yaml:"config_poll_interval"`
 }
 
 // Sessions holds the session sweep settings (S7).
@@ -276,6 +279,7 @@ func (c *Server) SetDefaults() {
 	setString(&c.PublicHTTP, ":8080")
 	setDuration(&c.Sync.HashCheckInterval, 15*time.Second)
 	setDuration(&c.Sync.FullSyncInterval, 5*time.Minute)
+	setDuration(&c.Sync.ConfigPollInterval, time.Second)
 	setDuration(&c.Sessions.SweepInterval, 60*time.Second)
 	setDuration(&c.Sessions.TTL, 300*time.Second)
 	c.Common.SetDefaults()

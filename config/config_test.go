@@ -85,7 +85,7 @@ func TestParseServerDefaults(t *testing.T) {
 	require.Equal(t, ":8080", c.PublicHTTP)
 	require.Equal(t, []config.ClientEntry{{ID: "c1", TokenSHA256: hashC1}}, c.Clients)
 	require.Empty(t, c.Rules)
-	require.Equal(t, config.Sync{HashCheckInterval: 15 * time.Second, FullSyncInterval: 5 * time.Minute}, c.Sync)
+	require.Equal(t, config.Sync{HashCheckInterval: 15 * time.Second, FullSyncInterval: 5 * time.Minute, ConfigPollInterval: time.Second}, c.Sync)
 	require.Equal(t, config.Sessions{SweepInterval: 60 * time.Second, TTL: 300 * time.Second}, c.Sessions)
 
 	require.Equal(t, config.Size(64<<10), c.Limits.MaxFrameSize)
@@ -139,7 +139,7 @@ shutdown_grace: 30s
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:5443", c.Listen)
 	require.Equal(t, "127.0.0.1:9080", c.PublicHTTP)
-	require.Equal(t, config.Sync{HashCheckInterval: 3 * time.Second, FullSyncInterval: time.Minute}, c.Sync)
+	require.Equal(t, config.Sync{HashCheckInterval: 3 * time.Second, FullSyncInterval: time.Minute, ConfigPollInterval: time.Second}, c.Sync)
 	require.Equal(t, config.Sessions{SweepInterval: 5 * time.Second, TTL: 20 * time.Second}, c.Sessions)
 	require.Equal(t, config.Size(1<<20), c.Limits.MaxFrameSize)
 	require.Equal(t, 10, c.Limits.MaxConcurrentStreams)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
@@ -58,15 +59,35 @@ type ClientEvents interface {
 	// Snapshot must build and install the rule set, or return why it cannot;
 	// on error the client keeps its previous rules.
 	Snapshot(version uint64, hash []byte, rs []rules.Rule) error
+	// Delta must apply an incremental update from version from to to, or
+	// return why it cannot (ErrOutOfSequence when the client does not hold
+	// version from: a full sync follows).
+	Delta(from, to uint64, hash []byte, d ClientDelta) error
+	// State returns the version and hash of the rules in force, for the
+	// periodic hash check.
+	State() (version uint64, hash []byte)
 	// GoAway reports that the server is draining this connection.
 	GoAway(reason string)
 }
 
+// ErrOutOfSequence is returned by ClientEvents.Delta when the client does
+// not hold the version the delta starts from.
+var ErrOutOfSequence = errors.New("delta does not start from the version in force")
+
 // Run reads the server's messages until the stream ends or ctx is done,
-// applies snapshots and reports the outcome (APPLIED), and answers PINGs.
+// applies snapshots and deltas and reports the outcome (APPLIED), answers
+// PINGs, and checks the rule set with the server: a hash check at the
+// server's hash-check interval, a request for a full snapshot at its
+// full-sync interval.
 func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { _ = p.w.s.SetReadDeadline(time.Now()) })
 	defer stop()
+	var checks sync.WaitGroup
+	defer checks.Wait()
+	defer cancel() // before Wait: stops the checker
+	checks.Go(func() { p.check(ctx, ev) })
 	for {
 		t, payload, err := p.w.recv()
 		if err != nil {
@@ -95,6 +116,27 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 			if err := p.w.send(func(b []byte) []byte { return codec.AppendApplied(b, applied) }); err != nil {
 				return err
 			}
+		case codec.MsgDelta:
+			m, err := codec.ParseDelta(payload)
+			if err != nil {
+				return err
+			}
+			applied := &codec.Applied{Version: m.To, Hash: m.Hash}
+			up, err := rules.Decode(m.Upsert)
+			if err == nil {
+				err = ev.Delta(m.From, m.To, m.Hash, ClientDelta{Upsert: up, Delete: m.Delete})
+			}
+			if err != nil {
+				applied.Error = err.Error()
+			}
+			if err := p.w.send(func(b []byte) []byte { return codec.AppendApplied(b, applied) }); err != nil {
+				return err
+			}
+			if errors.Is(err, ErrOutOfSequence) {
+				if err := p.requestSnapshot(ev); err != nil {
+					return err
+				}
+			}
 		case codec.MsgPing:
 			m, err := codec.ParsePing(payload)
 			if err != nil {
@@ -114,6 +156,40 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 			return fmt.Errorf("%w: unexpected %s from server", codec.ErrMalformed, t)
 		}
 	}
+}
+
+// check sends a hash check every hash-check interval and asks for a full
+// snapshot every full-sync interval, until ctx ends.
+func (p *ClientPeer) check(ctx context.Context, ev ClientEvents) {
+	hashEvery, fullEvery := p.Ack.HashCheckInterval, p.Ack.FullSyncInterval
+	if hashEvery <= 0 || fullEvery <= 0 {
+		return // the server asked for no checks
+	}
+	hashT := time.NewTicker(hashEvery)
+	defer hashT.Stop()
+	fullT := time.NewTicker(fullEvery)
+	defer fullT.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return
+		case <-hashT.C:
+			v, h := ev.State()
+			err = p.w.send(func(b []byte) []byte { return codec.AppendHashCheck(b, &codec.HashCheck{Version: v, Hash: h}) })
+		case <-fullT.C:
+			err = p.requestSnapshot(ev)
+		}
+		if err != nil {
+			return // the stream is gone; Run sees it too
+		}
+	}
+}
+
+// requestSnapshot asks for a full snapshot: a hash check without a hash.
+func (p *ClientPeer) requestSnapshot(ev ClientEvents) error {
+	v, _ := ev.State()
+	return p.w.send(func(b []byte) []byte { return codec.AppendHashCheck(b, &codec.HashCheck{Version: v}) })
 }
 
 // GoAway tells the server that this client is draining.

@@ -98,7 +98,17 @@ func connect(t *testing.T) link {
 type clientEvents struct {
 	snapshotErr error
 	snapshots   chan snapshotCall
+	deltas      chan deltaCall
 	goaways     chan string
+	deltaErr    error
+	version     uint64
+	hash        []byte
+}
+
+type deltaCall struct {
+	from, to uint64
+	hash     []byte
+	d        control.ClientDelta
 }
 
 type snapshotCall struct {
@@ -108,8 +118,15 @@ type snapshotCall struct {
 }
 
 func newClientEvents(snapshotErr error) *clientEvents {
-	return &clientEvents{snapshotErr: snapshotErr, snapshots: make(chan snapshotCall, 8), goaways: make(chan string, 8)}
+	return &clientEvents{snapshotErr: snapshotErr, snapshots: make(chan snapshotCall, 8), deltas: make(chan deltaCall, 8), goaways: make(chan string, 8)}
 }
+
+func (e *clientEvents) Delta(from, to uint64, hash []byte, d control.ClientDelta) error {
+	e.deltas <- deltaCall{from, to, hash, d}
+	return e.deltaErr
+}
+
+func (e *clientEvents) State() (uint64, []byte) { return e.version, e.hash }
 
 func (e *clientEvents) Snapshot(version uint64, hash []byte, rs []rules.Rule) error {
 	e.snapshots <- snapshotCall{version, hash, rs}

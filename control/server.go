@@ -72,6 +72,13 @@ func (p *ServerPeer) SendSnapshot(t *rules.Table, client string) error {
 	return p.w.send(func(b []byte) []byte { return codec.AppendSnapshot(b, msg) })
 }
 
+// SendDelta sends the client its changes from version from to t.
+func (p *ServerPeer) SendDelta(from uint64, t *rules.Table, client string, d ClientDelta) error {
+	h := rules.Hash(t.ForClient(client))
+	msg := &codec.Delta{From: from, To: t.Version(), Hash: h[:], Upsert: rules.Encode(d.Upsert), Delete: d.Delete}
+	return p.w.send(func(b []byte) []byte { return codec.AppendDelta(b, msg) })
+}
+
 // GoAway tells the client to open no new streams on this connection.
 func (p *ServerPeer) GoAway(reason string) error {
 	return p.w.send(func(b []byte) []byte { return codec.AppendGoAway(b, &codec.GoAway{Reason: reason}) })
@@ -82,7 +89,8 @@ func (p *ServerPeer) GoAway(reason string) error {
 type ServerEvents interface {
 	// Applied reports the outcome of a snapshot the client received.
 	Applied(m *codec.Applied)
-	// HashCheck reports the client's periodic statement of its rule set.
+	// HashCheck reports the client's periodic statement of its rule set;
+	// a check without a hash asks for a full snapshot.
 	HashCheck(m *codec.HashCheck)
 	// GoAway reports that the client is draining.
 	GoAway(reason string)

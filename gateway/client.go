@@ -272,6 +272,20 @@ func (e *clientEvents) Snapshot(version uint64, hash []byte, rs []rules.Rule) er
 	return e.c.apply(version, hash, rs)
 }
 
+func (e *clientEvents) Delta(from, to uint64, hash []byte, d control.ClientDelta) error {
+	cur := e.c.rules.Load()
+	if cur.Version() != from {
+		return fmt.Errorf("%w: have version %d, the delta starts from %d", control.ErrOutOfSequence, cur.Version(), from)
+	}
+	return e.c.apply(to, hash, control.ApplyDelta(cur.Rules(), d))
+}
+
+func (e *clientEvents) State() (uint64, []byte) {
+	t := e.c.rules.Load()
+	h := t.Hash()
+	return t.Version(), h[:]
+}
+
 func (e *clientEvents) GoAway(reason string) {
 	e.s.info.Draining.Store(true)
 	e.c.log.Info("server is draining this connection", "reason", reason)

@@ -27,7 +27,7 @@ type kit struct {
 
 // newKit builds the kit of one side. store is the side's rule table, used to
 // label breaker states by rule.
-func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger, ready func() error, view func() any) (*kit, error) {
+func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger, ready func() error, view func() any, extra ...admin.Option) (*kit, error) {
 	k := &kit{m: metrics.New(role)}
 	var err error
 	if k.limiter, err = ratelimit.New(c.RateLimit, ratelimit.WithLogger(log)); err != nil {
@@ -50,8 +50,8 @@ func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger,
 	if k.breaker, err = breaker.New(c.Breaker, breaker.WithLogger(log), breaker.OnStateChange(onChange)); err != nil {
 		return nil, err
 	}
-	k.admin, err = admin.New(c.Admin, admin.WithMetrics(k.m.Handler()), admin.WithReady(ready),
-		admin.WithConfig(view), admin.WithLogger(log))
+	k.admin, err = admin.New(c.Admin, append([]admin.Option{admin.WithMetrics(k.m.Handler()), admin.WithReady(ready),
+		admin.WithConfig(view), admin.WithLogger(log)}, extra...)...)
 	if err != nil {
 		return nil, err
 	}

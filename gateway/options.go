@@ -16,6 +16,8 @@ type options struct {
 	ingress func([]pipeline.Stage) ([]pipeline.Stage, error)
 	egress  func([]pipeline.Stage) ([]pipeline.Stage, error)
 	tracer  trace.Tracer
+	// configFile is the server's configuration file, watched and reloaded.
+	configFile string
 }
 
 func buildOptions(opts []Option) options {
@@ -40,6 +42,11 @@ func WithIngressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, erro
 func WithEgressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, error)) Option {
 	return func(o *options) { o.egress = f }
 }
+
+// WithConfigFile names the file the server's configuration came from: the
+// server watches it and applies changed clients and rules (and Reload reads
+// it again, on SIGHUP for example).
+func WithConfigFile(path string) Option { return func(o *options) { o.configFile = path } }
 
 // WithTracer makes the side record a span per request, with a child span
 // per stage, and carry the trace context across the tunnel (W3C

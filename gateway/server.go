@@ -14,6 +14,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/control"
@@ -28,14 +29,15 @@ import (
 // serves reverse rules on its public listener and forward rules' streams
 // towards upstreams near it.
 type Server struct {
-	cfg    config.Server
-	o      options
-	log    *slog.Logger
-	cert   tls.Certificate
-	pin    string
-	tokens control.Tokens
+	cfg  config.Server
+	o    options
+	log  *slog.Logger
+	cert tls.Certificate
+	pin  string
 
-	rules    rules.Store
+	store    *control.RuleStore
+	tokens   atomic.Pointer[control.Tokens]
+	reloadMu sync.Mutex // one reload at a time
 	sessions control.Registry
 	kit      *kit
 	serving  atomic.Bool // between Start and Shutdown
@@ -61,6 +63,11 @@ type serverConn struct {
 	info    *pipeline.Conn
 	peer    *control.ServerPeer
 	session *control.Session
+	changed chan struct{} // the rules changed: push (capacity 1, never blocks)
+
+	syncMu      sync.Mutex // one sync at a time; guards what was sent last
+	sentVersion uint64
+	sentHash    []byte
 }
 
 // NewServer checks cfg (which must have had SetDefaults and Validate), makes
@@ -81,19 +88,15 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.pin, err = transport.CertificatePin(s.cert); err != nil {
 		return nil, err
 	}
-	s.tokens = control.Tokens{}
-	for _, c := range cfg.Clients {
-		h, err := control.ParseTokenHash(c.TokenSHA256)
-		if err != nil {
-			return nil, fmt.Errorf("client %q: token_sha256: %w", c.ID, err)
-		}
-		s.tokens[c.ID] = h
-	}
-	t, err := rules.NewTable(1, cfg.Rules)
+	tokens, err := tokensOf(cfg.Clients)
 	if err != nil {
 		return nil, err
 	}
-	s.rules.Swap(t)
+	s.tokens.Store(&tokens)
+	if s.store, err = control.NewRuleStore(cfg.Rules, 0); err != nil {
+		return nil, err
+	}
+	t := s.store.Table()
 	pc := cfg.Egress
 	pc.Logger = s.log
 	if s.pool, err = egress.NewPool(pc); err != nil {
@@ -110,12 +113,15 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
-	if s.kit, err = newKit("server", &cfg.Common, &s.rules, s.log, s.ready, s.view); err != nil {
+	api := &rulesAPI{store: s.store, writable: cfg.Admin.Token != ""}
+	var apiOpts []admin.Option
+	api.register(func(pattern string, h http.Handler) { apiOpts = append(apiOpts, admin.WithHandler(pattern, h)) })
+	if s.kit, err = newKit("server", &cfg.Common, s.store.Store(), s.log, s.ready, s.view, apiOpts...); err != nil {
 		return nil, err
 	}
 	s.kit.m.ConfigApplied(t.Version(), 0, nil)
 	s.kit.m.SetConnStats(s.connStats)
-	if s.chains, err = buildChains(ctx, &cfg.Common, &s.rules, rules.Forward, conns, s.pool, s.kit, o); err != nil {
+	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
 	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, o.tracer, s.log)
@@ -147,6 +153,10 @@ func (s *Server) PublicTLSAddr() net.Addr {
 	}
 	return s.public[1].addr()
 }
+
+// AdminAddr returns the bound admin listener's address, or nil when it is
+// off; valid after Start.
+func (s *Server) AdminAddr() net.Addr { return s.kit.admin.Addr() }
 
 // ListenerAddr returns the bound address of a reverse TCP rule's listener
 // configured as listen, or nil.
@@ -180,7 +190,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.o.tracer, s.log))
 	}
-	pend, err := s.listeners.prepare(s.rules.Load().Listeners(rules.Reverse))
+	pend, err := s.listeners.prepare(s.store.Table().Listeners(rules.Reverse))
 	if err != nil {
 		abandon()
 		return err
@@ -207,12 +217,16 @@ func (s *Server) Start(ctx context.Context) error {
 		s.wg.Go(l.serve)
 	}
 	s.listeners.commit(pend)
+	s.store.OnChange(s.prepareRules)
 	s.wg.Go(func() { s.sweep(runCtx) })
+	if s.o.configFile != "" {
+		s.wg.Go(func() { s.watchConfig(runCtx) })
+	}
 	attrs := []any{"tunnel", ln.Addr().String(), "public_http", pub.Addr().String()}
 	if a := s.PublicTLSAddr(); a != nil {
 		attrs = append(attrs, "public_https", a.String())
 	}
-	attrs = append(attrs, "pin", s.pin, "rules", s.rules.Load().Len(), "clients", len(s.tokens), "tcp_listeners", s.listeners.count())
+	attrs = append(attrs, "pin", s.pin, "rules", s.store.Table().Len(), "clients", len(*s.tokens.Load()), "tcp_listeners", s.listeners.count())
 	s.log.Info("server started", attrs...)
 	return nil
 }
@@ -242,7 +256,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnProtocol), "no control stream")
 		return
 	}
-	peer, err := control.Handshake(ctx, cs, s.tokens, s.cfg.Limits.HandshakeTimeout)
+	peer, err := control.Handshake(ctx, cs, *s.tokens.Load(), s.cfg.Limits.HandshakeTimeout)
 	if err != nil {
 		code, reason := codec.ConnProtocol, "control handshake failed"
 		if errors.Is(err, control.ErrUnauthenticated) {
@@ -275,7 +289,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		s.log.Info("client reconnected; closing its previous connection", "client", id)
 		_ = replaced.Close(codec.ConnReplaced, "replaced by a newer connection")
 	}
-	sc := &serverConn{qc: qc, info: info, peer: peer, session: session}
+	sc := &serverConn{qc: qc, info: info, peer: peer, session: session, changed: make(chan struct{}, 1)}
 	if !s.track(sc) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutting down")
 		s.sessions.Detach(session, info, time.Now())
@@ -287,7 +301,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		HashCheckInterval: s.cfg.Sync.HashCheckInterval, FullSyncInterval: s.cfg.Sync.FullSyncInterval}
 	err = peer.Accept(ack)
 	if err == nil {
-		err = peer.SendSnapshot(s.rules.Load(), id)
+		err = s.syncClient(sc, peer.Hello.AppliedVersion, peer.Hello.Hash)
 	}
 	if err != nil {
 		s.log.Warn("client handshake failed", "client", id, "err", err)
@@ -299,6 +313,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 
 	var streams sync.WaitGroup
 	streams.Go(func() { s.streams.serve(qc, info) })
+	streams.Go(func() { s.push(ctx, sc) })
 	err = peer.Run(ctx, &serverEvents{s: s, conn: sc})
 	// The control stream is the connection's lifeline: once it ends, so
 	// does the connection.
@@ -336,16 +351,26 @@ func (e *serverEvents) Applied(m *codec.Applied) {
 	e.s.log.Info("client applied rules", "client", e.conn.info.ClientID, "version", m.Version)
 }
 
+// HashCheck answers the client's periodic check: a mismatch, or a check
+// without a hash (the client's periodic full sync), gets a snapshot.
 func (e *serverEvents) HashCheck(m *codec.HashCheck) {
 	e.conn.session.Touch(time.Now())
-	t := e.s.rules.Load()
-	want := rules.Hash(t.ForClient(e.conn.info.ClientID))
-	if string(want[:]) != string(m.Hash) {
-		e.s.log.Info("client rules out of date; sending snapshot", "client", e.conn.info.ClientID, "client_version", m.Version)
-		if err := e.conn.peer.SendSnapshot(t, e.conn.info.ClientID); err != nil {
-			e.s.log.Debug("snapshot send failed", "client", e.conn.info.ClientID, "err", err)
-		}
+	t := e.s.store.Table()
+	id := e.conn.info.ClientID
+	want := rules.Hash(t.ForClient(id))
+	if m.Hash != nil && string(want[:]) == string(m.Hash) {
+		return
 	}
+	if m.Hash != nil {
+		e.s.log.Info("client rules out of date; sending a snapshot", "client", id, "client_version", m.Version, "version", t.Version())
+	}
+	e.conn.syncMu.Lock()
+	defer e.conn.syncMu.Unlock()
+	if err := e.conn.peer.SendSnapshot(t, id); err != nil {
+		e.s.log.Debug("snapshot send failed", "client", id, "err", err)
+		return
+	}
+	e.conn.sentVersion, e.conn.sentHash = t.Version(), want[:]
 }
 
 func (e *serverEvents) GoAway(reason string) {
@@ -417,7 +442,7 @@ func (s *Server) view() any {
 	v := struct {
 		tableView
 		Sessions []sessionView `json:"sessions"`
-	}{tableView: viewOf(s.rules.Load()), Sessions: []sessionView{}}
+	}{tableView: viewOf(s.store.Table()), Sessions: []sessionView{}}
 	for _, ss := range s.sessions.Sessions() {
 		sv := sessionView{Client: ss.ClientID, Session: ss.ID, Connected: ss.Conn() != nil, Created: ss.Created, LastSeen: ss.LastSeen()}
 		if a := ss.Applied(); a != nil {

@@ -17,6 +17,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // Direction says which side accepts a rule's requests.
@@ -116,8 +118,18 @@ func (r *Rule) Normalize() {
 	}
 }
 
-// NormalizeHost lower-cases host and drops a port and a trailing dot.
+// NormalizeHost lower-cases host and drops a port and a trailing dot;
+// internationalised names become their ASCII (punycode) form, the one
+// HTTP clients send.
 func NormalizeHost(host string) string {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= 0x80 {
+			if a, err := idna.Lookup.ToASCII(strings.TrimSuffix(stripPort(host), ".")); err == nil {
+				return a
+			}
+			break
+		}
+	}
 	if strings.IndexByte(host, ':') >= 0 { // only then: a failed split allocates its error
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
@@ -127,6 +139,15 @@ func NormalizeHost(host string) string {
 	for i := 0; i < len(host); i++ {
 		if c := host[i]; 'A' <= c && c <= 'Z' {
 			return strings.ToLower(host)
+		}
+	}
+	return host
+}
+
+func stripPort(host string) string {
+	if strings.IndexByte(host, ':') >= 0 {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			return h
 		}
 	}
 	return host

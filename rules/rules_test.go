@@ -62,6 +62,17 @@ func TestMatch(t *testing.T) {
 	require.Equal(t, 5, tab.Len())
 }
 
+func TestInternationalHostsAreNormalised(t *testing.T) {
+	t.Parallel()
+	tab, err := rules.NewTable(1, []rules.Rule{rev("idn", "c", "Bücher.Example.", "")})
+	require.NoError(t, err)
+	require.Equal(t, "xn--bcher-kva.example", tab.ByID("idn").Host)
+	require.Equal(t, "idn", tab.Match("", "xn--bcher-kva.example:8080", "/").ID, "clients send the ASCII form")
+	require.Equal(t, "idn", tab.Match("", "bücher.example", "/").ID)
+	_, err = rules.NewTable(1, []rules.Rule{rev("a", "c1", "bücher.example", ""), rev("b", "c2", "XN--BCHER-KVA.example", "/x")})
+	require.ErrorContains(t, err, `belongs to client "c1"`, "the two spellings are one host")
+}
+
 func TestNilTableMatchesNothing(t *testing.T) {
 	t.Parallel()
 	var tab *rules.Table

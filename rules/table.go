@@ -44,26 +44,26 @@ func NewTable(version uint64, rs []Rule) (*Table, error) {
 		}
 		t.byID[r.ID] = r
 		key := r.listenerKey()
+		// Ownership first: a host or a port of another client is the
+		// conflict worth naming, whatever else matches.
+		for _, other := range t.routes[key] {
+			if key != "" && other.Client != r.Client {
+				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
+					"listen address %s belongs to client %q (rule %q)", r.Listen, other.Client, other.ID)}
+			}
+			if key == "" && other.Host == r.Host && other.Client != r.Client {
+				return nil, &FieldError{Index: i, Field: "host", Msg: fmt.Sprintf(
+					"host %q belongs to client %q (rule %q)", r.Host, other.Client, other.ID)}
+			}
+		}
 		for _, other := range t.routes[key] {
 			if other.Host == r.Host && other.PathPrefix == r.PathPrefix {
 				return nil, &FieldError{Index: i, Field: conflictField(r), Msg: fmt.Sprintf(
 					"%s%s on %s is already routed by rule %q", r.Host, r.PathPrefix, describeListener(key), other.ID)}
 			}
-			if key != "" && other.Client != r.Client {
-				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
-					"listen address %s belongs to client %q (rule %q)", r.Listen, other.Client, other.ID)}
-			}
 			if key != "" && (other.Protocol != r.Protocol || other.Direction != r.Direction || other.ListenTLS != r.ListenTLS || r.Protocol == ProtoTCP) {
 				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
 					"listen address %s is already used by rule %q", r.Listen, other.ID)}
-			}
-		}
-		if r.Direction == Reverse {
-			for _, other := range t.routes[key] {
-				if other.Host == r.Host && other.Client != r.Client {
-					return nil, &FieldError{Index: i, Field: "host", Msg: fmt.Sprintf(
-						"host %q belongs to client %q (rule %q)", r.Host, other.Client, other.ID)}
-				}
 			}
 		}
 		t.routes[key] = append(t.routes[key], r)

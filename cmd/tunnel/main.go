@@ -192,12 +192,28 @@ func runServer(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log))...)
+	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path))...)
 	if err != nil {
 		return err
 	}
 	ctx, stop := shutdownContext(log)
 	defer stop()
+	// SIGHUP reloads clients and rules (the file is also watched).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := srv.Reload(); err == nil {
+					log.Info("configuration reloaded on SIGHUP", "file", path)
+				}
+			}
+		}
+	}()
 	return srv.Run(ctx)
 }
 

@@ -1,0 +1,8 @@
+package gateway
+
+import "github.com/qtunnel/qtunnel/rules"
+
+// CorruptRulesForTest replaces the client's rule table behind the control
+// protocol's back, as a bug or a bit flip might: the periodic hash check
+// must notice and repair it.
+func (c *Client) CorruptRulesForTest(t *rules.Table) { c.rules.Swap(t) }

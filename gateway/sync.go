@@ -1,0 +1,174 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// syncClient brings a client that holds version have (with hash haveHash)
+// up to the rules in force: nothing if it has them, an incremental update
+// if the store still has its version, else a full snapshot.
+func (s *Server) syncClient(sc *serverConn, have uint64, haveHash []byte) error {
+	sc.syncMu.Lock()
+	defer sc.syncMu.Unlock()
+	t := s.store.Table()
+	id := sc.info.ClientID
+	want := rules.Hash(t.ForClient(id))
+	switch {
+	case have == t.Version() && string(haveHash) == string(want[:]):
+		// Up to date (a reconnect within the same server's life).
+	case have != 0:
+		if d, ok := s.store.DeltaFor(id, have, haveHash, t); ok {
+			if err := sc.peer.SendDelta(have, t, id, d); err != nil {
+				return err
+			}
+			break
+		}
+		fallthrough
+	default:
+		if err := sc.peer.SendSnapshot(t, id); err != nil {
+			return err
+		}
+	}
+	sc.sentVersion, sc.sentHash = t.Version(), want[:]
+	return nil
+}
+
+// push sends the client of sc every change of its rules, as soon as the
+// store accepts it, until ctx ends.
+func (s *Server) push(ctx context.Context, sc *serverConn) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sc.changed:
+		}
+		sc.syncMu.Lock()
+		have, haveHash := sc.sentVersion, sc.sentHash
+		sc.syncMu.Unlock()
+		if err := s.syncClient(sc, have, haveHash); err != nil {
+			s.log.Debug("rule push failed", "client", sc.info.ClientID, "err", err)
+			return // the connection is going; the reconnect syncs
+		}
+	}
+}
+
+// prepareRules readies the server for a new table before it goes into
+// force (S13): the reverse TCP listeners it needs are bound first, and a
+// failure refuses the change. After the swap, connected clients are told.
+func (s *Server) prepareRules(t *rules.Table) (func(), error) {
+	start := time.Now()
+	pend, err := s.listeners.prepare(t.Listeners(rules.Reverse))
+	if err != nil {
+		s.kit.m.ConfigApplied(t.Version(), time.Since(start), err)
+		return nil, err
+	}
+	return func() {
+		s.listeners.commit(pend)
+		s.kit.m.ConfigApplied(t.Version(), time.Since(start), nil)
+		s.log.Info("rules changed", "version", t.Version(), "rules", t.Len(), "hash", t.HashHex())
+		s.mu.Lock()
+		for sc := range s.conns {
+			select {
+			case sc.changed <- struct{}{}:
+			default: // a push is already due; it will see this table
+			}
+		}
+		s.mu.Unlock()
+	}, nil
+}
+
+// Rules returns the server's rule store: read the rules in force, change
+// them (the admin API does), subscribe to changes.
+func (s *Server) Rules() *control.RuleStore { return s.store }
+
+// Reload reads the configuration file again (WithConfigFile) and applies
+// its clients and rules. A file that does not parse or validate changes
+// nothing; the error lists every problem with its line. Other settings
+// take effect at the next start.
+func (s *Server) Reload() error {
+	if s.o.configFile == "" {
+		return errors.New("reload: the server was not started from a configuration file")
+	}
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := config.LoadServer(s.o.configFile)
+	if err != nil {
+		s.log.Error("configuration not reloaded; the rules in force keep serving", "file", s.o.configFile, "err", err)
+		return err
+	}
+	tokens, err := tokensOf(cfg.Clients)
+	if err != nil {
+		return err
+	}
+	if _, err := s.store.Replace(cfg.Rules); err != nil && !errors.Is(err, control.ErrUnchanged) {
+		s.log.Error("rules not reloaded; the rules in force keep serving", "file", s.o.configFile, "err", err)
+		return err
+	}
+	old := s.tokens.Swap(&tokens)
+	// A client that was removed, or whose token changed, is disconnected.
+	s.mu.Lock()
+	for sc := range s.conns {
+		id := sc.info.ClientID
+		if prev, now := (*old)[id], tokens[id]; !hasClient(tokens, id) || prev != now {
+			_ = sc.qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnAuthFailed), "client removed or its token changed")
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func hasClient(t control.Tokens, id string) bool {
+	_, ok := t[id]
+	return ok
+}
+
+// watchConfig reloads the configuration file when it changes (polled at
+// the configured interval: no file-system notifier to lose events or file
+// descriptors), until ctx ends.
+func (s *Server) watchConfig(ctx context.Context) {
+	every := s.cfg.Sync.ConfigPollInterval
+	last, _ := os.Stat(s.o.configFile)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(s.o.configFile)
+		if err != nil {
+			continue
+		}
+		if last != nil && fi.ModTime().Equal(last.ModTime()) && fi.Size() == last.Size() {
+			continue
+		}
+		last = fi
+		if err := s.Reload(); err == nil {
+			s.log.Info("configuration reloaded", "file", s.o.configFile, "version", s.store.Table().Version())
+		}
+	}
+}
+
+func tokensOf(clients []config.ClientEntry) (control.Tokens, error) {
+	t := control.Tokens{}
+	for _, c := range clients {
+		h, err := control.ParseTokenHash(c.TokenSHA256)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: token_sha256: %w", c.ID, err)
+		}
+		t[c.ID] = h
+	}
+	return t, nil
+}

@@ -1,0 +1,242 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/admin"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+const adminToken = "admin-secret"
+
+// apiCall sends an admin API request and decodes the JSON answer.
+func apiCall(t *testing.T, method, url string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(t, err)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func statusOf(t *testing.T, c *http.Client, url, host string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Host = host
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestAdminAPIChangesRulesLiveAndRefusesBadOnes(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, echoInfo("u"))
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{reverseRule("stay", "stay.test", up.URL)},
+		serverMutate: func(c *config.Server) {
+			c.Admin = admin.Config{Listen: "127.0.0.1:0", Token: adminToken}
+			c.Clients = append(c.Clients, config.ClientEntry{ID: "other", TokenSHA256: control.HashToken("x").String()})
+			c.Rules = append(c.Rules, rules.Rule{ID: "other-rule", Client: "other", Direction: rules.Reverse, Host: "taken.test", Upstream: up.URL})
+		},
+	})
+	api := "http://" + p.Server.AdminAddr().String()
+	c := h1Client(t)
+	v0 := p.Server.Rules().Table().Version()
+
+	code, out := apiCall(t, http.MethodPut, api+"/rules/new", rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "new.test", Upstream: up.URL})
+	require.Equal(t, 200, code, out)
+	require.EqualValues(t, v0+1, out["version"])
+	eventually(t, time.Second, func() bool { return statusOf(t, c, p.publicURL("/"), "new.test") == 200 }, "a new rule serves within a second")
+
+	code, out = apiCall(t, http.MethodGet, api+"/rules/new", nil)
+	require.Equal(t, 200, code)
+	require.Equal(t, "new.test", out["host"])
+
+	bad := []struct {
+		name string
+		rule any
+		says string
+	}{
+		{"host of another client", rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "taken.test", Upstream: up.URL}, `belongs to client "other" (rule "other-rule")`},
+		{"bad upstream", rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "x.test", Upstream: "ftp://x"}, "scheme must be http or https"},
+		{"unknown field", map[string]any{"client": clientID, "direction": "reverse", "host": "y.test", "upstream": up.URL, "colour": "red"}, `unknown field "colour"`},
+	}
+	for _, b := range bad {
+		code, out := apiCall(t, http.MethodPut, api+"/rules/bad", b.rule)
+		require.Equal(t, 400, code, b.name)
+		require.Contains(t, out["error"], b.says, b.name)
+	}
+	require.Equal(t, v0+1, p.Server.Rules().Table().Version(), "refused changes leave the version alone")
+	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "stay.test"), "and the rules in force keep serving")
+
+	code, _ = apiCall(t, http.MethodDelete, api+"/rules/new", nil)
+	require.Equal(t, 200, code)
+	eventually(t, time.Second, func() bool { return statusOf(t, c, p.publicURL("/"), "new.test") == 404 }, "a removed rule answers 404 within a second")
+	code, _ = apiCall(t, http.MethodDelete, api+"/rules/new", nil)
+	require.Equal(t, 404, code)
+
+	// Without the token, nothing changes.
+	req, _ := http.NewRequest(http.MethodDelete, api+"/rules/stay", nil)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+	// The server's view shows what the client applied.
+	code, out = apiCall(t, http.MethodGet, api+"/config", nil)
+	require.Equal(t, 200, code)
+	sessions := out["sessions"].([]any)
+	var mine map[string]any
+	for _, s := range sessions {
+		if s.(map[string]any)["client"] == clientID {
+			mine = s.(map[string]any)
+		}
+	}
+	require.NotNil(t, mine)
+	require.EqualValues(t, p.Server.Rules().Table().Version(), mine["applied_version"])
+}
+
+func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, echoInfo("u"))
+	dir := t.TempDir()
+	file := filepath.Join(dir, "server.yaml")
+	write := func(rulesYAML string) {
+		doc := fmt.Sprintf("listen: \"127.0.0.1:0\"\npublic_http: \"127.0.0.1:0\"\nclients:\n  - id: %s\n    token_sha256: %s\nsync:\n  config_poll_interval: 20ms\nrules:\n%s",
+			clientID, control.HashToken(token), rulesYAML)
+		require.NoError(t, os.WriteFile(file, []byte(doc), 0o600))
+	}
+	rule := func(id, host string) string {
+		return fmt.Sprintf("  - id: %s\n    client: %s\n    direction: reverse\n    host: %s\n    upstream: %q\n", id, clientID, host, up.URL)
+	}
+	write(rule("a", "a.test"))
+	cfg, err := config.LoadServer(file)
+	require.NoError(t, err)
+	p := startPair(t, pairOpts{serverMutate: func(c *config.Server) { *c = *cfg }, serverOpts: []gateway.Option{gateway.WithConfigFile(file)}})
+	c := h1Client(t)
+	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "a.test"))
+
+	write(rule("a", "a.test") + rule("b", "b.test"))
+	eventually(t, 2*time.Second, func() bool { return statusOf(t, c, p.publicURL("/"), "b.test") == 200 }, "an edited file is picked up")
+	v := p.Server.Rules().Table().Version()
+
+	write(rule("a", "a.test") + "  - id: c\n    client: " + clientID + "\n    direction: reverse\n    hots: c.test\n    upstream: \"http://x\"\n")
+	err = p.Server.Reload()
+	var ps config.Problems
+	require.ErrorAs(t, err, &ps)
+	require.Contains(t, ps.Error(), "server.yaml:17: field hots not found", "the reason names the file and line")
+	require.Equal(t, v, p.Server.Rules().Table().Version(), "a bad file changes nothing")
+	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "b.test"), "the previous rules keep serving")
+}
+
+func TestCorruptedClientTableIsRepairedWithinAHashInterval(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, echoInfo("u"))
+	const interval = 300 * time.Millisecond
+	p := startPair(t, pairOpts{
+		rules:        []rules.Rule{reverseRule("a", "a.test", up.URL), reverseRule("b", "b.test", up.URL)},
+		serverMutate: func(c *config.Server) { c.Sync.HashCheckInterval = interval },
+	})
+	c := h1Client(t)
+	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "b.test"))
+	good := p.Client.Rules()
+	broken, err := rules.NewTable(good.Version(), good.Rules()[:1]) // rule b lost
+	require.NoError(t, err)
+	p.Client.CorruptRulesForTest(broken)
+	require.Equal(t, 404, statusOf(t, c, p.publicURL("/"), "b.test"), "the corruption bites")
+	start := time.Now()
+	eventually(t, 5*time.Second, func() bool { return statusOf(t, c, p.publicURL("/"), "b.test") == 200 }, "repaired")
+	require.Less(t, time.Since(start), interval+250*time.Millisecond, "within one hash interval (plus a snapshot's round trip)")
+	require.Equal(t, good.Hash(), p.Client.Rules().Hash())
+}
+
+func TestSessionsExpireAndResume(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, echoInfo("u"))
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{reverseRule("a", "a.test", up.URL)},
+		serverMutate: func(c *config.Server) {
+			c.Sessions = config.Sessions{SweepInterval: 20 * time.Millisecond, TTL: 2 * time.Second}
+		},
+	})
+	first := p.Server.Sessions().Sessions()
+	require.Len(t, first, 1)
+	id := first[0].ID
+
+	// A client that comes back within the TTL resumes its session.
+	p.stopClient(t)
+	eventually(t, 5*time.Second, func() bool { return p.Server.Sessions().Conn(clientID) == nil }, "the session lost its connection")
+	c2 := startClientFor(t, p.Server)
+	eventually(t, 5*time.Second, func() bool { return p.Server.Sessions().Conn(clientID) != nil }, "reconnected")
+	require.Equal(t, id, p.Server.Sessions().Sessions()[0].ID, "same session")
+	c2.stop(t)
+
+	// One that stays away past the TTL loses it.
+	eventually(t, 5*time.Second, func() bool { return len(p.Server.Sessions().Sessions()) == 0 }, "the sweep removes an idle session after its TTL")
+	c3 := startClientFor(t, p.Server)
+	require.NotEqual(t, id, p.Server.Sessions().Sessions()[0].ID, "a new session")
+	c3.stop(t)
+}
+
+// lone is a client started against an existing server.
+type lone struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (l *lone) stop(t *testing.T) {
+	l.cancel()
+	select {
+	case err := <-l.done:
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("client did not stop")
+	}
+}
+
+func startClientFor(t *testing.T, s *gateway.Server) *lone {
+	t.Helper()
+	cc := clientConfig(s.TunnelAddr().String(), s.Pin())
+	cc.SetDefaults()
+	cl, err := gateway.NewClient(cc, gateway.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &lone{cancel: cancel, done: make(chan error, 1)}
+	go func() { l.done <- cl.Run(ctx) }()
+	select {
+	case <-cl.Ready():
+	case err := <-l.done:
+		t.Fatalf("client stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("client not ready")
+	}
+	return l
+}
