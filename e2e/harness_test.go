@@ -200,6 +200,8 @@ type env struct {
 	server, client          *proc
 	pin                     string
 	serverConf, clientConf  string
+	o                       envOpts
+	certFile, keyFile       string
 }
 
 type envOpts struct {
@@ -238,6 +240,36 @@ func startEnv(t *testing.T, o envOpts) *env {
 	certFile, keyFile := filepath.Join(e.dir, "cert.pem"), filepath.Join(e.dir, "key.pem")
 	require.NoError(t, transport.WritePEM(cert, certFile, keyFile))
 	e.serverConf = filepath.Join(e.dir, "server.yaml")
+	e.o, e.certFile, e.keyFile = o, certFile, keyFile
+	e.writeServerConfig(t, o.extraRules)
+	token, pin := theToken, e.pin
+	if o.token != "" {
+		token = o.token
+	}
+	if o.pin != "" {
+		pin = o.pin
+	}
+	e.clientConf = filepath.Join(e.dir, "client.yaml")
+	writeFile(t, e.clientConf, fmt.Sprintf(`id: %s
+token: %q
+server: %q
+server_pin: %q
+shutdown_grace: %s
+reconnect:
+  base: 50ms
+  max: 500ms
+%s`, clientID, token, e.tunnel, pin, o.grace, o.clientYAML))
+	e.server = start(t, "server", "server", "-config", e.serverConf)
+	e.server.waitFor(`msg="server started"`, 20*time.Second)
+	e.client = start(t, "client", "client", "-config", e.clientConf)
+	return e
+}
+
+// writeServerConfig (re)writes the server's configuration file with the
+// built-in rules and extraRules: the server watches the file.
+func (e *env) writeServerConfig(t *testing.T, extraRules string) {
+	t.Helper()
+	o := e.o
 	writeFile(t, e.serverConf, fmt.Sprintf(`listen: %q
 public_http: %q
 tls:
@@ -260,29 +292,8 @@ rules:
 %sshutdown_grace: %s
 log:
   level: info
-%s`, e.tunnel, e.public, certFile, keyFile, clientID, control.HashToken(theToken), clientID, appHost, o.nearClient,
-		clientID, e.forward, o.nearServer, o.extraRules, o.grace, o.serverYAML))
-	token, pin := theToken, e.pin
-	if o.token != "" {
-		token = o.token
-	}
-	if o.pin != "" {
-		pin = o.pin
-	}
-	e.clientConf = filepath.Join(e.dir, "client.yaml")
-	writeFile(t, e.clientConf, fmt.Sprintf(`id: %s
-token: %q
-server: %q
-server_pin: %q
-shutdown_grace: %s
-reconnect:
-  base: 50ms
-  max: 500ms
-%s`, clientID, token, e.tunnel, pin, o.grace, o.clientYAML))
-	e.server = start(t, "server", "server", "-config", e.serverConf)
-	e.server.waitFor(`msg="server started"`, 20*time.Second)
-	e.client = start(t, "client", "client", "-config", e.clientConf)
-	return e
+%s`, e.tunnel, e.public, e.certFile, e.keyFile, clientID, control.HashToken(theToken), clientID, appHost, o.nearClient,
+		clientID, e.forward, o.nearServer, extraRules, o.grace, o.serverYAML))
 }
 
 func (e *env) waitReady(t *testing.T) {
