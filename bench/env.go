@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/transport"
 )
@@ -28,12 +30,18 @@ type env struct {
 	upAddr   string
 	public   string // server's public listener
 	forward  string // client's forward listener
-	server   *exec.Cmd
-	client   *exec.Cmd
-	logs     map[string]*bytes.Buffer
-	extraEnv []string // added to the tunnel processes' environment
-	mu       sync.Mutex
-	upWG     sync.WaitGroup
+
+	grpcAddr, grpcFwd string // gRPC upstream (h2c) and the client's listener for it
+	tcpAddr           string // TCP upstream
+	tcpRev, tcpFwd    string // the server's and the client's TCP rule listeners
+	grpcSrv           *grpc.Server
+	tcpLn             net.Listener
+	server            *exec.Cmd
+	client            *exec.Cmd
+	logs              map[string]*bytes.Buffer
+	extraEnv          []string // added to the tunnel processes' environment
+	mu                sync.Mutex
+	upWG              sync.WaitGroup
 }
 
 const (
@@ -90,12 +98,15 @@ func startEnv(ctx context.Context, binary, profileDir string, extraEnv []string)
 	e.upstream = &http.Server{Handler: upstreamHandler(), ReadHeaderTimeout: 10 * time.Second, Protocols: &protos}
 	e.upWG.Go(func() { _ = e.upstream.Serve(ln) })
 
-	tunnel, err := freeAddr("udp")
-	if err == nil {
-		e.public, err = freeAddr("tcp")
+	if err := e.startProtocolUpstreams(); err != nil {
+		e.close()
+		return nil, err
 	}
-	if err == nil {
-		e.forward, err = freeAddr("tcp")
+	tunnel, err := freeAddr("udp")
+	for _, a := range []*string{&e.public, &e.forward, &e.grpcFwd, &e.tcpRev, &e.tcpFwd} {
+		if err == nil {
+			*a, err = freeAddr("tcp")
+		}
 	}
 	if err != nil {
 		e.close()
@@ -118,13 +129,17 @@ public_http: %q
 tls: {cert_file: %q, key_file: %q}
 clients: [{id: %s, token_sha256: %s}]
 rules:
-  - {id: rev, client: %s, direction: reverse, host: %s, upstream: %q}
-  - {id: fwd, client: %s, direction: forward, listen: %q, upstream: %q}
+  - {id: rev, client: %[7]s, direction: reverse, host: %[8]s, upstream: %[9]q}
+  - {id: fwd, client: %[7]s, direction: forward, listen: %[10]q, upstream: %[9]q}
+  - {id: rev-grpc, client: %[7]s, direction: reverse, host: %[11]s, upstream: "http://%[12]s", upstream_http2: true}
+  - {id: fwd-grpc, client: %[7]s, direction: forward, listen: %[13]q, upstream: "http://%[12]s", upstream_http2: true}
+  - {id: rev-tcp, client: %[7]s, direction: reverse, protocol: tcp, listen: %[14]q, upstream: %[15]q}
+  - {id: fwd-tcp, client: %[7]s, direction: forward, protocol: tcp, listen: %[16]q, upstream: %[15]q}
 limits: {max_concurrent_streams: 4096}
 egress: {max_idle_per_upstream: 1024}
 log: {level: info}
 `, tunnel, e.public, certFile, keyFile, benchClient, control.HashToken(benchToken), benchClient, benchHost, upstream,
-		benchClient, e.forward, upstream)
+		e.forward, grpcHost, e.grpcAddr, e.grpcFwd, e.tcpRev, e.tcpAddr, e.tcpFwd)
 	clientConf := fmt.Sprintf(`id: %s
 token: %q
 server: %q
@@ -259,8 +274,14 @@ func (e *env) close() error {
 	}
 	if e.upstream != nil {
 		_ = e.upstream.Close()
-		e.upWG.Wait()
 	}
+	if e.grpcSrv != nil {
+		e.grpcSrv.Stop()
+	}
+	if e.tcpLn != nil {
+		_ = e.tcpLn.Close()
+	}
+	e.upWG.Wait()
 	_ = os.RemoveAll(e.dir)
 	return errors.Join(errs...)
 }

@@ -183,6 +183,8 @@ func upstreamHandler() http.Handler {
 	kib := bytes.Repeat([]byte("x"), 1024)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case "/ws":
+			wsEcho(w, r)
 		case "/up":
 			n, err := io.Copy(io.Discard, r.Body)
 			if err != nil {

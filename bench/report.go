@@ -62,6 +62,9 @@ func checkBars(r *Report) []Bar {
 		if row := r.find("h1-c64", dir); row != nil {
 			add("h1 1 KiB, 64 conns, "+dir, ">= 0.33x direct", fmt.Sprintf("%.2fx", row.Ratio), row.Ratio >= 0.33)
 		}
+		if row := r.find("grpc-unary-c64", dir); row != nil {
+			add("gRPC unary, 64 streams, "+dir, ">= 0.33x direct", fmt.Sprintf("%.2fx", row.Ratio), row.Ratio >= 0.33)
+		}
 		if row := r.find("h1-c1", dir); row != nil {
 			add("h1 1 conn added p50, "+dir, "<= 200 µs", fmt.Sprintf("%.0f µs", row.AddedP50), row.AddedP50 <= 200)
 			add("h1 1 conn added p99, "+dir, "<= 500 µs", fmt.Sprintf("%.0f µs", row.AddedP99), row.AddedP99 <= 500)

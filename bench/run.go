@@ -83,7 +83,8 @@ func (o *Options) defaults() error {
 // ScenarioNames lists the scenarios in the order they run.
 var ScenarioNames = []string{
 	"h1-c1", "h1-c64", "h1-open50", "h1-open80", "h1-rate1000", "h2-mux64",
-	"bulk-up", "bulk-down", "idle", "quic-echo", "quic-echo-c1", "quic-bulk",
+	"grpc-unary-c64", "grpc-stream-c64", "ws-echo-c64",
+	"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-echo-c1", "quic-bulk",
 }
 
 // Row is one measurement: one scenario, one way of reaching the upstream.
@@ -154,14 +155,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		res LoadResult
 		use []usage
 	}
-	measure := func(scenario string, ts []target, l Load) []Row {
+	measureWith := func(scenario string, ts []target, one func(t target) (LoadResult, error)) []Row {
 		runs := make([][]run, len(ts))
 		for i := range o.Runs {
 			for ti, t := range ts {
-				l.URL, l.Host = t.Base+"/1k", t.Host
 				runtime.GC() // start each run with the harness's own heap settled
 				m.start()
-				res := l.Run(ctx)
+				res, err := one(t)
+				if err != nil {
+					res.Errors, res.FirstError = res.Errors+1, err.Error()
+				}
 				runs[ti] = append(runs[ti], run{res, m.stop()})
 				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d %s",
 					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors, res.FirstError)
@@ -200,6 +203,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		return rows
 	}
+	measure := func(scenario string, ts []target, l Load) []Row {
+		return measureWith(scenario, ts, func(t target) (LoadResult, error) {
+			l.URL, l.Host = t.Base+"/1k", t.Host
+			return l.Run(ctx), nil
+		})
+	}
 	closed := func(name string, l Load) {
 		if !want(name) {
 			return
@@ -225,6 +234,23 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	closed("h1-rate1000", Load{Conns: 64, Rate: 1000, Duration: o.Duration})
 	closed("h2-mux64", Load{Conns: 64, HTTP2: true, Duration: o.Duration})
+	for _, p := range []struct {
+		name, what string
+		ts         []target
+		run        func(context.Context, target, int, time.Duration) (LoadResult, error)
+	}{
+		{"grpc-unary-c64", "gRPC unary calls, 1 KiB each way, 64 at a time on one connection", e.grpcTargets(), grpcUnary},
+		{"grpc-stream-c64", "gRPC bidirectional streams, 64 on one connection, 1 KiB ping-pong", e.grpcTargets(), grpcStream},
+		{"ws-echo-c64", "WebSocket, 64 connections, 1 KiB message echoed", targets, wsEchoLoad},
+	} {
+		if !want(p.name) {
+			continue
+		}
+		say("%s: %s, %v x %d", p.name, p.what, o.Duration, o.Runs)
+		rep.Rows = append(rep.Rows, measureWith(p.name, p.ts, func(t target) (LoadResult, error) {
+			return p.run(ctx, t, 64, o.Duration)
+		})...)
+	}
 
 	var quic *rawQUIC
 	if want("quic-echo") || want("quic-echo-c1") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
@@ -281,6 +307,29 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rows = append(rows, row)
 		}
 		rep.Rows = append(rep.Rows, rows...)
+	}
+	for _, up := range []bool{true, false} {
+		name := map[bool]string{true: "tcp-up", false: "tcp-down"}[up]
+		if !want(name) {
+			continue
+		}
+		say("%s: %d MiB over one TCP connection (rules of protocol tcp)", name, o.BulkSize>>20)
+		for _, t := range e.tcpTargets() {
+			var rates []float64
+			for i := range o.Runs {
+				r, err := tcpTransfer(ctx, t.Base, o.BulkSize, up)
+				if err != nil {
+					return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
+				}
+				say("  %-12s %-8s run %d/%d: %8.1f MiB/s", name, t.Name, i+1, o.Runs, r)
+				rates = append(rates, r)
+			}
+			row := Row{Scenario: name, Target: t.Name, MiBps: median(rates)}
+			if d := rep.find(name, "direct"); d != nil && t.Name != "direct" && d.MiBps > 0 {
+				row.Ratio = row.MiBps / d.MiBps
+			}
+			rep.Rows = append(rep.Rows, row)
+		}
 	}
 	if want("idle") {
 		say("idle: %d keep-alive connections held open through each tunnel", o.IdleConns)
