@@ -105,6 +105,10 @@ func (c *Client) Rules() *rules.Table { return c.rules.Load() }
 // Connected reports whether the tunnel connection is up.
 func (c *Client) Connected() bool { return c.conn.Load() != nil }
 
+// AdminAddr returns the bound admin listener's address, or nil when it is
+// off; valid once Run has started it.
+func (c *Client) AdminAddr() net.Addr { return c.kit.admin.Addr() }
+
 // ForwardAddr returns the bound address of the forward listener configured
 // as listen (useful when it asked for port 0), or nil.
 func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(listen) }
@@ -204,12 +208,14 @@ func (s *clientSession) reason() string {
 
 // connect dials, authenticates and starts serving one connection.
 func (c *Client) connect(ctx context.Context) (*clientSession, error) {
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.Limits.HandshakeTimeout)
-	defer cancel()
-	qc, err := transport.Dial(dctx, c.cfg.Server, c.tlsConf, c.cfg.QUIC)
+	actx, acancel := context.WithTimeout(ctx, c.cfg.Reconnect.AttemptTimeout)
+	qc, err := transport.Dial(actx, c.cfg.Server, c.tlsConf, c.cfg.QUIC)
+	acancel()
 	if err != nil {
 		return nil, err
 	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.Limits.HandshakeTimeout)
+	defer cancel()
 	cs, err := qc.OpenStreamSync(dctx)
 	if err != nil {
 		_ = qc.Close(codec.ConnInternal, "no control stream")
