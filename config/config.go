@@ -131,6 +131,14 @@ type Reconnect struct {
 	// Stable is how long a connection must last for the backoff to start
 	// again from Base. Default 30s.
 	Stable time.Duration `yaml:"stable"`
+	// AttemptTimeout abandons a connection attempt that the server has
+	// not answered, so that the next attempt starts after the backoff.
+	// Within one attempt QUIC resends its first packet at 0.2s, 0.6s and
+	// 1.4s, so with 2s a server that comes back is reached within Max plus
+	// about 0.6s; longer attempts can wait several seconds for the next
+	// resend. Raise it only for links whose round trip nears a second.
+	// Default 2s.
+	AttemptTimeout time.Duration `yaml:"attempt_timeout"`
 }
 
 // Common holds the settings both sides share.
@@ -295,6 +303,7 @@ func (c *Client) SetDefaults() {
 	setDuration(&c.Reconnect.Base, 200*time.Millisecond)
 	setDuration(&c.Reconnect.Max, 30*time.Second)
 	setDuration(&c.Reconnect.Stable, 30*time.Second)
+	setDuration(&c.Reconnect.AttemptTimeout, 2*time.Second)
 	c.Common.SetDefaults()
 }
 

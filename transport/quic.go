@@ -2,7 +2,10 @@ package transport
 
 import (
 	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -83,7 +86,7 @@ func Listen(addr string, tlsConf *tls.Config, c Config) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel listen: %w", err)
 	}
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: resetKey(tlsConf)}
 	ln, err := tr.Listen(tlsConf, c.QUIC())
 	if err != nil {
 		_ = tr.Close()
@@ -91,6 +94,30 @@ func Listen(addr string, tlsConf *tls.Config, c Config) (*Listener, error) {
 		return nil, err
 	}
 	return &Listener{tr: tr, ln: ln}, nil
+}
+
+// resetKey derives the stateless reset key from the server's private key,
+// so that a server restarted with the same identity (after a crash or
+// SIGKILL) answers packets of its predecessor's connections with a
+// stateless reset: clients learn at their next packet that the connection
+// is gone, instead of waiting for the idle timeout. With no usable key
+// (such as a certificate made at start, whose pin changes anyway) there
+// is no reset key, and clients notice by timeout.
+func resetKey(tlsConf *tls.Config) *quic.StatelessResetKey {
+	if tlsConf == nil || len(tlsConf.Certificates) == 0 {
+		return nil
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(tlsConf.Certificates[0].PrivateKey)
+	if err != nil {
+		return nil
+	}
+	k, err := hkdf.Key(sha256.New, der, nil, "qtunnel stateless reset key", 32)
+	if err != nil {
+		return nil
+	}
+	var key quic.StatelessResetKey
+	copy(key[:], k)
+	return &key
 }
 
 // Accept waits for the next connection whose handshake completed.
