@@ -518,6 +518,7 @@ func (c *Client) Validate() error {
 	k.positive("reconnect.base", c.Reconnect.Base)
 	k.positive("reconnect.max", c.Reconnect.Max)
 	k.positive("reconnect.stable", c.Reconnect.Stable)
+	k.positive("reconnect.attempt_timeout", c.Reconnect.AttemptTimeout)
 	c.Common.check(&k)
 	return k.err()
 }
