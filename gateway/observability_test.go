@@ -1,0 +1,674 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// Issue 7 (observability) acceptance: what an operator sees on /metrics and
+// /readyz of both sides, and that info logs stay quiet under traffic.
+
+// metricFamilies are every family metrics.New registers under the qtunnel
+// namespace (the metrics package pins their number at 24).
+var metricFamilies = []string{
+	"qtunnel_info",
+	"qtunnel_requests_total",
+	"qtunnel_request_duration_seconds",
+	"qtunnel_requests_in_flight",
+	"qtunnel_errors_total",
+	"qtunnel_bytes_received_total",
+	"qtunnel_bytes_sent_total",
+	"qtunnel_stage_rejects_total",
+	"qtunnel_breaker_state",
+	"qtunnel_egress_pool_idle",
+	"qtunnel_egress_pool_active",
+	"qtunnel_egress_pool_dials_total",
+	"qtunnel_config_applies_total",
+	"qtunnel_tunnel_connections",
+	"qtunnel_tunnel_streams_active",
+	"qtunnel_config_version",
+	"qtunnel_config_apply_duration_seconds",
+	"qtunnel_reconnects_total",
+	"qtunnel_sessions",
+	"qtunnel_quic_smoothed_rtt_seconds",
+	"qtunnel_quic_packets_lost",
+	"qtunnel_quic_congestion_window_bytes",
+	"qtunnel_quic_bytes_sent_total",
+	"qtunnel_quic_bytes_received_total",
+}
+
+// withAdmin turns the admin listener on, on a loopback port of the
+// system's choosing.
+func withAdmin(c *config.Common) { c.Admin.Listen = "127.0.0.1:0" }
+
+// adminGet fetches path from an admin listener.
+func adminGet(t *testing.T, addr net.Addr, path string) (int, string) {
+	t.Helper()
+	require.NotNil(t, addr, "admin listener not started")
+	resp, err := http.Get("http://" + addr.String() + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// scrapeMetrics reads /metrics of an admin listener in the text format.
+func scrapeMetrics(t *testing.T, addr net.Addr) map[string]*dto.MetricFamily {
+	t.Helper()
+	status, body := adminGet(t, addr, "/metrics")
+	require.Equal(t, http.StatusOK, status, body)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	require.NoError(t, err)
+	return mfs
+}
+
+// sample is the value of a counter or gauge, or the sample count of a
+// histogram.
+func sample(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	return 0
+}
+
+// sum adds up the samples of family name whose labels include every pair
+// of match (other labels, such as protocol, may be anything).
+func sum(mfs map[string]*dto.MetricFamily, name string, match map[string]string) float64 {
+	var total float64
+	for _, m := range mfs[name].GetMetric() {
+		have := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			have[lp.GetName()] = lp.GetValue()
+		}
+		ok := true
+		for k, v := range match {
+			if have[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			total += sample(m)
+		}
+	}
+	return total
+}
+
+// want is one expected sum: family, labels to match, value.
+type want struct {
+	name  string
+	match map[string]string
+	value float64
+}
+
+func (w want) String() string { return fmt.Sprintf("%s%v = %v", w.name, w.match, w.value) }
+
+// mismatches lists the expectations mfs does not meet.
+func mismatches(mfs map[string]*dto.MetricFamily, wants []want) []string {
+	var bad []string
+	for _, w := range wants {
+		if got := sum(mfs, w.name, w.match); got != w.value {
+			bad = append(bad, fmt.Sprintf("%s, got %v", w, got))
+		}
+	}
+	return bad
+}
+
+// settle scrapes addr until every expectation holds, or fails after 10s
+// with what was still off: the observe stage counts an exchange when its
+// chain returns, which may be just after the user got the answer.
+func settle(t *testing.T, side string, addr net.Addr, wants []want) map[string]*dto.MetricFamily {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mfs := scrapeMetrics(t, addr)
+		bad := mismatches(mfs, wants)
+		if len(bad) == 0 {
+			return mfs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s /metrics did not settle within 10s:\n  %s", side, strings.Join(bad, "\n  "))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func lbl(kv ...string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+// TestObservabilityMetricsBothSides drives known traffic through both
+// tunnels and checks the exact counts each side's /metrics reports.
+func TestObservabilityMetricsBothSides(t *testing.T) {
+	t.Parallel()
+	okBody := bytes.Repeat([]byte("o"), 1000)
+	fwdBody := bytes.Repeat([]byte("f"), 2000)
+	missingBody := []byte("nothing here\n") // 13 bytes
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		var body []byte
+		status := http.StatusOK
+		switch r.URL.Path {
+		case "/ok":
+			body = okBody
+		case "/fwd":
+			body = fwdBody
+		default:
+			body, status = missingBody, http.StatusNotFound
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.WriteHeader(status)
+		_, _ = w.Write(body)
+	}))
+	const downHost = "down.test"
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{
+			reverseRule("rev", appHost, up.URL),
+			reverseRule("down", downHost, "http://"+closedPort(t)),
+			forwardRule("fwd", "127.0.0.1:0", up.URL),
+		},
+		serverMutate: func(c *config.Server) { withAdmin(&c.Common) },
+		clientMutate: func(c *config.Client) { withAdmin(&c.Common) },
+	})
+	// A change after the first sync, so that the version is not the first
+	// one and the client's second apply is a delta.
+	_, err := p.Server.Rules().Put(reverseRule("extra", "extra.test", up.URL))
+	require.NoError(t, err)
+	version := p.Server.Rules().Table().Version()
+	require.Greater(t, version, uint64(1))
+	eventually(t, 10*time.Second, func() bool { return p.Client.AppliedVersion() == version }, "client applies the new version")
+
+	hc := h1Client(t)
+	send := func(method, url, host string, body []byte) (int, int) {
+		t.Helper()
+		req, err := http.NewRequest(method, url, bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Host = host
+		if body == nil {
+			req.Body, req.ContentLength = nil, 0
+		}
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, len(b)
+	}
+	const (
+		revOK, revMissing, fwdOK, noRoute = 7, 3, 5, 2
+		revReq, fwdReq                    = 300, 500 // request body sizes
+	)
+	revBody, fwdReqBody := bytes.Repeat([]byte("r"), revReq), bytes.Repeat([]byte("q"), fwdReq)
+	for range revOK {
+		status, n := send(http.MethodPost, p.publicURL("/ok"), appHost, revBody)
+		require.Equal(t, http.StatusOK, status)
+		require.Equal(t, len(okBody), n)
+	}
+	for range revMissing {
+		status, n := send(http.MethodGet, p.publicURL("/missing"), appHost, nil)
+		require.Equal(t, http.StatusNotFound, status)
+		require.Equal(t, len(missingBody), n)
+	}
+	for range fwdOK {
+		status, n := send(http.MethodPost, p.forwardURL(t, "127.0.0.1:0", "/fwd"), "", fwdReqBody)
+		require.Equal(t, http.StatusOK, status)
+		require.Equal(t, len(fwdBody), n)
+	}
+	for range noRoute {
+		status, _ := send(http.MethodGet, p.publicURL("/"), "nowhere.test", nil)
+		require.Equal(t, http.StatusNotFound, status)
+	}
+	// The upstream of "down" refuses connections: five 502s open its
+	// breaker (five consecutive failures, the default), the sixth request
+	// is refused by the breaker with 503.
+	var downStatuses []int
+	for range 6 {
+		status, _ := send(http.MethodGet, p.publicURL("/"), downHost, nil)
+		downStatuses = append(downStatuses, status)
+	}
+	require.Equal(t, []int{502, 502, 502, 502, 502, 503}, downStatuses)
+
+	// Body bytes only: the metric counts bodies, not heads or frames.
+	revIn, revOut := float64(revOK*revReq), float64(revOK*len(okBody)+revMissing*len(missingBody))
+	fwdIn, fwdOut := float64(fwdOK*fwdReq), float64(fwdOK*len(fwdBody))
+
+	server := []want{
+		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress", "code_class", "2xx"), revOK},
+		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress", "code_class", "4xx"), revMissing},
+		{"qtunnel_requests_total", lbl("rule", "rev"), revOK + revMissing},
+		{"qtunnel_requests_total", lbl("rule", "fwd", "direction", "forward", "side", "egress", "code_class", "2xx"), fwdOK},
+		{"qtunnel_requests_total", lbl("rule", "fwd"), fwdOK},
+		{"qtunnel_requests_total", lbl("rule", "none", "direction", "none", "side", "ingress", "code_class", "4xx"), noRoute},
+		{"qtunnel_requests_total", lbl("rule", "down", "side", "ingress", "code_class", "5xx"), 6},
+		{"qtunnel_requests_total", nil, revOK + revMissing + fwdOK + noRoute + 6},
+		{"qtunnel_request_duration_seconds", lbl("rule", "rev", "side", "ingress"), revOK + revMissing},
+		{"qtunnel_request_duration_seconds", lbl("rule", "fwd", "side", "egress"), fwdOK},
+		{"qtunnel_bytes_received_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress"), revIn},
+		{"qtunnel_bytes_sent_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress"), revOut},
+		{"qtunnel_bytes_received_total", lbl("rule", "fwd", "direction", "forward", "side", "egress"), fwdIn},
+		{"qtunnel_bytes_sent_total", lbl("rule", "fwd", "direction", "forward", "side", "egress"), fwdOut},
+		{"qtunnel_bytes_received_total", nil, revIn + fwdIn},
+		{"qtunnel_bytes_sent_total", nil, revOut + fwdOut},
+		{"qtunnel_requests_in_flight", nil, 0},
+		// The route stage refused the unknown host; the far side's ERROR
+		// frames are upstream errors here, the breaker's 503 overload.
+		{"qtunnel_stage_rejects_total", lbl("stage", "route", "reason", "404"), noRoute},
+		{"qtunnel_stage_rejects_total", nil, noRoute},
+		{"qtunnel_errors_total", lbl("side", "ingress", "kind", "rejected"), noRoute},
+		{"qtunnel_errors_total", lbl("side", "ingress", "kind", "upstream"), 5},
+		{"qtunnel_errors_total", lbl("side", "ingress", "kind", "overload"), 1},
+		{"qtunnel_errors_total", nil, noRoute + 6},
+		{"qtunnel_config_version", nil, float64(version)},
+		{"qtunnel_config_applies_total", lbl("result", "ok"), 2}, // the start, the Put
+		{"qtunnel_config_applies_total", lbl("result", "failed"), 0},
+		{"qtunnel_config_apply_duration_seconds", nil, 2},
+		{"qtunnel_tunnel_connections", nil, 1},
+		{"qtunnel_sessions", nil, 1},
+		{"qtunnel_reconnects_total", nil, 0},
+		{"qtunnel_info", lbl("role", "server"), 1},
+	}
+	client := []want{
+		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "egress", "code_class", "2xx"), revOK},
+		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "egress", "code_class", "4xx"), revMissing},
+		{"qtunnel_requests_total", lbl("rule", "rev"), revOK + revMissing},
+		{"qtunnel_requests_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress", "code_class", "2xx"), fwdOK},
+		{"qtunnel_requests_total", lbl("rule", "fwd"), fwdOK},
+		{"qtunnel_requests_total", lbl("rule", "down", "side", "egress", "code_class", "5xx"), 6},
+		{"qtunnel_requests_total", nil, revOK + revMissing + fwdOK + 6},
+		{"qtunnel_request_duration_seconds", lbl("rule", "rev", "side", "egress"), revOK + revMissing},
+		{"qtunnel_request_duration_seconds", lbl("rule", "fwd", "side", "ingress"), fwdOK},
+		{"qtunnel_bytes_received_total", lbl("rule", "rev", "direction", "reverse", "side", "egress"), revIn},
+		{"qtunnel_bytes_sent_total", lbl("rule", "rev", "direction", "reverse", "side", "egress"), revOut},
+		{"qtunnel_bytes_received_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress"), fwdIn},
+		{"qtunnel_bytes_sent_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress"), fwdOut},
+		{"qtunnel_bytes_received_total", nil, revIn + fwdIn},
+		{"qtunnel_bytes_sent_total", nil, revOut + fwdOut},
+		{"qtunnel_requests_in_flight", nil, 0},
+		{"qtunnel_stage_rejects_total", lbl("stage", "egress", "reason", "502"), 5},
+		{"qtunnel_stage_rejects_total", lbl("stage", "breaker", "reason", "503"), 1},
+		{"qtunnel_stage_rejects_total", nil, 6},
+		{"qtunnel_errors_total", lbl("side", "egress", "kind", "rejected"), 5},
+		{"qtunnel_errors_total", lbl("side", "egress", "kind", "overload"), 1},
+		{"qtunnel_errors_total", nil, 6},
+		{"qtunnel_breaker_state", lbl("upstream_rule", "down"), 2},
+		{"qtunnel_config_version", nil, float64(version)},
+		{"qtunnel_config_applies_total", lbl("result", "ok"), 2}, // the snapshot, the delta
+		{"qtunnel_config_applies_total", lbl("result", "failed"), 0},
+		{"qtunnel_config_apply_duration_seconds", nil, 2},
+		{"qtunnel_tunnel_connections", nil, 1},
+		{"qtunnel_reconnects_total", nil, 0},
+		{"qtunnel_info", lbl("role", "client"), 1},
+	}
+	smfs := settle(t, "server", p.Server.AdminAddr(), server)
+	cmfs := settle(t, "client", p.Client.AdminAddr(), client)
+	for _, c := range []struct {
+		side string
+		mfs  map[string]*dto.MetricFamily
+	}{{"server", smfs}, {"client", cmfs}} {
+		for _, name := range []string{"qtunnel_quic_smoothed_rtt_seconds", "qtunnel_quic_packets_lost",
+			"qtunnel_quic_congestion_window_bytes", "qtunnel_quic_bytes_sent_total", "qtunnel_quic_bytes_received_total"} {
+			ms := c.mfs[name].GetMetric()
+			require.Len(t, ms, 1, "%s: %s: one series, the one connection", c.side, name)
+			require.Len(t, ms[0].GetLabel(), 1, "%s: %s", c.side, name)
+			require.Equal(t, "client", ms[0].GetLabel()[0].GetName(), "%s: %s", c.side, name)
+			require.Equal(t, clientID, ms[0].GetLabel()[0].GetValue(), "%s: %s", c.side, name)
+		}
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_smoothed_rtt_seconds", nil), 0.0, c.side)
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_congestion_window_bytes", nil), 0.0, c.side)
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_sent_total", nil), revOut+fwdIn, c.side)
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_received_total", nil), revIn+fwdOut, c.side)
+		require.Contains(t, c.mfs, "go_goroutines", c.side)
+	}
+
+	// Every family is exported, except those no event of this test sets:
+	// the server's breaker never changed state (it only guards the forward
+	// rule's upstream, which answered), and nothing records the egress
+	// pools or the tunnel streams yet (see docs/OPERATIONS.md).
+	notWired := []string{"qtunnel_egress_pool_idle", "qtunnel_egress_pool_active", "qtunnel_egress_pool_dials_total"}
+	for _, c := range []struct {
+		side   string
+		mfs    map[string]*dto.MetricFamily
+		absent []string
+	}{
+		{"server", smfs, append([]string{"qtunnel_breaker_state"}, notWired...)},
+		{"client", cmfs, notWired},
+	} {
+		var missing, unexpected []string
+		for _, name := range metricFamilies {
+			_, ok := c.mfs[name]
+			switch {
+			case !ok && !slices.Contains(c.absent, name):
+				missing = append(missing, name)
+			case ok && slices.Contains(c.absent, name):
+				unexpected = append(unexpected, name)
+			}
+		}
+		require.Empty(t, missing, "%s: families missing from /metrics", c.side)
+		require.Empty(t, unexpected, "%s: families now exported: update this test and docs/OPERATIONS.md", c.side)
+		for name := range c.mfs {
+			if strings.HasPrefix(name, "qtunnel_") {
+				require.Contains(t, metricFamilies, name, "%s: family not listed here", c.side)
+			}
+		}
+	}
+	t.Logf("server: %s", strings.Join(summary(smfs), "; "))
+	t.Logf("client: %s", strings.Join(summary(cmfs), "; "))
+}
+
+// summary renders the request, byte and error counts of a scrape for the
+// test log.
+func summary(mfs map[string]*dto.MetricFamily) []string {
+	var out []string
+	for _, name := range []string{"qtunnel_requests_total", "qtunnel_bytes_received_total", "qtunnel_bytes_sent_total",
+		"qtunnel_errors_total", "qtunnel_stage_rejects_total", "qtunnel_config_version", "qtunnel_tunnel_connections"} {
+		for _, m := range mfs[name].GetMetric() {
+			if v := sample(m); v != 0 || name == "qtunnel_tunnel_connections" {
+				var ls []string
+				for _, lp := range m.GetLabel() {
+					ls = append(ls, lp.GetName()+"="+lp.GetValue())
+				}
+				out = append(out, fmt.Sprintf("%s{%s} %v", strings.TrimPrefix(name, "qtunnel_"), strings.Join(ls, ","), v))
+			}
+		}
+	}
+	return out
+}
+
+// freeUDPAddr returns a loopback UDP address nothing listens on, for a
+// server that starts later.
+func freeUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := pc.LocalAddr().String()
+	require.NoError(t, pc.Close())
+	return addr
+}
+
+// runningClient is a client whose Run is in a goroutine.
+type runningClient struct {
+	*gateway.Client
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+func runClient(t *testing.T, cc config.Client, opts ...gateway.Option) *runningClient {
+	t.Helper()
+	cc.SetDefaults()
+	require.NoError(t, cc.Validate())
+	cl, err := gateway.NewClient(cc, append([]gateway.Option{gateway.WithLogger(testLogger(t))}, opts...)...)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	rc := &runningClient{Client: cl, cancel: cancel, done: make(chan error, 1)}
+	go func() { rc.done <- cl.Run(ctx) }()
+	t.Cleanup(func() { rc.stop(t) })
+	return rc
+}
+
+// stop cancels the client and checks that it stopped cleanly.
+func (rc *runningClient) stop(t *testing.T) {
+	rc.once.Do(func() {
+		rc.cancel()
+		select {
+		case err := <-rc.done:
+			require.NoError(t, err, "client stops cleanly")
+		case <-time.After(15 * time.Second):
+			t.Fatal("client still running 15s after cancel")
+		}
+	})
+}
+
+// adminAddr waits for the client's admin listener, which Run starts.
+func (rc *runningClient) adminAddr(t *testing.T) net.Addr {
+	t.Helper()
+	eventually(t, 10*time.Second, func() bool { return rc.AdminAddr() != nil }, "client admin listener starts")
+	return rc.AdminAddr()
+}
+
+// readyz waits until /readyz at addr answers status, and returns the body.
+func readyz(t *testing.T, side string, addr net.Addr, status int) string {
+	t.Helper()
+	var got int
+	var body string
+	eventually(t, 10*time.Second, func() bool {
+		got, body = adminGet(t, addr, "/readyz")
+		return got == status
+	}, fmt.Sprintf("%s /readyz answers %d (last: %d %q)", side, status, got, body))
+	return strings.TrimSpace(body)
+}
+
+// TestObservabilityReadyz follows both sides' /readyz through a client's
+// start before the server, the server's start, the client leaving, a new
+// client, and the server stopping.
+//
+// Client: ready once connected with its first rules applied; not ready
+// while the tunnel is down. Server: ready while serving with at least one
+// client connected (reverse rules answer nothing without one).
+func TestObservabilityReadyz(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+	sc := serverConfig([]rules.Rule{reverseRule("rev", appHost, up.URL)})
+	sc.Listen = freeUDPAddr(t)
+	withAdmin(&sc.Common)
+	sc.SetDefaults()
+	require.NoError(t, sc.Validate())
+	srv, err := gateway.NewServer(sc, gateway.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	cc := clientConfig(sc.Listen, srv.Pin())
+	withAdmin(&cc.Common)
+
+	// 1. The server is not up: the client is not ready.
+	c1 := runClient(t, cc)
+	c1Admin := c1.adminAddr(t)
+	status, body := adminGet(t, c1Admin, "/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.Contains(t, body, "not connected")
+	require.Zero(t, c1.AppliedVersion())
+	status, _ = adminGet(t, c1Admin, "/healthz")
+	require.Equal(t, http.StatusOK, status, "live while not ready")
+
+	// 2. The server starts; the client connects and applies its rules.
+	require.NoError(t, srv.Start(context.Background()))
+	var stopped bool
+	stopServer := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, srv.Shutdown(ctx))
+	}
+	t.Cleanup(stopServer)
+	srvAdmin := srv.AdminAddr()
+	require.Equal(t, "ready", readyz(t, "client", c1Admin, http.StatusOK))
+	require.NotZero(t, c1.AppliedVersion(), "ready means rules applied")
+	require.Equal(t, "ready", readyz(t, "server", srvAdmin, http.StatusOK))
+
+	// 3. The only client leaves: the server is not ready.
+	c1.stop(t)
+	require.Contains(t, readyz(t, "server", srvAdmin, http.StatusServiceUnavailable), "no client is connected")
+
+	// 4. A client connects again: both ready.
+	c2 := runClient(t, cc)
+	c2Admin := c2.adminAddr(t)
+	readyz(t, "client", c2Admin, http.StatusOK)
+	readyz(t, "server", srvAdmin, http.StatusOK)
+
+	// 5. The server stops: the tunnel is down, the client is not ready
+	// (and still live).
+	stopServer()
+	require.Contains(t, readyz(t, "client", c2Admin, http.StatusServiceUnavailable), "not connected")
+	status, _ = adminGet(t, c2Admin, "/healthz")
+	require.Equal(t, http.StatusOK, status)
+	c2.stop(t)
+}
+
+// recordCounter is a slog handler that keeps every record at or above its
+// level, for all the loggers derived from it.
+type recordCounter struct {
+	level slog.Level
+	store *recordStore
+	attrs []slog.Attr
+}
+
+type recordStore struct {
+	mu   sync.Mutex
+	recs []string
+}
+
+func newRecordCounter(level slog.Level) *recordCounter {
+	return &recordCounter{level: level, store: &recordStore{}}
+}
+
+func (h *recordCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
+
+func (h *recordCounter) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %q", r.Level, r.Message)
+	for _, a := range h.attrs {
+		fmt.Fprintf(&b, " %s", a)
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s", a)
+		return true
+	})
+	h.store.mu.Lock()
+	h.store.recs = append(h.store.recs, b.String())
+	h.store.mu.Unlock()
+	return nil
+}
+
+func (h *recordCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	return &recordCounter{level: h.level, store: h.store, attrs: append(slices.Clip(h.attrs), as...)}
+}
+
+func (h *recordCounter) WithGroup(string) slog.Handler { return h }
+
+// records returns a copy of the records so far.
+func (h *recordCounter) records() []string {
+	h.store.mu.Lock()
+	defer h.store.mu.Unlock()
+	return slices.Clone(h.store.recs)
+}
+
+func (h *recordCounter) has(msg string) bool {
+	return slices.ContainsFunc(h.records(), func(r string) bool { return strings.Contains(r, fmt.Sprintf("%q", msg)) })
+}
+
+// TestObservabilityQuietLogs proxies 10,000 requests, half through each
+// tunnel, with both sides logging at info, and checks that not one record
+// is written while they run (S8): requests are logged at debug only.
+func TestObservabilityQuietLogs(t *testing.T) {
+	t.Parallel()
+	const (
+		total   = 10000
+		workers = 32
+	)
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = w.Write([]byte("ok"))
+	}))
+	srvLog, cliLog := newRecordCounter(slog.LevelInfo), newRecordCounter(slog.LevelInfo)
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{
+			reverseRule("rev", appHost, up.URL),
+			forwardRule("fwd", "127.0.0.1:0", up.URL),
+		},
+		serverMutate: func(c *config.Server) { c.Log.Level = "info" },
+		clientMutate: func(c *config.Client) { c.Log.Level = "info" },
+		serverOpts:   []gateway.Option{gateway.WithLogger(slog.New(srvLog))},
+		clientOpts:   []gateway.Option{gateway.WithLogger(slog.New(cliLog))},
+	})
+	// Start-up is logged, and ends on the server when the client reports
+	// its rules applied, which may be after the client is ready.
+	eventually(t, 10*time.Second, func() bool { return srvLog.has("client applied rules") }, "server logs the client's first apply")
+	require.True(t, cliLog.has("rules applied"))
+	srvBefore, cliBefore := len(srvLog.records()), len(cliLog.records())
+
+	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers}
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	urls := []struct{ url, host string }{
+		{p.publicURL("/q"), appHost},
+		{p.forwardURL(t, "127.0.0.1:0", "/q"), ""},
+	}
+	jobs := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range workers {
+		target := urls[w%2] // 16 workers each way
+		wg.Go(func() {
+			for range jobs {
+				req, err := http.NewRequest(http.MethodGet, target.url, nil)
+				if err == nil {
+					req.Host = target.host
+					var resp *http.Response
+					if resp, err = hc.Do(req); err == nil {
+						_, err = io.Copy(io.Discard, resp.Body)
+						_ = resp.Body.Close()
+						if err == nil && resp.StatusCode != http.StatusOK {
+							err = fmt.Errorf("%s: status %d", target.url, resp.StatusCode)
+						}
+					}
+				}
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		})
+	}
+	for i := range total {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d requests (%d each way) with %d workers in %v", total, total/2, workers, took.Round(time.Millisecond))
+
+	srvRecs, cliRecs := srvLog.records()[srvBefore:], cliLog.records()[cliBefore:]
+	require.Empty(t, srvRecs, "server logged at info or above during the traffic")
+	require.Empty(t, cliRecs, "client logged at info or above during the traffic")
+	t.Logf("records at start-up (not counted): server %d, client %d", srvBefore, cliBefore)
+}
