@@ -1,0 +1,495 @@
+// Package limit is the stage that guards the gateway itself, with three
+// independent guards, each off by default:
+//
+//   - MaxInFlight (S3) bounds how many exchanges pass the stage at once. One
+//     more is answered at once 503 with Retry-After: 1s; it never waits in a
+//     queue, so a burst cannot pile up memory or latency behind the limit.
+//   - MaxBodySize (S18) bounds the user's request body on the ingress side:
+//     a declared Content-Length above it is answered 413 without going
+//     further, and a body of unknown length (chunked, HTTP/2 without
+//     content-length) is counted as it streams and cut at the limit, which
+//     fails the exchange with 413 if no answer was written yet. Bodies are
+//     never buffered. SetRuleMaxBody overrides the limit per rule.
+//   - RequestTimeout (S19) bounds the wait for the answer's head, not the
+//     whole exchange: once the answer starts, streams, downloads and
+//     WebSockets may last as long as they need. An exchange with no answer
+//     by then is cancelled and answered 504.
+//
+// # Where it goes
+//
+// The per-rule body limit keys on Exchange.Rule, so the stage comes after
+// route; the timeout must enclose the egress stage, and the stages that
+// read the body (egress) must run inside it:
+//
+//	ingress: decode -> route -> [ratelimit ->] limit -> egress -> encode
+//	egress:  decode -> route -> [ratelimit ->] [breaker ->] limit -> egress -> encode
+//
+// On the egress side the breaker goes before (outside) limit so that it
+// sees the 504 of a slow upstream as the failure it is (inside, it would
+// see only its context cancelled, which it ignores). The price is that the
+// breaker also counts limit's own 503s (MaxInFlight) against the upstream;
+// a chain that sets MaxInFlight on the egress side should therefore use two
+// instances, one with MaxInFlight before the breaker and one with
+// RequestTimeout after it. Every guard off (the zero Config) costs a few
+// nanoseconds, so an unused instance is harmless.
+//
+// # How the timeout sees the answer start
+//
+// The stage cannot read Exchange.Status from its timer: Status is a plain
+// int written by encode on the goroutine running the chain, and reading it
+// from the timer's goroutine would be a data race. Instead, for the time
+// of the call to next, the stage puts a thin wrapper around the writer of
+// the answer (Exchange.Writer on the ingress side, Exchange.Stream on the
+// egress side). The first WriteHeader, Write, Flush or Hijack (ingress) or
+// Write or Close (egress) marks the answer started with one atomic
+// compare-and-swap; the timer expires the exchange with the same
+// compare-and-swap, so exactly one of them wins. If the timer wins, the
+// exchange's context is cancelled with a 504 *pipeline.Reject as its cause
+// and every later write of the answer is refused: nothing reaches the user,
+// who gets the 504 instead of a late, half-written answer.
+//
+// Three consequences, each shown by a test:
+//   - A stage that only sets Exchange.Status, without writing, does not stop
+//     the timer.
+//   - On the egress side, encode sends the head of an answer of known length
+//     together with its first body chunk (S15), so the timeout there covers
+//     the upstream's head and its first chunk.
+//   - An ingress exchange without a writer (a TCP rule, whose "answer" is a
+//     byte stream with no head) gets no timeout; the egress side's dial
+//     timeout bounds how long it waits for the upstream.
+//
+// A flag on pipeline.Exchange, set by the egress stages when the answer's
+// head arrives, would make all three go away.
+package limit
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
+)
+
+// minTimeout is the shortest RequestTimeout accepted: anything shorter is
+// almost surely a number written without its unit (30 is 30ns in YAML).
+const minTimeout = time.Millisecond
+
+// Config configures the limit stage. The zero value is the default: no
+// limit at all.
+type Config struct {
+	// MaxInFlight is how many exchanges may pass the stage at once; one
+	// more is answered 503 with Retry-After: 1s at once, never queued. If
+	// zero, no limit.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxBodySize is the largest request body accepted from users, in
+	// bytes, on the ingress side. SetRuleMaxBody overrides it per rule. A
+	// streaming call (gRPC client or bidi streaming) is one body for the
+	// whole call: give such rules their own limit, or none. If zero, no
+	// limit (bodies stream; the gateway never buffers them).
+	MaxBodySize int64 `yaml:"max_body_size"`
+	// RequestTimeout bounds the wait for the answer's head: from the
+	// moment the exchange reaches this stage to the first byte of the
+	// answer written to the user (ingress) or the tunnel stream (egress).
+	// Once the answer has started it no longer applies. At least 1ms; if
+	// zero, no limit.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+}
+
+// SetDefaults does nothing: every zero setting already means "no limit". It
+// is here so that configuration code can treat every stage alike.
+func (c *Config) SetDefaults() {}
+
+// Validate reports every negative setting, and a RequestTimeout below 1ms.
+// Errors name the setting as in the config file ("max_in_flight: ...").
+func (c *Config) Validate() error {
+	var errs []error
+	if c.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("max_in_flight: %d must not be negative", c.MaxInFlight))
+	}
+	if c.MaxBodySize < 0 {
+		errs = append(errs, fmt.Errorf("max_body_size: %d must not be negative", c.MaxBodySize))
+	}
+	if c.RequestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("request_timeout: %v must not be negative", c.RequestTimeout))
+	} else if c.RequestTimeout > 0 && c.RequestTimeout < minTimeout {
+		errs = append(errs, fmt.Errorf("request_timeout: %v is shorter than %v (missing unit?)", c.RequestTimeout, minTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// ErrBodyTooLarge is the cause (Reject.Err) of every 413 of this stage,
+// and what a request body cut at the limit fails with: the error that
+// body's Read returns is a *pipeline.Reject with status 413 that wraps
+// ErrBodyTooLarge, so errors.Is(err, ErrBodyTooLarge) finds it and
+// pipeline.Answer turns it into the 413.
+var ErrBodyTooLarge = errors.New("request body too large")
+
+// Guard is the limit stage. Safe for concurrent use. It starts no
+// goroutines of its own (a RequestTimeout's timer runs only while an
+// exchange waits for its answer) and needs no Close.
+type Guard struct {
+	inflight atomic.Int64 // exchanges past the stage, counted when maxInFlight > 0
+	_        [56]byte     // keeps the hot counter off the read-only fields' cache line
+
+	maxInFlight int64
+	maxBody     int64
+	timeout     time.Duration
+	capacityMsg string
+	timeoutMsg  string
+
+	mu        sync.Mutex                       // serializes SetRuleMaxBody
+	overrides atomic.Pointer[map[string]int64] // rule id -> limit (< 0: none); nil if empty; copy on write
+}
+
+// New returns a limit stage, or an error naming every invalid setting.
+func New(cfg Config) (*Guard, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("limit: %w", err)
+	}
+	cfg.SetDefaults()
+	return &Guard{
+		maxInFlight: int64(cfg.MaxInFlight),
+		maxBody:     cfg.MaxBodySize,
+		timeout:     cfg.RequestTimeout,
+		capacityMsg: "gateway at capacity (" + plural(cfg.MaxInFlight, "request") + " in flight), retry",
+		timeoutMsg:  "no answer within " + cfg.RequestTimeout.String(),
+	}, nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// Name implements pipeline.Namer.
+func (g *Guard) Name() string { return "limit" }
+
+// InFlight returns how many exchanges are past the stage now, for metrics.
+// It counts only when MaxInFlight is set (it is 0 otherwise).
+func (g *Guard) InFlight() int { return int(g.inflight.Load()) }
+
+// SetRuleMaxBody overrides MaxBodySize for one rule: n > 0 is the rule's
+// limit in bytes, n < 0 lifts the limit for the rule, and 0 removes the
+// override (MaxBodySize applies again; call it when a rule is removed).
+// Safe for concurrent use with Handle; it takes effect for exchanges that
+// reach the stage afterwards. Setting the value a rule already has costs a
+// map lookup; a change copies the override table, so that lookups take no
+// lock: it is meant for the rules that have an override of their own (tens
+// or hundreds), set on reload, not for every rule of a large table.
+func (g *Guard) SetRuleMaxBody(ruleID string, n int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var old map[string]int64
+	if p := g.overrides.Load(); p != nil {
+		old = *p
+	}
+	if cur, ok := old[ruleID]; (ok && cur == n) || (!ok && n == 0) {
+		return
+	}
+	m := maps.Clone(old)
+	if n == 0 {
+		delete(m, ruleID)
+	} else {
+		if m == nil {
+			m = make(map[string]int64, 1)
+		}
+		m[strings.Clone(ruleID)] = n
+	}
+	if len(m) == 0 {
+		g.overrides.Store(nil)
+		return
+	}
+	g.overrides.Store(&m)
+}
+
+// bodyLimit is the body limit for an exchange of rule r (nil: no rule yet),
+// 0 for none.
+func (g *Guard) bodyLimit(r *rules.Rule) int64 {
+	if r != nil {
+		if p := g.overrides.Load(); p != nil {
+			if n, ok := (*p)[r.ID]; ok {
+				return max(n, 0)
+			}
+		}
+	}
+	return g.maxBody
+}
+
+// Handle implements pipeline.Stage. The checks run cheapest and most
+// definitive first: a declared body too large is refused (413) before the
+// exchange takes an in-flight slot, so that it is not told to retry (503)
+// what can never pass.
+func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	var limit int64
+	var r *http.Request
+	if x.Side == pipeline.Ingress && x.Request != nil {
+		if limit = g.bodyLimit(x.Rule); limit > 0 {
+			r = x.Request
+			if r.ContentLength > limit {
+				return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
+					Message: "request body of " + strconv.FormatInt(r.ContentLength, 10) +
+						" bytes exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
+			}
+			// A declared length within the limit is held to by net/http,
+			// which ends the body there: only unknown lengths are counted.
+			if r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
+				r = nil
+			}
+		}
+	}
+	if g.maxInFlight > 0 {
+		if !g.acquire() {
+			return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: g.capacityMsg,
+				RetryAfter: time.Second, Err: pipeline.ErrOverloaded}
+		}
+		// Deferred, so that a panicking stage gives its slot back.
+		defer g.inflight.Add(-1)
+	}
+	var body *limitedBody
+	if r != nil {
+		body = &limitedBody{rc: r.Body, left: limit, limit: limit}
+		r.Body = body
+		// The exchange is pooled and its request outlives the chain:
+		// whoever reads it later must not read through a stale limit.
+		defer func() { r.Body = body.rc }()
+	}
+	var err error
+	if g.timeout > 0 && ((x.Side == pipeline.Ingress && x.Writer != nil) || (x.Side == pipeline.Egress && x.Stream != nil)) {
+		err = g.handleTimed(ctx, x, next)
+	} else {
+		err = next.Handle(ctx, x)
+	}
+	// The stage reading the body fails however its reading fails (the
+	// ingress egress stage aborts the tunnel stream, and its own error,
+	// a 502, is what it returns): the cut body is the cause, and 413 the
+	// answer. If the exchange succeeded anyway (the far side answered
+	// without reading the rest), the answer stands.
+	if err != nil && body != nil && body.tripped.Load() {
+		return body.reject()
+	}
+	return err
+}
+
+// acquire takes an in-flight slot if one is free. The compare-and-swap
+// never counts a refused exchange, even for an instant, so exactly
+// MaxInFlight pass however many race for the last slot.
+func (g *Guard) acquire() bool {
+	for {
+		n := g.inflight.Load()
+		if n >= g.maxInFlight {
+			return false
+		}
+		if g.inflight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// limitedBody counts a request body of unknown length and ends it with a
+// 413 *pipeline.Reject once more than limit bytes were read. Bytes past
+// the limit are never handed on. Like any io.Reader it is read by one
+// goroutine at a time (possibly not Handle's: the ingress egress stage
+// copies bodies in its own goroutine, hence the atomic flag).
+type limitedBody struct {
+	rc      io.ReadCloser
+	left    int64 // bytes still allowed
+	limit   int64
+	err     error // set once tripped
+	tripped atomic.Bool
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	// Ask for one byte more than allowed: if it comes, the body is too
+	// large, even when the source would have ended right after.
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.rc.Read(p)
+	if int64(n) <= b.left {
+		b.left -= int64(n)
+		return n, err
+	}
+	n, b.left = int(b.left), 0
+	b.err = b.reject()
+	b.tripped.Store(true)
+	return n, b.err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }
+
+// reject returns a new 413: the chain names the stage on the *Reject it
+// sees, so one value must not be returned twice.
+func (b *limitedBody) reject() error {
+	return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
+		Message: "request body exceeds the limit of " + strconv.FormatInt(b.limit, 10) + " bytes"}
+}
+
+// States of a timed exchange. waiting moves once, to started or expired.
+const (
+	waiting uint32 = iota
+	started        // the answer started (or next returned) in time
+	expired        // the timer fired first
+)
+
+// errTooLate refuses the writes of an answer that started after the
+// request timeout: the user gets the 504 instead.
+var errTooLate = errors.New("limit: the answer started after the request timeout")
+
+// timed is one exchange under RequestTimeout. It holds the writer
+// wrappers, so that timing an exchange is one allocation (with the
+// context's and the timer's).
+type timed struct {
+	state  atomic.Uint32
+	g      *Guard
+	cancel context.CancelCauseFunc
+	w      answerWriter
+	hw     hijackWriter
+	s      answerStream
+}
+
+// start marks the answer started; false if the timer fired first.
+func (t *timed) start() bool {
+	return t.state.CompareAndSwap(waiting, started) || t.state.Load() == started
+}
+
+// expire runs on the timer's goroutine.
+func (t *timed) expire() {
+	if t.state.CompareAndSwap(waiting, expired) {
+		t.cancel(t.g.timeoutReject())
+	}
+}
+
+func (g *Guard) timeoutReject() *pipeline.Reject {
+	return &pipeline.Reject{Status: http.StatusGatewayTimeout, Message: g.timeoutMsg, Err: context.DeadlineExceeded}
+}
+
+// handleTimed calls next with a context that is cancelled if no answer has
+// started within the timeout. It costs a few allocations (the context, the
+// timer and the wrappers), only when RequestTimeout is set.
+func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	t := &timed{g: g}
+	ctx, t.cancel = context.WithCancelCause(ctx)
+	defer t.cancel(nil)
+	if x.Side == pipeline.Ingress {
+		w := x.Writer
+		defer func() { x.Writer = w }()
+		t.w = answerWriter{t: t, rw: w}
+		if _, ok := w.(http.Hijacker); ok {
+			t.hw = hijackWriter{&t.w}
+			x.Writer = &t.hw
+		} else {
+			x.Writer = &t.w
+		}
+	} else {
+		s := x.Stream
+		defer func() { x.Stream = s }()
+		t.s = answerStream{Stream: s, t: t}
+		x.Stream = &t.s
+	}
+	timer := time.AfterFunc(g.timeout, t.expire)
+	err := next.Handle(ctx, x)
+	timer.Stop()
+	if t.start() {
+		return err
+	}
+	// The timer won: every write of the answer was refused, so the user
+	// saw nothing and the exchange can still be answered, with the 504.
+	// next has returned, so Status and BytesOut are this goroutine's.
+	x.Status, x.BytesOut = 0, 0
+	return g.timeoutReject()
+}
+
+// answerWriter is Exchange.Writer while a timed exchange waits: the first
+// write of the answer stops the timer, and if the timer fired first the
+// write is refused. Its Unwrap lets http.ResponseController reach the
+// user's writer (read deadlines, full duplex).
+type answerWriter struct {
+	t  *timed
+	rw http.ResponseWriter
+}
+
+func (w *answerWriter) Header() http.Header { return w.rw.Header() }
+
+func (w *answerWriter) WriteHeader(status int) {
+	if w.t.start() {
+		w.rw.WriteHeader(status)
+	}
+}
+
+func (w *answerWriter) Write(p []byte) (int, error) {
+	if !w.t.start() {
+		return 0, errTooLate
+	}
+	return w.rw.Write(p)
+}
+
+// FlushError is what http.ResponseController.Flush calls.
+func (w *answerWriter) FlushError() error {
+	if !w.t.start() {
+		return errTooLate
+	}
+	return http.NewResponseController(w.rw).Flush()
+}
+
+// Flush implements http.Flusher.
+func (w *answerWriter) Flush() { _ = w.FlushError() }
+
+// Unwrap returns the user's writer, for http.ResponseController.
+func (w *answerWriter) Unwrap() http.ResponseWriter { return w.rw }
+
+// hijackWriter is answerWriter for a writer that can be hijacked (HTTP/1.1),
+// which encode does to answer a WebSocket upgrade.
+type hijackWriter struct{ *answerWriter }
+
+// Hijack implements http.Hijacker.
+func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !w.t.start() {
+		return nil, nil, errTooLate
+	}
+	return w.rw.(http.Hijacker).Hijack()
+}
+
+// answerStream is Exchange.Stream while a timed egress exchange waits,
+// like answerWriter: nothing is written to the stream before the answer
+// (only the gateway's ERROR frame, after the chain), so the first Write or
+// Close is the answer's.
+type answerStream struct {
+	pipeline.Stream
+	t *timed
+}
+
+func (s *answerStream) Write(p []byte) (int, error) {
+	if !s.t.start() {
+		return 0, errTooLate
+	}
+	return s.Stream.Write(p)
+}
+
+func (s *answerStream) Close() error {
+	if !s.t.start() {
+		return errTooLate
+	}
+	return s.Stream.Close()
+}
+
+var (
+	_ pipeline.Stage = (*Guard)(nil)
+	_ http.Flusher   = (*answerWriter)(nil)
+	_ http.Hijacker  = hijackWriter{}
+)
