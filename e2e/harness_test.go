@@ -88,8 +88,15 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startArgv(t, name, append([]string{tunnelBin}, args...))
+}
+
+// startArgv starts argv[0] with the rest as arguments, such as the tunnel
+// binary behind "ip netns exec".
+func startArgv(t *testing.T, name string, argv []string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(tunnelBin, args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
 	require.NoError(t, p.cmd.Start())

@@ -1,0 +1,164 @@
+package e2e_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestServerKilledAndRestarted kills the server with SIGKILL twice: once
+// long enough for the client to notice and back off to its cap, once
+// restarted at once as a supervisor would. Both times traffic resumes in
+// both directions within the backoff cap (500ms in the harness) plus 1s of
+// the new server's start.
+func TestServerKilledAndRestarted(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "up") }))
+	// A short idle timeout makes the client notice a dead server quickly;
+	// the keep-alive makes it send a packet often, which a restarted server
+	// answers with a stateless reset.
+	e := startEnv(t, envOpts{nearClient: up, nearServer: up,
+		serverYAML: "quic:\n  idle_timeout: 2s\n  keep_alive: 300ms\n",
+		clientYAML: "quic:\n  idle_timeout: 2s\n  keep_alive: 300ms\n"})
+	e.waitReady(t)
+	c := newClient(t)
+	c.Timeout = 2 * time.Second
+	both := func() bool {
+		for _, u := range []struct{ url, host string }{{"http://" + e.public + "/", appHost}, {"http://" + e.forward + "/", ""}} {
+			resp, err := c.Do(request(t, http.MethodGet, u.url, u.host, nil))
+			if err != nil {
+				return false
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	}
+	require.True(t, both())
+	const budget = 500*time.Millisecond + time.Second // reconnect.max + 1s
+
+	resumed := func(label string) time.Duration {
+		t0 := time.Now()
+		deadline := t0.Add(15 * time.Second)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for !both() {
+			require.True(t, time.Now().Before(deadline), "%s: traffic did not resume within 15s", label)
+			<-tick.C
+		}
+		took := time.Since(t0)
+		c.CloseIdleConnections()
+		t.Logf("%s: traffic resumed both ways %v after the new server started (budget %v)", label, took.Round(time.Millisecond), budget)
+		return took
+	}
+
+	// 1. Killed and down long enough for the client to give up on the
+	// connection and back off to the cap.
+	e.server.signal(syscall.SIGKILL)
+	e.server.wait(10 * time.Second)
+	e.client.waitFor(`msg="connection to server lost"`, 10*time.Second)
+	e.client.waitFor(`msg="cannot reach server; retrying".*attempt=4`, 20*time.Second)
+	e.server = start(t, "server-2", "server", "-config", e.serverConf)
+	e.server.waitFor(`msg="server started"`, 20*time.Second)
+	assert.LessOrEqual(t, resumed("after an outage"), budget)
+
+	// 2. Killed and restarted at once: the client still holds its old
+	// connection and learns from the new server's stateless reset.
+	e.server.signal(syscall.SIGKILL)
+	e.server.wait(10 * time.Second)
+	e.server = start(t, "server-3", "server", "-config", e.serverConf)
+	e.server.waitFor(`msg="server started"`, 20*time.Second)
+	assert.LessOrEqual(t, resumed("after an immediate restart"), budget)
+	assert.Contains(t, e.client.out.String(), "stateless reset", "the client learnt of the restart by a stateless reset")
+}
+
+// dyingUpstream is an upstream that is killed while it answers: it reads
+// the request, writes a head and part of the body as the path asks, and
+// then resets the connection, as the kernel does for a killed process.
+//
+//	/before   dies before answering anything
+//	/length   200 with Content-Length 1 MiB, dies after 64 KiB
+//	/chunked  200 chunked, dies after a 64 KiB chunk
+func dyingUpstream(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				part := strings.Repeat("x", 64<<10)
+				switch req.URL.Path {
+				case "/length":
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", 1<<20, part)
+				case "/chunked":
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(part), part)
+				}
+				_ = c.(*net.TCPConn).SetLinger(0) // close with a reset
+			})
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// TestUpstreamKilledMidResponse: the caller gets a clean error, never a
+// hang and never a truncated body passed off as whole, in both directions.
+func TestUpstreamKilledMidResponse(t *testing.T) {
+	t.Parallel()
+	up := dyingUpstream(t)
+	e := startEnv(t, envOpts{nearClient: up, nearServer: up})
+	e.waitReady(t)
+	c := newClient(t)
+	c.Timeout = 20 * time.Second
+	for _, dir := range []struct{ name, base, host string }{
+		{"reverse", "http://" + e.public, appHost},
+		{"forward", "http://" + e.forward, ""},
+	} {
+		t.Run(dir.name, func(t *testing.T) {
+			resp, err := c.Do(request(t, http.MethodGet, dir.base+"/before", dir.host, nil))
+			require.NoError(t, err)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusBadGateway, resp.StatusCode, "an upstream that died before answering: %s", body)
+			assert.NotEmpty(t, strings.TrimSpace(string(body)), "the 502 says why")
+
+			for _, path := range []string{"/length", "/chunked"} {
+				t0 := time.Now()
+				resp, err := c.Do(request(t, http.MethodGet, dir.base+path, dir.host, nil))
+				require.NoError(t, err, path)
+				require.Equal(t, http.StatusOK, resp.StatusCode, path)
+				n, err := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				require.Error(t, err, "%s: the body was cut, the caller must see an error (got %d bytes)", path, n)
+				assert.Less(t, n, int64(1<<20), path)
+				t.Logf("%s%s: %d bytes, then %v after %v", dir.name, path, n, err, time.Since(t0).Round(time.Millisecond))
+			}
+		})
+	}
+	// The tunnel itself is unharmed: the failures were per request.
+	assert.NotContains(t, e.client.out.String(), "connection to server lost")
+}
