@@ -328,6 +328,7 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	old := c.rules.Swap(t)
 	c.applied.Store(version)
 	c.listeners.commit(pend)
+	c.kit.m.ForgetRemoved(old, t)
 	c.log.Info("rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
 	c.readyOnce.Do(func() { close(c.ready) })
 	return nil

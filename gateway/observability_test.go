@@ -385,6 +385,28 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 	}
 	t.Logf("server: %s", strings.Join(summary(smfs), "; "))
 	t.Logf("client: %s", strings.Join(summary(cmfs), "; "))
+
+	// A removed rule's series go from both sides; the others stay.
+	_, err = p.Server.Rules().Delete("down")
+	require.NoError(t, err)
+	version = p.Server.Rules().Table().Version()
+	eventually(t, 10*time.Second, func() bool { return p.Client.AppliedVersion() == version }, "client applies the removal")
+	for _, side := range []struct {
+		name string
+		addr net.Addr
+	}{{"server", p.Server.AdminAddr()}, {"client", p.Client.AdminAddr()}} {
+		mfs := scrapeMetrics(t, side.addr)
+		for name, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					require.False(t, (lp.GetName() == "rule" || lp.GetName() == "upstream_rule") && lp.GetValue() == "down",
+						"%s: %s still has a series of the removed rule", side.name, name)
+				}
+			}
+		}
+		require.Equal(t, float64(revOK+revMissing), sum(mfs, "qtunnel_requests_total", lbl("rule", "rev")), side.name)
+		require.Equal(t, float64(version), sum(mfs, "qtunnel_config_version", nil), side.name)
+	}
 }
 
 // summary renders the request, byte and error counts of a scrape for the

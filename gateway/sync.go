@@ -68,6 +68,7 @@ func (s *Server) push(ctx context.Context, sc *serverConn) {
 // failure refuses the change. After the swap, connected clients are told.
 func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 	start := time.Now()
+	old := s.store.Table() // still in force: prepare runs before the swap
 	pend, err := s.listeners.prepare(t.Listeners(rules.Reverse))
 	if err != nil {
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), err)
@@ -76,6 +77,7 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 	return func() {
 		s.listeners.commit(pend)
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), nil)
+		s.kit.m.ForgetRemoved(old, t)
 		s.log.Info("rules changed", "version", t.Version(), "rules", t.Len(), "hash", t.HashHex())
 		s.mu.Lock()
 		for sc := range s.conns {

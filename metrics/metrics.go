@@ -458,3 +458,17 @@ func (m *Metrics) ForgetRule(id string) {
 	}
 	m.breaker.DeletePartialMatch(prometheus.Labels{"upstream_rule": id})
 }
+
+// ForgetRemoved calls ForgetRule for every rule of old that next does not
+// hold: call it once next is in force. A rule kept under the same id, even
+// changed, keeps its series.
+func (m *Metrics) ForgetRemoved(old, next *rules.Table) {
+	if m == nil {
+		return
+	}
+	for _, r := range old.Rules() {
+		if next.ByID(r.ID) == nil {
+			m.ForgetRule(r.ID)
+		}
+	}
+}

@@ -371,6 +371,27 @@ func TestForgetRuleDropsItsSeries(t *testing.T) {
 	require.Equal(t, 1.0, value(t, scrape(t, m), "qtunnel_requests_total", req("web", "reverse", "ingress", "http1", "2xx")))
 }
 
+func TestForgetRemovedForgetsOnlyRulesGone(t *testing.T) {
+	t.Parallel()
+	m := metrics.New("server")
+	c := newChain(t, m, func(*pipeline.Exchange) error { return nil })
+	drive(t, c, pipeline.Ingress, webRule, http.StatusOK, nil)
+	drive(t, c, pipeline.Egress, dbRule, http.StatusOK, nil)
+	old, err := rules.NewTable(1, []rules.Rule{*webRule, *dbRule})
+	require.NoError(t, err)
+	changed := *dbRule
+	changed.Upstream = "http://10.0.0.6:5432"
+	next, err := rules.NewTable(2, []rules.Rule{changed})
+	require.NoError(t, err)
+
+	m.ForgetRemoved(old, next)
+	mfs := scrape(t, m)
+	require.Nil(t, find(mfs, "qtunnel_requests_total", req("web", "reverse", "ingress", "http1", "2xx")), "web was removed")
+	require.Equal(t, 1.0, value(t, mfs, "qtunnel_requests_total", req("db", "forward", "egress", "http1", "2xx")), "db was only changed")
+	var nilMetrics *metrics.Metrics
+	nilMetrics.ForgetRemoved(old, next)
+}
+
 func TestNilMetricsRecordsNothing(t *testing.T) {
 	t.Parallel()
 	var m *metrics.Metrics
