@@ -1,0 +1,185 @@
+package gateway_test
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/ratelimit"
+)
+
+// TestRateLimitBurstGetsExactlyTheAllowance fires 600 requests as fast as
+// 32 connections go at a rule limited to 100 requests/s with a burst of
+// 100, in each direction (the limit is set on the side the users reach).
+// The number let through is the burst plus what the bucket refilled while
+// the burst lasted, within one request; every other answer is 429 with
+// Retry-After, and the upstream sees only the ones let through.
+func TestRateLimitBurstGetsExactlyTheAllowance(t *testing.T) {
+	t.Parallel()
+	var seen atomic.Int64
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		fmt.Fprint(w, "ok")
+	}))
+	lim := ratelimit.Limit{Rate: 100, Burst: 100}
+	p := startPair(t, pairOpts{
+		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL), forwardRule("fwd", "127.0.0.1:0", up.URL)},
+		serverMutate: func(c *config.Server) { c.RateLimit.PerRule = lim },
+		clientMutate: func(c *config.Client) { c.RateLimit.PerRule = lim },
+	})
+	for _, d := range []struct{ name, url, host string }{
+		{"reverse", p.publicURL("/"), appHost},
+		{"forward", p.forwardURL(t, "127.0.0.1:0", "/"), ""},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			const total, workers = 600, 32
+			c := h1Client(t)
+			before := seen.Load()
+			var ok, limited, other, noRetryAfter atomic.Int64
+			jobs := make(chan struct{}, total)
+			for range total {
+				jobs <- struct{}{}
+			}
+			close(jobs)
+			start := time.Now()
+			var wg sync.WaitGroup
+			for range workers {
+				wg.Go(func() {
+					for range jobs {
+						req, _ := http.NewRequest(http.MethodGet, d.url, nil)
+						req.Host = d.host
+						resp, err := c.Do(req)
+						if err != nil {
+							other.Add(1)
+							continue
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						switch resp.StatusCode {
+						case http.StatusOK:
+							ok.Add(1)
+						case http.StatusTooManyRequests:
+							limited.Add(1)
+							if resp.Header.Get("Retry-After") == "" {
+								noRetryAfter.Add(1)
+							}
+						default:
+							other.Add(1)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			refill := lim.Rate * elapsed.Seconds()
+			t.Logf("%d requests in %v: %d passed, %d got 429 (allowance: burst %d + %.1f refilled)",
+				total, elapsed.Round(time.Millisecond), ok.Load(), limited.Load(), lim.Burst, refill)
+			require.Zero(t, other.Load(), "every answer is 200 or 429")
+			assert.Zero(t, noRetryAfter.Load(), "every 429 says when to retry")
+			assert.GreaterOrEqual(t, ok.Load(), int64(lim.Burst), "the whole burst passes")
+			assert.LessOrEqual(t, ok.Load(), int64(lim.Burst)+int64(math.Ceil(refill))+1, "no more than the allowance passes")
+			assert.Equal(t, int64(total), ok.Load()+limited.Load())
+			assert.Equal(t, ok.Load(), seen.Load()-before, "the upstream sees exactly the requests let through")
+		})
+	}
+}
+
+// TestBreakerOpensFailsFastProbesAndCloses: an upstream that fails every
+// request opens its breaker after 5 failures; while open, requests fail
+// fast (p99 < 5 ms) with a 503 that says so and never reach the upstream;
+// after the cool-down one probe goes through, and its success closes the
+// circuit.
+//
+// It runs alone in its package (not parallel) because it measures latency,
+// and that bound is checked without the race detector (the second pass of
+// make test).
+func TestBreakerOpensFailsFastProbesAndCloses(t *testing.T) {
+	if raceEnabled {
+		t.Skip("skipped under the race detector, which slows each request several times: make test runs it again without -race")
+	}
+	var hits atomic.Int64
+	var healthy atomic.Bool
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if !healthy.Load() {
+			http.Error(w, "upstream broken", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	const coolDown = time.Second
+	// The breaker guards upstreams on the egress side: the client for a
+	// reverse rule.
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{reverseRule("rev", appHost, up.URL)},
+		clientMutate: func(c *config.Client) {
+			c.Breaker.ConsecutiveFailures = 5
+			c.Breaker.CoolDown = coolDown
+			c.Breaker.HalfOpenProbes = 1
+		},
+	})
+	c := h1Client(t)
+	do := func() (int, string, time.Duration) {
+		t0 := time.Now()
+		resp, body := get(t, c, p.publicURL("/"), appHost)
+		return resp.StatusCode, body, time.Since(t0)
+	}
+
+	// Closed: the upstream's 500s pass through until the threshold.
+	for i := range 5 {
+		code, _, _ := do()
+		require.Equal(t, http.StatusInternalServerError, code, "request %d reaches the failing upstream", i)
+	}
+	require.EqualValues(t, 5, hits.Load())
+
+	// Open: fast 503s that say why; the upstream is left alone.
+	var lat []time.Duration
+	opened := time.Now()
+	for range 200 {
+		code, body, d := do()
+		if time.Since(opened) >= coolDown {
+			break // the cool-down is over; the rest is the probe's part
+		}
+		require.Equal(t, http.StatusServiceUnavailable, code, "%s", body)
+		require.Contains(t, body, "circuit breaker")
+		lat = append(lat, d)
+	}
+	require.GreaterOrEqual(t, len(lat), 20, "enough fast-fails measured before the cool-down ended")
+	slices.Sort(lat)
+	p99 := lat[len(lat)*99/100]
+	t.Logf("open breaker: %d fast-fails, p50 %v, p99 %v, max %v", len(lat), lat[len(lat)/2], p99, lat[len(lat)-1])
+	assert.Less(t, p99, 5*time.Millisecond, "fast-fail p99")
+	assert.EqualValues(t, 5, hits.Load(), "an open breaker sends nothing upstream")
+
+	// Half-open after the cool-down: one probe goes through; it succeeds
+	// and closes the circuit.
+	healthy.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body, _ := do()
+		if code == http.StatusOK {
+			break
+		}
+		require.Equal(t, http.StatusServiceUnavailable, code, "%s", body)
+		require.True(t, time.Now().Before(deadline), "no probe let through within 10s")
+		tick := time.NewTimer(10 * time.Millisecond) // pace the polling
+		<-tick.C
+	}
+	require.EqualValues(t, 6, hits.Load(), "exactly one probe reached the upstream")
+	for i := range 20 {
+		code, body, _ := do()
+		require.Equal(t, http.StatusOK, code, "request %d after the probe: %s", i, body)
+	}
+	assert.EqualValues(t, 26, hits.Load())
+}
