@@ -3,8 +3,13 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/config"
@@ -149,5 +154,241 @@ func BenchmarkEgressStages(b *testing.B) {
 			b.Fatal(err)
 		}
 		x.Release()
+	}
+}
+
+// Observability cost: the gateway's own chains (buildChains: observe,
+// decode, route, ratelimit, then egress and encode, with the breaker on the
+// egress side), run the way the gateway runs them (ingressHandler.ServeHTTP
+// on the ingress side; on the egress side what streamTask.run does, which
+// needs a *quic.Stream), with metrics and tracing each off or on:
+//
+//   - off: a nil *metrics.Metrics (its observe stage only calls next), no
+//     tracer;
+//   - metrics: the observe stage of a real metrics.Metrics, no tracer (the
+//     default configuration);
+//   - tracing: no metrics; a tracer on the chain (a span per stage) and the
+//     request span around it, from an SDK provider that samples every
+//     request and hands the spans to a batcher whose exporter drops them,
+//     so that the cost is making and ending the spans, not shipping them;
+//   - metrics+tracing: both;
+//   - metrics+unsampled: both, with a sampler that records nothing (a
+//     request left out by tracing.sample_ratio): the spans are made but
+//     do not record.
+//
+// The tunnel stream and the upstream are the stand-ins above.
+
+type obsVariant struct {
+	name    string
+	metrics bool
+	sampler sdktrace.Sampler // nil: no tracer
+}
+
+var obsVariants = []obsVariant{
+	{"off", false, nil},
+	{"metrics", true, nil},
+	{"tracing", false, sdktrace.AlwaysSample()},
+	{"metrics+tracing", true, sdktrace.AlwaysSample()},
+	{"metrics+unsampled", true, sdktrace.NeverSample()},
+}
+
+// dropExporter is a span exporter that drops everything.
+type dropExporter struct{}
+
+func (dropExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (dropExporter) Shutdown(context.Context) error                             { return nil }
+
+// benchTracerOf returns the gateway's tracer, as WithTracerProvider takes
+// it, from a provider with sampler whose spans are dropped once batched.
+func benchTracerOf(tb testing.TB, sampler sdktrace.Sampler) trace.Tracer {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler), sdktrace.WithBatcher(dropExporter{}))
+	tb.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	var o options
+	WithTracerProvider(tp)(&o)
+	return o.tracer
+}
+
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil)) // info: request records are off
+
+// obsChains builds one side's chains as NewServer and NewClient do, with
+// egressDir's rules served on the egress side, and the upstream stage
+// replaced by up.
+func obsChains(tb testing.TB, v obsVariant, egressDir rules.Direction, conn *pipeline.Conn, up pipeline.Stage) (*chains, trace.Tracer) {
+	tb.Helper()
+	var c config.Common
+	c.SetDefaults()
+	k, err := newKit("bench", &c, benchRules, quietLog, func() error { return nil }, func() any { return nil })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !v.metrics {
+		k.m = nil
+	}
+	o := options{log: quietLog}
+	if v.sampler != nil {
+		o.tracer = benchTracerOf(tb, v.sampler)
+	}
+	o.egress = func(st []pipeline.Stage) ([]pipeline.Stage, error) {
+		for i, s := range st {
+			if _, ok := s.(*egress.Upstream); ok {
+				st[i] = up
+			}
+		}
+		return st, nil
+	}
+	pool, err := egress.NewPool(egress.PoolConfig{Logger: quietLog})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	conns := egress.ConnSourceFunc(func(*rules.Rule) (*pipeline.Conn, error) { return conn, nil })
+	ch, err := buildChains(context.Background(), &c, benchRules, egressDir, conns, pool, k, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = ch.close(context.Background())
+		pool.Close()
+	})
+	return ch, o.tracer
+}
+
+// obsIngress returns one request of the server's ingress side for a
+// reverse rule: the user's GET, answered with 1 KiB from the tunnel.
+func obsIngress(tb testing.TB, v obsVariant) func() {
+	var answer []byte
+	answer = codec.AppendResponse(answer, &codec.ResponseHead{Status: 200, ContentLength: 1024,
+		Header: http.Header{"Content-Type": {"application/octet-stream"}, "Date": {"Thu, 26 Nov 2026 07:00:00 GMT"}}})
+	answer = codec.AppendData(answer, kib)
+	answer = codec.AppendEnd(answer)
+	stream := &replayStream{}
+	conn := &pipeline.Conn{ClientID: "c", Opener: replayOpener{stream}}
+	ch, tracer := obsChains(tb, v, rules.Forward, conn, &fakeUpstream{})
+	h := &ingressHandler{chain: ch.ingress, log: quietLog, tracer: tracer}
+	req, _ := http.NewRequest(http.MethodGet, "http://app.test/api/users?page=2", nil)
+	req.RemoteAddr = "127.0.0.1:50000"
+	req.RequestURI = "/api/users?page=2"
+	base := http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}}
+	w := &statusWriter{discardWriter: discardWriter{h: http.Header{}}}
+	return func() {
+		clear(req.Header)
+		for k, v := range base {
+			req.Header[k] = v
+		}
+		clear(w.h)
+		w.status = 0
+		stream.r.Reset(answer)
+		h.ServeHTTP(w, req)
+		if w.status != http.StatusOK {
+			tb.Fatalf("status %d", w.status)
+		}
+	}
+}
+
+// statusWriter remembers the status, to check that every request worked.
+type statusWriter struct {
+	discardWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) { w.status = status }
+
+// obsEgress returns one request of the client's egress side for the same
+// rule: the head from the stream (with the ingress side's traceparent, as
+// a traced server sends it, in every variant), the stand-in upstream's
+// 1 KiB, frames back to the stream.
+func obsEgress(tb testing.TB, v obsVariant) func() {
+	var request []byte
+	request = codec.AppendRequest(request, &codec.RequestHead{Kind: codec.KindHTTP, RuleID: "app", RequestID: "0123456789abcdef",
+		Method: "GET", Scheme: "http", Authority: "app.test", Path: "/api/users?page=2", ContentLength: 0,
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		Header: http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}, "X-Request-Id": {"0123456789abcdef"},
+			"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"app.test"}}})
+	request = codec.AppendEnd(request)
+	stream := &replayStream{}
+	conn := &pipeline.Conn{ClientID: "c"}
+	up := &fakeUpstream{resp: http.Response{StatusCode: 200, ContentLength: 1024}}
+	respHeader := http.Header{"Content-Type": {"application/octet-stream"}}
+	ch, tracer := obsChains(tb, v, rules.Reverse, conn, up)
+	ss := &streamServer{chain: ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer}
+	return func() {
+		up.resp.Header = respHeader
+		stream.r.Reset(request)
+		// What streamTask.run does after taking the stream.
+		x := pipeline.Acquire(pipeline.Egress)
+		x.Stream, x.Conn = stream, conn
+		ctx := context.Background()
+		var err error
+		var span trace.Span
+		if ss.tracer != nil {
+			if err = decode.ReadHead(x, ss.maxFrame); err == nil {
+				tctx := pipeline.ExtractHead(ctx, &x.Head)
+				tctx, span = ss.tracer.Start(tctx, "egress "+x.Head.Method, trace.WithSpanKind(trace.SpanKindServer))
+				err = ss.chain.Handle(tctx, x)
+			}
+		} else {
+			err = ss.chain.Handle(ctx, x)
+		}
+		if err != nil {
+			ss.fail(ctx, x, err)
+		}
+		if span != nil {
+			endRequestSpan(span, x, err)
+		}
+		if ss.log.Enabled(ctx, slog.LevelDebug) {
+			tb.Fatal("the benchmark logs at info")
+		}
+		x.Release()
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkChainObservability: per-request cost of each side's chain with
+// metrics and tracing off and on (see obsVariants).
+func BenchmarkChainObservability(b *testing.B) {
+	for _, side := range []struct {
+		name string
+		make func(testing.TB, obsVariant) func()
+	}{{"ingress", obsIngress}, {"egress", obsEgress}} {
+		for _, v := range obsVariants {
+			b.Run(side.name+"/"+v.name, func(b *testing.B) {
+				run := side.make(b, v)
+				run() // the metrics series of this label set exist from here on
+				b.ReportAllocs()
+				for b.Loop() {
+					run()
+				}
+			})
+		}
+	}
+}
+
+// TestObservabilityAllocations: with tracing off, the observe stage adds
+// no allocation per request to either side's chain; tracing on does
+// allocate (the benchmark above says how much).
+func TestObservabilityAllocations(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector makes sync.Pool drop items at random: allocation counts vary")
+	}
+	for _, side := range []struct {
+		name string
+		make func(testing.TB, obsVariant) func()
+	}{{"ingress", obsIngress}, {"egress", obsEgress}} {
+		t.Run(side.name, func(t *testing.T) {
+			allocs := map[string]float64{}
+			for _, v := range obsVariants {
+				run := side.make(t, v)
+				run()
+				allocs[v.name] = testing.AllocsPerRun(1000, run)
+			}
+			t.Logf("allocs/request: %v", allocs)
+			if allocs["metrics"] != allocs["off"] {
+				t.Errorf("metrics on, tracing off: %v allocs/request, want %v as with both off", allocs["metrics"], allocs["off"])
+			}
+			if allocs["tracing"] <= allocs["off"] {
+				t.Errorf("tracing on: %v allocs/request, want more than %v (is the tracer used?)", allocs["tracing"], allocs["off"])
+			}
+		})
 	}
 }

@@ -1,5 +1,6 @@
 //go:build !race
 
-package gateway_test
+package gateway
 
-const raceEnabled = false
+// raceDetector says the test binary was built with -race.
+const raceDetector = false

@@ -1,8 +1,6 @@
 //go:build race
 
-package gateway_test
+package gateway
 
-// raceEnabled says the race detector is on: it slows every memory access
-// several times, so tests that bound latency check it only without it (the
-// second pass of make test).
-const raceEnabled = true
+// raceDetector says the test binary was built with -race.
+const raceDetector = true
