@@ -6,3 +6,7 @@ import "github.com/qtunnel/qtunnel/rules"
 // protocol's back, as a bug or a bit flip might: the periodic hash check
 // must notice and repair it.
 func (c *Client) CorruptRulesForTest(t *rules.Table) { c.rules.Swap(t) }
+
+// RaceDetector says the test binary was built with -race: tests that bound
+// latency check it only without (the second pass of make test).
+const RaceDetector = raceDetector

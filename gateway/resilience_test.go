@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/ratelimit"
 )
@@ -105,7 +106,7 @@ func TestRateLimitBurstGetsExactlyTheAllowance(t *testing.T) {
 // and that bound is checked without the race detector (the second pass of
 // make test).
 func TestBreakerOpensFailsFastProbesAndCloses(t *testing.T) {
-	if raceEnabled {
+	if gateway.RaceDetector {
 		t.Skip("skipped under the race detector, which slows each request several times: make test runs it again without -race")
 	}
 	var hits atomic.Int64
