@@ -3,8 +3,10 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -76,8 +78,14 @@ func endRequestSpan(span trace.Span, x *pipeline.Exchange, err error) {
 		attrs = append(attrs, attribute.String("qtunnel.client_id", x.Conn.ClientID))
 	}
 	span.SetAttributes(attrs...)
-	if err != nil {
+	// A failure is an error whether the gateway failed (err) or answered
+	// with a 5xx status; a 4xx is the user's mistake, not the span's.
+	switch {
+	case err != nil:
 		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	case x.Status >= 500:
+		span.SetStatus(codes.Error, http.StatusText(x.Status))
 	}
 	span.End()
 }

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -124,7 +125,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // shutdownContext is cancelled by the first SIGINT or SIGTERM; a second one
-// exits the process at once.
+// exits the process at once. The returned stop may be called more than once.
 func shutdownContext(log *slog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
@@ -142,7 +143,8 @@ func shutdownContext(log *slog.Logger) (context.Context, func()) {
 			os.Exit(130)
 		}
 	}()
-	return ctx, func() { signal.Stop(sigs); cancel(); close(sigs) }
+	var once sync.Once
+	return ctx, func() { once.Do(func() { signal.Stop(sigs); cancel(); close(sigs) }) }
 }
 
 // tracingOptions builds the tracer provider the configuration asks for;
@@ -242,6 +244,24 @@ func runClient(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := shutdownContext(log)
 	defer stop()
+	// SIGHUP would otherwise end the process without a drain. The client's
+	// rules come from the server, so there is nothing to reload: say so.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP ignored: the client's rules come from the server; restart the client to change its own settings")
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	defer stop() // ends the goroutine above before wg.Wait
 	return cl.Run(ctx)
 }
 
