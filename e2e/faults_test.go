@@ -162,3 +162,22 @@ func TestUpstreamKilledMidResponse(t *testing.T) {
 	// The tunnel itself is unharmed: the failures were per request.
 	assert.NotContains(t, e.client.out.String(), "connection to server lost")
 }
+
+// TestClientSurvivesSIGHUP: SIGHUP reloads the server; the client, whose
+// rules come from the server, says it ignores it and keeps serving.
+func TestClientSurvivesSIGHUP(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "up") }))
+	e := startEnv(t, envOpts{nearClient: up, nearServer: up})
+	e.waitReady(t)
+	e.client.signal(syscall.SIGHUP)
+	e.client.waitFor(`msg="SIGHUP ignored`, 10*time.Second)
+	resp, err := newClient(t).Do(request(t, http.MethodGet, "http://"+e.forward+"/", "", nil))
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "up", string(body))
+	e.client.signal(syscall.SIGTERM)
+	assert.Equal(t, 0, e.client.wait(20*time.Second), "the client still drains and exits cleanly")
+}
