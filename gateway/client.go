@@ -329,7 +329,12 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	c.applied.Store(version)
 	c.listeners.commit(pend)
 	c.kit.m.ForgetRemoved(old, t)
-	c.log.Info("rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
+	// A periodic full sync re-applies the same version: not a change.
+	level := slog.LevelInfo
+	if old.Version() == version && old.Hash() == t.Hash() {
+		level = slog.LevelDebug
+	}
+	c.log.Log(context.Background(), level, "rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
 	c.readyOnce.Do(func() { close(c.ready) })
 	return nil
 }

@@ -342,13 +342,20 @@ type serverEvents struct {
 }
 
 func (e *serverEvents) Applied(m *codec.Applied) {
-	e.conn.session.SetApplied(control.AppliedState{Version: m.Version, Hash: fmt.Sprintf("%x", m.Hash), Error: m.Error, At: time.Now()})
-	e.conn.session.Touch(time.Now())
+	prev := e.conn.session.Applied()
+	now := control.AppliedState{Version: m.Version, Hash: fmt.Sprintf("%x", m.Hash), Error: m.Error, At: time.Now()}
+	e.conn.session.SetApplied(now)
+	e.conn.session.Touch(now.At)
 	if m.Error != "" {
 		e.s.log.Warn("client refused rules", "client", e.conn.info.ClientID, "version", m.Version, "reason", m.Error)
 		return
 	}
-	e.s.log.Info("client applied rules", "client", e.conn.info.ClientID, "version", m.Version)
+	// A periodic full sync re-applies the same version: not a change.
+	level := slog.LevelInfo
+	if prev != nil && prev.Error == "" && prev.Version == now.Version && prev.Hash == now.Hash {
+		level = slog.LevelDebug
+	}
+	e.s.log.Log(context.Background(), level, "client applied rules", "client", e.conn.info.ClientID, "version", m.Version)
 }
 
 // HashCheck answers the client's periodic check: a mismatch, or a check
