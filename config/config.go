@@ -15,8 +15,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/control"
@@ -228,7 +231,74 @@ type Limits struct {
 	// StreamOpenTimeout bounds waiting for a free stream slot on a tunnel
 	// connection. Default 10s.
 	StreamOpenTimeout time.Duration `yaml:"stream_open_timeout"`
+	// MaxInFlight bounds the requests each chain of this side handles at
+	// once (S3), counted apart for the ingress chain (users' requests on
+	// this side's listeners) and the egress chain (requests arriving over
+	// the tunnel): one more is answered 503 with Retry-After: 1 at once,
+	// never queued. WebSockets, TCP connections and gRPC streams count
+	// for as long as they last. Each request in flight holds a few tens of
+	// KiB of buffers, so the default bounds a side's request memory to
+	// well under a GiB; on the egress side max_concurrent_streams (1000)
+	// is the tighter bound unless this is set lower. Default 10000.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxBodySize bounds a user's request body on this side's ingress
+	// listeners (S18). A larger Content-Length is answered 413 before
+	// anything is sent through the tunnel; a body of unknown length
+	// (chunked, or HTTP/2 without content-length, such as gRPC) is counted
+	// as it streams, and the request fails with 413 once it passes the
+	// limit (or is cut, if the answer had already started). Bodies are
+	// never buffered whatever the limit. A gRPC streaming call is one
+	// body for its whole life. Default 10MiB; "unlimited" (or -1) turns
+	// the limit off.
+	MaxBodySize SizeLimit `yaml:"max_body_size"`
+	// RequestTimeout bounds the wait for the answer's head (S19), on both
+	// chains: a request with no answer started within it is cancelled and
+	// answered 504. Once the head is out, the answer may stream for as
+	// long as it needs (downloads, gRPC streams, WebSockets, TCP rules are
+	// not cut). Connecting to an upstream is bounded by egress.dial_timeout
+	// and its head by egress.response_header_timeout as well. Default 30s;
+	// it cannot be turned off, only made long.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
+
+// SizeLimit is a Size that can be turned off: in YAML an integer or a
+// number with a unit as for Size, or "unlimited" (or any negative integer),
+// which is stored as Unlimited.
+type SizeLimit int64
+
+// Unlimited is the value of a SizeLimit set to "unlimited".
+const Unlimited SizeLimit = -1
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *SizeLimit) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	if strings.EqualFold(v, "unlimited") {
+		*s = Unlimited
+		return nil
+	}
+	if i, err := strconv.ParseInt(v, 10, 64); err == nil && i < 0 {
+		*s = Unlimited
+		return nil
+	}
+	z, err := ParseSize(v)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is neither a size (such as 4096, 64KiB, 10MiB) nor unlimited", n.Line, n.Value)}}
+	}
+	*s = SizeLimit(z)
+	return nil
+}
+
+// String formats s as Size does, or "unlimited".
+func (s SizeLimit) String() string {
+	if s < 0 {
+		return "unlimited"
+	}
+	return Size(s).String()
+}
+
+// Bytes returns the limit in bytes, 0 for unlimited: what the limit stage
+// takes.
+func (s SizeLimit) Bytes() int64 { return max(int64(s), 0) }
 
 // Log configures the logger.
 type Log struct {
@@ -265,6 +335,13 @@ func (c *Common) SetDefaults() {
 	setDuration(&c.Limits.IdleTimeout, 120*time.Second)
 	setDuration(&c.Limits.HandshakeTimeout, 10*time.Second)
 	setDuration(&c.Limits.StreamOpenTimeout, 10*time.Second)
+	if c.Limits.MaxInFlight == 0 {
+		c.Limits.MaxInFlight = 10000
+	}
+	if c.Limits.MaxBodySize == 0 {
+		c.Limits.MaxBodySize = 10 << 20
+	}
+	setDuration(&c.Limits.RequestTimeout, 30*time.Second)
 	setDuration(&c.ShutdownGrace, 10*time.Second)
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "text")
@@ -380,6 +457,14 @@ func (c *Common) check(k *checker) {
 	k.positive("limits.idle_timeout", c.Limits.IdleTimeout)
 	k.positive("limits.handshake_timeout", c.Limits.HandshakeTimeout)
 	k.positive("limits.stream_open_timeout", c.Limits.StreamOpenTimeout)
+	if c.Limits.MaxInFlight < 1 {
+		k.add("limits.max_in_flight", "must be at least 1")
+	}
+	if c.Limits.RequestTimeout < 0 {
+		k.add("limits.request_timeout", "must not be negative")
+	} else if c.Limits.RequestTimeout < time.Millisecond {
+		k.add("limits.request_timeout", "%v is shorter than 1ms", c.Limits.RequestTimeout)
+	}
 	k.positive("shutdown_grace", c.ShutdownGrace)
 	if c.Runtime.MaxProcs < 0 {
 		k.add("runtime.max_procs", "must not be negative")

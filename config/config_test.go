@@ -95,6 +95,9 @@ func TestParseServerDefaults(t *testing.T) {
 	require.Equal(t, 120*time.Second, c.Limits.IdleTimeout)
 	require.Equal(t, 10*time.Second, c.Limits.HandshakeTimeout)
 	require.Equal(t, 10*time.Second, c.Limits.StreamOpenTimeout)
+	require.Equal(t, 10000, c.Limits.MaxInFlight)
+	require.Equal(t, config.SizeLimit(10<<20), c.Limits.MaxBodySize)
+	require.Equal(t, 30*time.Second, c.Limits.RequestTimeout)
 	require.Equal(t, 10*time.Second, c.ShutdownGrace)
 	require.Equal(t, config.Log{Level: "info", Format: "text"}, c.Log)
 	require.Equal(t, int64(1000), c.QUIC.MaxStreams, "QUIC streams follow max_concurrent_streams")
@@ -629,7 +632,7 @@ func TestParseClientDefaults(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "c1", c.ID)
 	require.Equal(t, "tunnel.example.test", c.ServerName, "server_name defaults to the host of server")
-	require.Equal(t, config.Reconnect{Base: 200 * time.Millisecond, Max: 30 * time.Second, Stable: 30 * time.Second}, c.Reconnect)
+	require.Equal(t, config.Reconnect{Base: 200 * time.Millisecond, Max: 30 * time.Second, Stable: 30 * time.Second, AttemptTimeout: 2 * time.Second}, c.Reconnect)
 	require.Equal(t, config.Size(64<<10), c.Limits.MaxFrameSize)
 	require.Equal(t, 10*time.Second, c.ShutdownGrace)
 	require.Equal(t, 512, c.Egress.MaxConnsPerUpstream)
@@ -1012,4 +1015,62 @@ func TestValidateWithoutLoad(t *testing.T) {
 	c.SetDefaults()
 	c.ID, c.Token, c.Server, c.ServerPin = "c1", "t", "127.0.0.1:1", pin
 	require.NoError(t, c.Validate())
+}
+
+// TestRequestLimits covers limits.max_in_flight, max_body_size and
+// request_timeout: their values, "unlimited" for the body size, and a
+// Problem with the setting's line for each bad value.
+func TestRequestLimits(t *testing.T) {
+	t.Parallel()
+	parse := func(t *testing.T, limits string) (*config.Server, error) {
+		t.Helper()
+		return config.ParseServer("s.yaml", []byte(serverDoc(minimalServer+"limits:\n"+limits)))
+	}
+	t.Run("explicit values", func(t *testing.T) {
+		t.Parallel()
+		c, err := parse(t, "  max_in_flight: 100\n  max_body_size: 1MiB\n  request_timeout: 2s\n")
+		require.NoError(t, err)
+		require.Equal(t, 100, c.Limits.MaxInFlight)
+		require.Equal(t, config.SizeLimit(1<<20), c.Limits.MaxBodySize)
+		require.Equal(t, int64(1<<20), c.Limits.MaxBodySize.Bytes())
+		require.Equal(t, 2*time.Second, c.Limits.RequestTimeout)
+	})
+	for _, v := range []string{"unlimited", "Unlimited", "-1", "-4096"} {
+		t.Run("body size "+v, func(t *testing.T) {
+			t.Parallel()
+			c, err := parse(t, "  max_body_size: "+v+"\n")
+			require.NoError(t, err)
+			require.Equal(t, config.Unlimited, c.Limits.MaxBodySize)
+			require.Zero(t, c.Limits.MaxBodySize.Bytes(), "the stage takes 0 as no limit")
+			require.Equal(t, "unlimited", c.Limits.MaxBodySize.String())
+		})
+	}
+	t.Run("body size 0 is the default", func(t *testing.T) {
+		t.Parallel()
+		c, err := parse(t, "  max_body_size: 0\n")
+		require.NoError(t, err)
+		require.Equal(t, config.SizeLimit(10<<20), c.Limits.MaxBodySize)
+		require.Equal(t, "10MiB", c.Limits.MaxBodySize.String())
+	})
+	bad := []struct {
+		name, limits, marker, want string
+	}{
+		{"negative in-flight", "  max_in_flight: -5\n", "max_in_flight",
+			"limits.max_in_flight: must be at least 1"},
+		{"negative timeout", "  request_timeout: -1s\n", "request_timeout",
+			"limits.request_timeout: must not be negative"},
+		{"timeout below 1ms", "  request_timeout: 500us\n", "request_timeout",
+			"limits.request_timeout: 500µs is shorter than 1ms"},
+		{"body size word", "  max_body_size: huge\n", "max_body_size",
+			`"huge" is neither a size (such as 4096, 64KiB, 10MiB) nor unlimited`},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			doc := serverDoc(minimalServer + "limits:\n" + tt.limits)
+			_, err := config.ParseServer("s.yaml", []byte(doc))
+			ps := problems(t, err)
+			require.Equal(t, []string{fmt.Sprintf("s.yaml:%d: %s", lineNo(t, doc, tt.marker), tt.want)}, errorLines(ps))
+		})
+	}
 }
