@@ -333,10 +333,13 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 	}
 	smfs := settle(t, "server", p.Server.AdminAddr(), server)
 	cmfs := settle(t, "client", p.Client.AdminAddr(), client)
+	// The wire carries at least the bodies: the server sends the reverse
+	// requests' and the forward answers', the client the others.
 	for _, c := range []struct {
-		side string
-		mfs  map[string]*dto.MetricFamily
-	}{{"server", smfs}, {"client", cmfs}} {
+		side         string
+		mfs          map[string]*dto.MetricFamily
+		sent, recved float64
+	}{{"server", smfs, revIn + fwdOut, revOut + fwdIn}, {"client", cmfs, revOut + fwdIn, revIn + fwdOut}} {
 		for _, name := range []string{"qtunnel_quic_smoothed_rtt_seconds", "qtunnel_quic_packets_lost",
 			"qtunnel_quic_congestion_window_bytes", "qtunnel_quic_bytes_sent_total", "qtunnel_quic_bytes_received_total"} {
 			ms := c.mfs[name].GetMetric()
@@ -347,8 +350,8 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 		}
 		require.Greater(t, sum(c.mfs, "qtunnel_quic_smoothed_rtt_seconds", nil), 0.0, c.side)
 		require.Greater(t, sum(c.mfs, "qtunnel_quic_congestion_window_bytes", nil), 0.0, c.side)
-		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_sent_total", nil), revOut+fwdIn, c.side)
-		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_received_total", nil), revIn+fwdOut, c.side)
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_sent_total", nil), c.sent, c.side)
+		require.Greater(t, sum(c.mfs, "qtunnel_quic_bytes_received_total", nil), c.recved, c.side)
 		require.Contains(t, c.mfs, "go_goroutines", c.side)
 	}
 
@@ -612,8 +615,10 @@ func (h *recordCounter) has(msg string) bool {
 }
 
 // TestObservabilityQuietLogs proxies 10,000 requests, half through each
-// tunnel, with both sides logging at info, and checks that not one record
-// is written while they run (S8): requests are logged at debug only.
+// tunnel, one in ten of them answered 404 (by the upstream, or by the
+// server's route stage for an unknown host), with both sides logging at
+// info, and checks that not one record is written while they run (S8):
+// requests, failed ones included, are logged at debug only.
 func TestObservabilityQuietLogs(t *testing.T) {
 	t.Parallel()
 	const (
@@ -622,6 +627,10 @@ func TestObservabilityQuietLogs(t *testing.T) {
 	)
 	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
 		_, _ = w.Write([]byte("ok"))
 	}))
 	srvLog, cliLog := newRecordCounter(slog.LevelInfo), newRecordCounter(slog.LevelInfo)
@@ -644,27 +653,38 @@ func TestObservabilityQuietLogs(t *testing.T) {
 	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers}
 	t.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr, Timeout: 60 * time.Second}
-	urls := []struct{ url, host string }{
-		{p.publicURL("/q"), appHost},
-		{p.forwardURL(t, "127.0.0.1:0", "/q"), ""},
+	bases := []struct{ url, host string }{
+		{p.publicURL(""), appHost},
+		{p.forwardURL(t, "127.0.0.1:0", ""), ""},
 	}
 	jobs := make(chan int)
 	errs := make(chan error, workers)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := range workers {
-		target := urls[w%2] // 16 workers each way
+		base := bases[w%2] // 16 workers each way
 		wg.Go(func() {
-			for range jobs {
-				req, err := http.NewRequest(http.MethodGet, target.url, nil)
+			for i := range jobs {
+				url, host, want := base.url+"/q", base.host, http.StatusOK
+				switch i % 20 {
+				case 0: // the upstream's own 404
+					url, want = base.url+"/missing", http.StatusNotFound
+				case 10: // a 404 from route on the server (reverse), or the upstream's (forward)
+					if host != "" {
+						host, want = "nowhere.test", http.StatusNotFound
+					} else {
+						url, want = base.url+"/missing", http.StatusNotFound
+					}
+				}
+				req, err := http.NewRequest(http.MethodGet, url, nil)
 				if err == nil {
-					req.Host = target.host
+					req.Host = host
 					var resp *http.Response
 					if resp, err = hc.Do(req); err == nil {
 						_, err = io.Copy(io.Discard, resp.Body)
 						_ = resp.Body.Close()
-						if err == nil && resp.StatusCode != http.StatusOK {
-							err = fmt.Errorf("%s: status %d", target.url, resp.StatusCode)
+						if err == nil && resp.StatusCode != want {
+							err = fmt.Errorf("%s (host %q): status %d, want %d", url, host, resp.StatusCode, want)
 						}
 					}
 				}
