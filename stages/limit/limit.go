@@ -33,6 +33,13 @@
 // RequestTimeout after it. Every guard off (the zero Config) costs a few
 // nanoseconds, so an unused instance is harmless.
 //
+// The gateway does just that on both sides: an instance with MaxInFlight
+// alone right after decode, so that overload is refused before any other
+// work, and one with MaxBodySize and RequestTimeout just before egress:
+//
+//	ingress: decode -> limit(in flight) -> route -> ratelimit -> limit(body, timeout) -> egress -> encode
+//	egress:  decode -> limit(in flight) -> route -> ratelimit -> breaker -> limit(timeout) -> egress -> encode
+//
 // # How the timeout sees the answer start
 //
 // The stage cannot read Exchange.Status from its timer: Status is a plain
@@ -351,21 +358,66 @@ const (
 // request timeout: the user gets the 504 instead.
 var errTooLate = errors.New("limit: the answer started after the request timeout")
 
-// timed is one exchange under RequestTimeout. It holds the writer
-// wrappers, so that timing an exchange is one allocation (with the
-// context's and the timer's).
+// timed is one exchange under RequestTimeout, with its timer and the
+// writer wrappers. It is pooled with its timer, which is re-armed for each
+// exchange: timing an exchange then costs only its context (two or three
+// allocations, made by package context).
+//
+// A timed goes back to the pool only if its timer was stopped before it
+// fired: a timer whose function has started may still be about to run it,
+// and must not find the timed serving another exchange. So an exchange
+// that timed out (rare) leaves its timed to the garbage collector.
 type timed struct {
 	state  atomic.Uint32
 	g      *Guard
 	cancel context.CancelCauseFunc
-	w      answerWriter
-	hw     hijackWriter
-	s      answerStream
+	timer  *time.Timer
+	// disarmed says the timer was stopped before its function started;
+	// set by whoever moves state from waiting to started.
+	disarmed atomic.Bool
+	w        answerWriter
+	hw       hijackWriter
+	s        answerStream
+}
+
+var timedPool = sync.Pool{New: func() any {
+	t := new(timed)
+	t.timer = time.AfterFunc(time.Hour, t.expire)
+	t.timer.Stop()
+	return t
+}}
+
+// arm readies a pooled timed for an exchange and starts its timer.
+func (g *Guard) arm(cancel context.CancelCauseFunc) *timed {
+	t := timedPool.Get().(*timed)
+	t.g, t.cancel = g, cancel
+	t.state.Store(waiting) // publishes g and cancel to expire
+	t.timer.Reset(g.timeout)
+	return t
+}
+
+// release gives t back to the pool if its timer can no longer run.
+func (t *timed) release() {
+	if !t.disarmed.Load() {
+		return
+	}
+	t.disarmed.Store(false)
+	t.g, t.cancel = nil, nil
+	t.w, t.hw, t.s = answerWriter{}, hijackWriter{}, answerStream{}
+	timedPool.Put(t)
 }
 
 // start marks the answer started; false if the timer fired first.
 func (t *timed) start() bool {
-	return t.state.CompareAndSwap(waiting, started) || t.state.Load() == started
+	if t.state.CompareAndSwap(waiting, started) {
+		// Once the answer is out the timer has nothing left to do:
+		// stopping it now keeps long streams from holding one.
+		if t.timer.Stop() {
+			t.disarmed.Store(true)
+		}
+		return true
+	}
+	return t.state.Load() == started
 }
 
 // expire runs on the timer's goroutine.
@@ -380,12 +432,13 @@ func (g *Guard) timeoutReject() *pipeline.Reject {
 }
 
 // handleTimed calls next with a context that is cancelled if no answer has
-// started within the timeout. It costs a few allocations (the context, the
-// timer and the wrappers), only when RequestTimeout is set.
+// started within the timeout. It costs the context's allocations (and, on
+// the egress side, a copy of the request that carries it), only when
+// RequestTimeout is set.
 func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
-	t := &timed{g: g}
-	ctx, t.cancel = context.WithCancelCause(ctx)
-	defer t.cancel(nil)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t := g.arm(cancel)
 	if x.Side == pipeline.Ingress {
 		w := x.Writer
 		defer func() { x.Writer = w }()
@@ -401,11 +454,23 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 		defer func() { x.Stream = s }()
 		t.s = answerStream{Stream: s, t: t}
 		x.Stream = &t.s
+		if r := x.Request; r != nil {
+			// The upstream's round trip follows the request's context
+			// (decode gave it the stream's), not the one passed down: the
+			// request must carry this one for the timeout to stop a round
+			// trip that waits for the upstream's head. One allocation.
+			x.Request = r.WithContext(ctx)
+			defer func() { x.Request = r }()
+		}
 	}
-	timer := time.AfterFunc(g.timeout, t.expire)
+	// A panic in next leaves t to the garbage collector (its timer may
+	// still fire, harmlessly: the context is cancelled by then).
 	err := next.Handle(ctx, x)
-	timer.Stop()
+	// next has returned: whatever it wrote, it wrote through the wrappers
+	// (answered in time) or not at all; start settles the race with the
+	// timer once and for all.
 	if t.start() {
+		t.release()
 		return err
 	}
 	// The timer won: every write of the answer was refused, so the user

@@ -623,6 +623,27 @@ func TestTimeoutAnswers504WhenNoAnswerStarts(t *testing.T) {
 	}
 }
 
+// TestTimeoutReachesTheEgressRoundTrip: on the egress side the upstream's
+// round trip waits on the request's own context (decode made it from the
+// stream's), so the request passed down must carry the stage's context,
+// and the exchange must get its own request back afterwards.
+func TestTimeoutReachesTheEgressRoundTrip(t *testing.T) {
+	t.Parallel()
+	g := newGuard(t, limit.Config{RequestTimeout: timeout})
+	x, _, _ := timedExchange(pipeline.Egress, false)
+	defer x.Release()
+	req := x.Request
+	start := time.Now()
+	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		<-x.Request.Context().Done() // a round trip to an upstream that never answers
+		return x.Request.Context().Err()
+	}))
+	require.Less(t, time.Since(start), 5*time.Second)
+	requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
+	require.Same(t, req, x.Request, "the exchange's request is back")
+	require.NoError(t, req.Context().Err(), "the original request's context is left alone")
+}
+
 func TestTimeoutStopsOnceTheAnswerStarts(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -827,6 +848,26 @@ func TestAllowedPathDoesNotAllocate(t *testing.T) {
 		x.Release()
 		require.Zero(t, allocs, "%+v", cfg)
 	}
+}
+
+// TestTimedPathAllocatesOnlyTheContext: under RequestTimeout, an exchange
+// answered in time costs the two allocations of its context
+// (context.WithCancelCause); the timer and the writer wrappers are pooled.
+func TestTimedPathAllocatesOnlyTheContext(t *testing.T) {
+	g := newGuard(t, limit.Config{MaxInFlight: 100, MaxBodySize: 1 << 20, RequestTimeout: time.Minute})
+	x := ingress("hello", true, "web")
+	defer x.Release()
+	ctx := context.Background()
+	answer := pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		x.Writer.WriteHeader(http.StatusOK)
+		return nil
+	})
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := g.Handle(ctx, x, answer); err != nil {
+			panic(err)
+		}
+	})
+	require.LessOrEqual(t, allocs, 2.0)
 }
 
 // BenchmarkOff is the cost of the stage with every guard off.
