@@ -135,7 +135,7 @@ rules:
   - {id: fwd-grpc, client: %[7]s, direction: forward, listen: %[13]q, upstream: "http://%[12]s", upstream_http2: true}
   - {id: rev-tcp, client: %[7]s, direction: reverse, protocol: tcp, listen: %[14]q, upstream: %[15]q}
   - {id: fwd-tcp, client: %[7]s, direction: forward, protocol: tcp, listen: %[16]q, upstream: %[15]q}
-limits: {max_concurrent_streams: 4096}
+limits: {max_concurrent_streams: 4096, max_body_size: unlimited}
 egress: {max_idle_per_upstream: 1024}
 log: {level: info}
 `, tunnel, e.public, certFile, keyFile, benchClient, control.HashToken(benchToken), benchClient, benchHost, upstream,
@@ -144,7 +144,7 @@ log: {level: info}
 token: %q
 server: %q
 server_pin: %q
-limits: {max_concurrent_streams: 4096}
+limits: {max_concurrent_streams: 4096, max_body_size: unlimited}
 egress: {max_idle_per_upstream: 1024}
 log: {level: info}
 `, benchClient, benchToken, tunnel, pin)

@@ -250,7 +250,9 @@ func TestGigabyteBothWaysBoundedMemory(t *testing.T) {
 		}
 	})
 	url := upstream(t, h)
-	e := startEnv(t, envOpts{nearClient: url, nearServer: url})
+	// A 1 GiB upload is far over the default body limit (10 MiB).
+	unlimited := "limits:\n  max_body_size: unlimited\n"
+	e := startEnv(t, envOpts{nearClient: url, nearServer: url, serverYAML: unlimited, clientYAML: unlimited})
 	e.waitReady(t)
 	c := newClient(t)
 	for _, dir := range []struct{ name, base, host string }{

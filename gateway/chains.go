@@ -10,6 +10,7 @@ import (
 	"github.com/qtunnel/qtunnel/stages/decode"
 	"github.com/qtunnel/qtunnel/stages/egress"
 	"github.com/qtunnel/qtunnel/stages/encode"
+	"github.com/qtunnel/qtunnel/stages/limit"
 	"github.com/qtunnel/qtunnel/stages/route"
 )
 
@@ -44,13 +45,37 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
+	// Each chain has its own limit stages, so that requests from users
+	// and requests from the tunnel are counted apart.
+	ingFlight, ingReq, err := limitStages(c.Limits, c.Limits.MaxBodySize.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	// No body limit on the egress side. It would protect nothing of this
+	// side: bodies stream through bounded buffers (the egress side never
+	// holds a body, whatever its size), and every request it takes has
+	// crossed the peer's ingress side, where the users are and where the
+	// peer's limit applied. A second limit here could only disagree with
+	// the peer's (a forward rule's body refused by the server after the
+	// client let it through), and would cost a wrapper per streamed body.
+	// What this side's upstreams accept from a peer whose limit it does
+	// not control is for the upstreams to bound, as any server does.
+	egrFlight, egrReq, err := limitStages(c.Limits, 0)
+	if err != nil {
+		return nil, err
+	}
 	// observe is first so that every outcome is counted, refusals by
-	// decode and route included. Rate limit and breaker come after route:
-	// their buckets and circuits are per rule and per upstream. The
-	// breaker guards upstreams, so it is on the egress side only.
+	// decode and route included. The in-flight limit comes right after
+	// decode, so that overload is refused before any other work (decode
+	// gives the 503 its request id). Rate limit and breaker come after
+	// route: their buckets and circuits are per rule and per upstream.
+	// The breaker guards upstreams, so it is on the egress side only. The
+	// request limit (body size, time to the answer's head) comes last
+	// before egress: the breaker, outside it, then sees a slow upstream's
+	// 504 as the failure it is rather than a cancelled context.
 	obs := k.m.Stage()
-	ing := []pipeline.Stage{obs, dec, rt, k.limiter, tun, enc}
-	egr := []pipeline.Stage{obs, dec, rt, k.limiter, k.breaker, up, enc}
+	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, ingReq, tun, enc}
+	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, egrReq, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
 			return nil, err
@@ -75,6 +100,29 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	}
 	return &chains{ingress: ic, egress: ec}, nil
 }
+
+// limitStages returns one chain's two limit stages: "limit", which bounds
+// the requests in flight, and "request_limit", which bounds the request
+// body (maxBody bytes, 0 for none) and the time to the answer's head.
+func limitStages(l config.Limits, maxBody int64) (flight *limit.Guard, req pipeline.Stage, err error) {
+	if flight, err = limit.New(limit.Config{MaxInFlight: l.MaxInFlight}); err != nil {
+		return nil, nil, err
+	}
+	g, err := limit.New(limit.Config{MaxBodySize: maxBody, RequestTimeout: l.RequestTimeout})
+	if err != nil {
+		return nil, nil, err
+	}
+	return flight, renamed{g, "request_limit"}, nil
+}
+
+// renamed gives a stage that has no lifecycle methods another name (for
+// spans, errors and the stage label of its rejects).
+type renamed struct {
+	pipeline.Stage
+	name string
+}
+
+func (r renamed) Name() string { return r.name }
 
 func (c *chains) close(ctx context.Context) error {
 	return errors.Join(c.ingress.Close(ctx), c.egress.Close(ctx))

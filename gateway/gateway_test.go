@@ -318,7 +318,12 @@ func TestLargeBodiesBothWays(t *testing.T) {
 		}
 	})
 	up := upstream(t, h)
-	p := startPair(t, pairOpts{rules: []rules.Rule{reverseRule("rev", appHost, up.URL), forwardRule("fwd", "127.0.0.1:0", up.URL)}})
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{reverseRule("rev", appHost, up.URL), forwardRule("fwd", "127.0.0.1:0", up.URL)},
+		// Uploads far over the 10 MiB default body limit.
+		serverMutate: func(c *config.Server) { c.Limits.MaxBodySize = config.Unlimited },
+		clientMutate: func(c *config.Client) { c.Limits.MaxBodySize = config.Unlimited },
+	})
 	want := sha256.New()
 	_, _ = io.Copy(want, io.LimitReader(seeded(), size))
 	wantSum := fmt.Sprintf("%x", want.Sum(nil))

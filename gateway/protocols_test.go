@@ -133,8 +133,12 @@ func TestGRPCInteropThroughBothTunnels(t *testing.T) {
 		serverMutate: func(c *config.Server) {
 			c.PublicHTTPS = "127.0.0.1:0"
 			c.PublicTLS = ingressTLS.files()
+			c.Limits.MaxBodySize = config.Unlimited // the 16 MiB message, over the 10 MiB default
 		},
-		clientMutate: func(c *config.Client) { c.ForwardTLS = ingressTLS.files() },
+		clientMutate: func(c *config.Client) {
+			c.ForwardTLS = ingressTLS.files()
+			c.Limits.MaxBodySize = config.Unlimited
+		},
 	})
 	tlsCreds := func(name string) grpc.DialOption {
 		return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: ingressTLS.pool, ServerName: name}))
