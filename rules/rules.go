@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/net/idna"
 )
@@ -68,8 +69,33 @@ type Rule struct {
 	ListenTLS bool `json:"listen_tls,omitempty" yaml:"listen_tls"`
 	// Upstream is where the egress side sends requests: for HTTP rules a
 	// URL, http:// or https://, host and port, and an optional base path;
-	// for TCP rules host:port (or tcp://host:port).
+	// for TCP rules host:port (or tcp://host:port). A rule sets either
+	// Upstream or Upstreams.
 	Upstream string `json:"upstream" yaml:"upstream"`
+	// Upstreams, instead of Upstream, spreads an HTTP rule's requests over
+	// several upstreams (S10): each entry a URL as for Upstream, all with
+	// the same scheme, none twice, at most MaxUpstreams. The TLS settings
+	// below apply to every entry.
+	Upstreams []string `json:"upstreams,omitempty" yaml:"upstreams"`
+	// LoadBalance picks the upstream of each request among the healthy
+	// Upstreams: "round_robin" (the default when empty) takes them in turn,
+	// "least_requests" the one with the fewest requests in flight (ties in
+	// turn). When every upstream is unhealthy, one is tried anyway (fail
+	// open) rather than refusing every request.
+	LoadBalance string `json:"load_balance,omitempty" yaml:"load_balance"`
+	// HealthCheck, if set, has the egress side probe each upstream of the
+	// rule and take those failing out of rotation (with a single upstream
+	// the checks only log its state: it is tried anyway). Nil: no active
+	// checks; upstreams are still ejected for a while after repeated
+	// connection failures. HTTP rules only.
+	HealthCheck *HealthCheck `json:"health_check,omitempty" yaml:"health_check"`
+	// Retries is how many times a failed request is tried again, on the
+	// next upstream the balancer picks, and only when that is safe: the
+	// connection failed (nothing was sent), or the method is idempotent,
+	// the request has no body and no answer came. Never after the upstream
+	// answered. 0 (the default): no retries; at most MaxRetries. HTTP
+	// rules only.
+	Retries int `json:"retries,omitempty" yaml:"retries"`
 	// UpstreamCAFile holds PEM CA certificates that must sign an https://
 	// upstream's certificate. Default: the system's roots.
 	UpstreamCAFile string `json:"upstream_ca_file,omitempty" yaml:"upstream_ca_file"`
@@ -87,6 +113,136 @@ type Rule struct {
 	// HostHeader, if set, replaces the Host header sent upstream. By default
 	// the client's Host is kept (and also sent as X-Forwarded-Host).
 	HostHeader string `json:"host_header,omitempty" yaml:"host_header"`
+}
+
+// Load-balancing policies (Rule.LoadBalance).
+const (
+	// RoundRobin takes the healthy upstreams in turn. The default.
+	RoundRobin = "round_robin"
+	// LeastRequests takes the healthy upstream with the fewest requests in
+	// flight.
+	LeastRequests = "least_requests"
+)
+
+// Limits of the resilience settings.
+const (
+	// MaxUpstreams bounds Rule.Upstreams.
+	MaxUpstreams = 64
+	// MaxRetries bounds Rule.Retries.
+	MaxRetries = 5
+	// MinHealthInterval bounds HealthCheck.Interval from below.
+	MinHealthInterval = 10 * time.Millisecond
+)
+
+// Defaults of the zero HealthCheck settings.
+const (
+	DefaultHealthInterval     = 5 * time.Second
+	DefaultHealthTimeout      = 2 * time.Second
+	DefaultHealthyThreshold   = 2
+	DefaultUnhealthyThreshold = 3
+)
+
+// HealthCheck configures the active health checks of a rule's upstreams:
+// a GET of Path on each upstream every Interval. An upstream is marked down
+// after UnhealthyThreshold failed checks in a row and up again after
+// HealthyThreshold good ones; it starts up. The zero value of each setting
+// is its documented default. Rules with the same upstream and the same
+// settings share one checker.
+type HealthCheck struct {
+	// Path is requested on the upstream's host, such as "/healthz"
+	// (required; it may carry a query). It is not joined with the
+	// upstream's base path.
+	Path string `json:"path" yaml:"path"`
+	// Interval is the time between the start of two checks. If zero, 5s;
+	// at least 10ms.
+	Interval Duration `json:"interval,omitempty" yaml:"interval"`
+	// Timeout bounds one check. If zero, 2s.
+	Timeout Duration `json:"timeout,omitempty" yaml:"timeout"`
+	// HealthyThreshold is how many good checks in a row bring a down
+	// upstream back. If zero, 2.
+	HealthyThreshold int `json:"healthy_threshold,omitempty" yaml:"healthy_threshold"`
+	// UnhealthyThreshold is how many failed checks in a row take an
+	// upstream down; it is also how many connection failures in a row
+	// eject an upstream between checks. If zero, 3.
+	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty" yaml:"unhealthy_threshold"`
+	// ExpectStatus is the status a good check answers. If zero, any 2xx or
+	// 3xx.
+	ExpectStatus int `json:"expect_status,omitempty" yaml:"expect_status"`
+}
+
+// WithDefaults returns h with every zero setting replaced by its default.
+func (h HealthCheck) WithDefaults() HealthCheck {
+	if h.Interval == 0 {
+		h.Interval = Duration(DefaultHealthInterval)
+	}
+	if h.Timeout == 0 {
+		h.Timeout = Duration(DefaultHealthTimeout)
+	}
+	if h.HealthyThreshold == 0 {
+		h.HealthyThreshold = DefaultHealthyThreshold
+	}
+	if h.UnhealthyThreshold == 0 {
+		h.UnhealthyThreshold = DefaultUnhealthyThreshold
+	}
+	return h
+}
+
+// Good reports whether status is the answer of a healthy upstream.
+func (h HealthCheck) Good(status int) bool {
+	if h.ExpectStatus != 0 {
+		return status == h.ExpectStatus
+	}
+	return status >= 200 && status < 400
+}
+
+// Duration is a time.Duration that reads and writes as text such as "5s"
+// or "1m30s" (time.ParseDuration), in YAML and in JSON alike. Its text is
+// canonical (time.Duration.String), so a rule's hash does not depend on
+// how a duration was spelled. The zero value is zero.
+type Duration time.Duration
+
+// String returns d as time.Duration.String does.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 5s or 250ms", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UpstreamCount returns how many upstreams r has: len(Upstreams), or 1
+// for a rule with a single Upstream.
+func (r *Rule) UpstreamCount() int {
+	if len(r.Upstreams) > 0 {
+		return len(r.Upstreams)
+	}
+	return 1
+}
+
+// UpstreamAt returns the i-th upstream of r (0 <= i < UpstreamCount):
+// Upstreams[i], or Upstream for a rule with a single one.
+func (r *Rule) UpstreamAt(i int) string {
+	if len(r.Upstreams) > 0 {
+		return r.Upstreams[i]
+	}
+	return r.Upstream
+}
+
+// UpstreamKey names the set of upstreams of r in one string, for the
+// stages that keep state per upstream (such as the breaker): Upstream, or
+// the Upstreams joined with ",". It allocates only for several upstreams.
+func (r *Rule) UpstreamKey() string {
+	if len(r.Upstreams) > 0 {
+		return strings.Join(r.Upstreams, ",")
+	}
+	return r.Upstream
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -192,6 +348,16 @@ func (r *Rule) Validate(i int) error {
 		if r.Host != "" || (r.PathPrefix != "" && r.PathPrefix != "/") || r.ListenTLS || r.UpstreamHTTP2 || r.HostHeader != "" {
 			return fail("protocol", "a TCP rule has no host, path_prefix, listen_tls, upstream_http2 or host_header")
 		}
+		switch {
+		case len(r.Upstreams) > 0:
+			return fail("upstreams", "a TCP rule has one upstream")
+		case r.LoadBalance != "":
+			return fail("load_balance", "a TCP rule has one upstream")
+		case r.HealthCheck != nil:
+			return fail("health_check", "health checks are for HTTP rules")
+		case r.Retries != 0:
+			return fail("retries", "retries are for HTTP rules")
+		}
 		if _, err := ParseTCPUpstream(r.Upstream); err != nil {
 			return fail("upstream", "%v", err)
 		}
@@ -206,15 +372,107 @@ func (r *Rule) Validate(i int) error {
 	if strings.ContainsAny(r.PathPrefix, "?# ") {
 		return fail("path_prefix", "%q must be a plain path", r.PathPrefix)
 	}
-	u, err := ParseUpstream(r.Upstream)
-	if err != nil {
-		return fail("upstream", "%v", err)
+	scheme, fe := r.validateUpstreams(i)
+	if fe != nil {
+		return fe
 	}
-	if u.Scheme != "https" && (r.UpstreamCAFile != "" || r.UpstreamServerName != "" || r.UpstreamTLSInsecureSkipVerify) {
-		return fail("upstream", "upstream_ca_file, upstream_server_name and upstream_tls_insecure_skip_verify need an https:// upstream")
+	if scheme != "https" && (r.UpstreamCAFile != "" || r.UpstreamServerName != "" || r.UpstreamTLSInsecureSkipVerify) {
+		return fail(upstreamField(r), "upstream_ca_file, upstream_server_name and upstream_tls_insecure_skip_verify need an https:// upstream")
 	}
 	if strings.ContainsAny(r.HostHeader, "\r\n\x00 /") {
 		return fail("host_header", "%q is not a host", r.HostHeader)
+	}
+	switch r.LoadBalance {
+	case "", RoundRobin, LeastRequests:
+	default:
+		return fail("load_balance", "%q is neither %q nor %q", r.LoadBalance, RoundRobin, LeastRequests)
+	}
+	if r.Retries < 0 || r.Retries > MaxRetries {
+		return fail("retries", "%d is not between 0 and %d", r.Retries, MaxRetries)
+	}
+	if r.HealthCheck != nil {
+		if err := r.HealthCheck.validate(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func upstreamField(r *Rule) string {
+	if len(r.Upstreams) > 0 {
+		return "upstreams"
+	}
+	return "upstream"
+}
+
+// validateUpstreams checks Upstream or Upstreams of an HTTP rule and
+// returns their scheme.
+func (r *Rule) validateUpstreams(i int) (string, *FieldError) {
+	fail := func(field, format string, args ...any) (string, *FieldError) {
+		return "", &FieldError{Index: i, Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if len(r.Upstreams) == 0 {
+		u, err := ParseUpstream(r.Upstream)
+		if err != nil {
+			return fail("upstream", "%v", err)
+		}
+		return u.Scheme, nil
+	}
+	if r.Upstream != "" {
+		return fail("upstreams", "set either upstream or upstreams, not both")
+	}
+	if len(r.Upstreams) > MaxUpstreams {
+		return fail("upstreams", "%d entries; at most %d", len(r.Upstreams), MaxUpstreams)
+	}
+	var scheme string
+	for j, s := range r.Upstreams {
+		field := fmt.Sprintf("upstreams[%d]", j)
+		u, err := ParseUpstream(s)
+		if err != nil {
+			return fail(field, "%v", err)
+		}
+		if j == 0 {
+			scheme = u.Scheme
+		} else if u.Scheme != scheme {
+			return fail(field, "%q is %s:// but upstreams[0] is %s://; all entries share one scheme", s, u.Scheme, scheme)
+		}
+		if k := slices.Index(r.Upstreams[:j], s); k >= 0 {
+			return fail(field, "%q is already upstreams[%d]", s, k)
+		}
+	}
+	return scheme, nil
+}
+
+func (h *HealthCheck) validate(i int) error {
+	fail := func(field, format string, args ...any) error {
+		return &FieldError{Index: i, Field: "health_check." + field, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case h.Path == "":
+		return fail("path", "missing (want a path such as /healthz)")
+	case !strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, "# \t\r\n\x00"):
+		return fail("path", "%q is not a path such as /healthz", h.Path)
+	}
+	if _, err := url.ParseRequestURI(h.Path); err != nil {
+		return fail("path", "%q is not a path such as /healthz", h.Path)
+	}
+	if h.Interval < 0 {
+		return fail("interval", "must not be negative")
+	}
+	if h.Interval > 0 && time.Duration(h.Interval) < MinHealthInterval {
+		return fail("interval", "%s is below the minimum of %s", h.Interval, MinHealthInterval)
+	}
+	if h.Timeout < 0 {
+		return fail("timeout", "must not be negative")
+	}
+	if h.HealthyThreshold < 0 {
+		return fail("healthy_threshold", "must not be negative")
+	}
+	if h.UnhealthyThreshold < 0 {
+		return fail("unhealthy_threshold", "must not be negative")
+	}
+	if h.ExpectStatus != 0 && (h.ExpectStatus < 100 || h.ExpectStatus > 599) {
+		return fail("expect_status", "%d is not an HTTP status", h.ExpectStatus)
 	}
 	return nil
 }

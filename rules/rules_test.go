@@ -1,10 +1,15 @@
 package rules_test
 
 import (
+	"encoding/json"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/qtunnel/qtunnel/rules"
 )
@@ -13,6 +18,31 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func rev(id, client, host, prefix string) rules.Rule {
 	return rules.Rule{ID: id, Client: client, Direction: rules.Reverse, Host: host, PathPrefix: prefix, Upstream: "http://127.0.0.1:3000"}
+}
+
+// with returns a valid reverse rule changed by f.
+func with(f func(*rules.Rule)) rules.Rule {
+	r := rev("a", "c", "h", "")
+	f(&r)
+	return r
+}
+
+// multi returns a reverse rule over upstreams.
+func multi(upstreams ...string) rules.Rule {
+	return with(func(r *rules.Rule) { r.Upstream, r.Upstreams = "", upstreams })
+}
+
+// check returns a reverse rule over two upstreams with health check hc.
+func check(hc rules.HealthCheck) rules.Rule {
+	r := multi("http://127.0.0.1:3001", "http://127.0.0.1:3002")
+	r.HealthCheck = &hc
+	return r
+}
+
+func tcpWith(f func(*rules.Rule)) rules.Rule {
+	r := rules.Rule{ID: "t", Client: "c", Direction: rules.Reverse, Protocol: rules.ProtoTCP, Listen: ":2222", Upstream: "127.0.0.1:22"}
+	f(&r)
+	return r
 }
 
 func fwd(id, client, listen string) rules.Rule {
@@ -106,6 +136,38 @@ func TestValidation(t *testing.T) {
 			r.Host = "x"
 			return r
 		}()}, "listen", `belongs to client "c1"`},
+
+		// Resilience (S10).
+		{"upstream and upstreams", []rules.Rule{with(func(r *rules.Rule) { r.Upstreams = []string{"http://127.0.0.1:3001"} })},
+			"upstreams", "either upstream or upstreams"},
+		{"upstreams entry", []rules.Rule{multi("http://127.0.0.1:3001", "ftp://x")}, "upstreams[1]", "scheme"},
+		{"upstreams entry with query", []rules.Rule{multi("http://127.0.0.1:3001?x=1")}, "upstreams[0]", "want scheme://host"},
+		{"upstreams mixed schemes", []rules.Rule{multi("http://127.0.0.1:3001", "https://127.0.0.1:3002")}, "upstreams[1]", "share one scheme"},
+		{"upstreams twice", []rules.Rule{multi("http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3001")},
+			"upstreams[2]", "already upstreams[0]"},
+		{"upstreams too many", []rules.Rule{multi(slices.Repeat([]string{"http://x:1"}, rules.MaxUpstreams+1)...)}, "upstreams", "at most 64"},
+		{"tls settings need https upstreams", []rules.Rule{func() rules.Rule {
+			r := multi("http://127.0.0.1:3001")
+			r.UpstreamServerName = "x"
+			return r
+		}()}, "upstreams", "need an https:// upstream"},
+		{"load_balance", []rules.Rule{with(func(r *rules.Rule) { r.LoadBalance = "random" })}, "load_balance", `"random" is neither`},
+		{"retries negative", []rules.Rule{with(func(r *rules.Rule) { r.Retries = -1 })}, "retries", "between 0 and 5"},
+		{"retries too many", []rules.Rule{with(func(r *rules.Rule) { r.Retries = 6 })}, "retries", "between 0 and 5"},
+		{"health_check path missing", []rules.Rule{check(rules.HealthCheck{})}, "health_check.path", "missing"},
+		{"health_check path relative", []rules.Rule{check(rules.HealthCheck{Path: "healthz"})}, "health_check.path", "not a path"},
+		{"health_check path with space", []rules.Rule{check(rules.HealthCheck{Path: "/a b"})}, "health_check.path", "not a path"},
+		{"health_check interval negative", []rules.Rule{check(rules.HealthCheck{Path: "/h", Interval: -1})}, "health_check.interval", "negative"},
+		{"health_check interval too short", []rules.Rule{check(rules.HealthCheck{Path: "/h", Interval: rules.Duration(time.Millisecond)})},
+			"health_check.interval", "below the minimum of 10ms"},
+		{"health_check timeout", []rules.Rule{check(rules.HealthCheck{Path: "/h", Timeout: -1})}, "health_check.timeout", "negative"},
+		{"health_check healthy_threshold", []rules.Rule{check(rules.HealthCheck{Path: "/h", HealthyThreshold: -1})}, "health_check.healthy_threshold", "negative"},
+		{"health_check unhealthy_threshold", []rules.Rule{check(rules.HealthCheck{Path: "/h", UnhealthyThreshold: -2})}, "health_check.unhealthy_threshold", "negative"},
+		{"health_check expect_status", []rules.Rule{check(rules.HealthCheck{Path: "/h", ExpectStatus: 999})}, "health_check.expect_status", "not an HTTP status"},
+		{"tcp upstreams", []rules.Rule{tcpWith(func(r *rules.Rule) { r.Upstreams = []string{"127.0.0.1:22"} })}, "upstreams", "one upstream"},
+		{"tcp load_balance", []rules.Rule{tcpWith(func(r *rules.Rule) { r.LoadBalance = rules.RoundRobin })}, "load_balance", "one upstream"},
+		{"tcp health_check", []rules.Rule{tcpWith(func(r *rules.Rule) { r.HealthCheck = &rules.HealthCheck{Path: "/"} })}, "health_check", "HTTP rules"},
+		{"tcp retries", []rules.Rule{tcpWith(func(r *rules.Rule) { r.Retries = 1 })}, "retries", "HTTP rules"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,4 +200,142 @@ func TestHashIsOrderIndependentAndSensitive(t *testing.T) {
 	require.Equal(t, rules.Hash(t1.Rules()), rules.Hash(decoded))
 	_, err = rules.Decode([]byte("{"))
 	require.Error(t, err)
+}
+
+func TestEncodingOfRulesWithoutNewFieldsIsUnchanged(t *testing.T) {
+	t.Parallel()
+	tab, err := rules.NewTable(1, []rules.Rule{rev("a", "c", "h1", "")})
+	require.NoError(t, err)
+	// The encoding and hash before upstreams, load_balance, health_check
+	// and retries existed: peers of either version agree on such rules.
+	require.JSONEq(t, `[{"id":"a","client":"c","direction":"reverse","protocol":"http","host":"h1","path_prefix":"/","upstream":"http://127.0.0.1:3000"}]`,
+		string(rules.Encode(tab.Rules())))
+	require.Equal(t, "5f9a597125f4e05f13b70435e8db6965e37ddbcf00e14807df56aafc0126b4cb", tab.HashHex())
+}
+
+func TestResilienceFieldsRoundTrip(t *testing.T) {
+	t.Parallel()
+	r := multi("https://10.0.0.1:8443/api", "https://10.0.0.2:8443/api", "https://10.0.0.3:8443/api")
+	r.ID = "balanced"
+	r.LoadBalance = rules.LeastRequests
+	r.Retries = 2
+	r.UpstreamServerName = "api.internal"
+	r.HealthCheck = &rules.HealthCheck{Path: "/healthz?deep=1", Interval: rules.Duration(1500 * time.Millisecond),
+		Timeout: rules.Duration(250 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 4, ExpectStatus: 204}
+	plain := rev("plain", "c", "other", "")
+	tab, err := rules.NewTable(7, []rules.Rule{r, plain})
+	require.NoError(t, err)
+
+	enc := rules.Encode(tab.Rules())
+	var raw []map[string]any
+	require.NoError(t, json.Unmarshal(enc, &raw))
+	require.Equal(t, map[string]any{"path": "/healthz?deep=1", "interval": "1.5s", "timeout": "250ms",
+		"healthy_threshold": 1.0, "unhealthy_threshold": 4.0, "expect_status": 204.0}, raw[0]["health_check"],
+		"durations travel as text")
+	require.NotContains(t, raw[1], "health_check")
+	require.NotContains(t, raw[1], "upstreams")
+
+	decoded, err := rules.Decode(enc)
+	require.NoError(t, err)
+	require.Equal(t, tab.Rules()[0], decoded[0])
+	require.Equal(t, enc, rules.Encode(decoded), "decode then encode is the identity")
+	require.Equal(t, tab.Hash(), rules.Hash(decoded))
+	again, err := rules.NewTable(8, decoded)
+	require.NoError(t, err)
+	require.Equal(t, tab.Hash(), again.Hash(), "the other side computes the same hash")
+
+	// Every new field counts in the hash.
+	changes := []func(*rules.Rule){
+		func(r *rules.Rule) { r.Upstreams = r.Upstreams[:2] },
+		func(r *rules.Rule) { r.LoadBalance = rules.RoundRobin },
+		func(r *rules.Rule) { r.Retries = 3 },
+		func(r *rules.Rule) { r.HealthCheck.Interval = rules.Duration(2 * time.Second) },
+		func(r *rules.Rule) { r.HealthCheck.Timeout = 0 },
+		func(r *rules.Rule) { r.HealthCheck.Path = "/ready" },
+		func(r *rules.Rule) { r.HealthCheck.HealthyThreshold = 2 },
+		func(r *rules.Rule) { r.HealthCheck.UnhealthyThreshold = 2 },
+		func(r *rules.Rule) { r.HealthCheck.ExpectStatus = 0 },
+		func(r *rules.Rule) { r.HealthCheck = nil },
+	}
+	for i, change := range changes {
+		rs := tab.Rules()
+		hc := *rs[0].HealthCheck
+		rs[0].HealthCheck = &hc
+		rs[0].Upstreams = slices.Clone(rs[0].Upstreams)
+		change(&rs[0])
+		require.NotEqual(t, tab.Hash(), rules.Hash(rs), "change %d", i)
+	}
+
+	// Equal durations hash alike however they were written.
+	var a, b rules.Rule
+	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","health_check":{"path":"/","interval":"90s"}}`), &a))
+	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","health_check":{"path":"/","interval":"1m30s"}}`), &b))
+	require.Equal(t, rules.Hash([]rules.Rule{a}), rules.Hash([]rules.Rule{b}))
+	_, err = rules.Decode([]byte(`[{"id":"x","health_check":{"path":"/","interval":5}}]`))
+	require.Error(t, err, "a bare number is not a duration")
+	_, err = rules.Decode([]byte(`[{"id":"x","health_check":{"path":"/","interval":"soon"}}]`))
+	require.ErrorContains(t, err, "not a duration")
+}
+
+func TestResilienceFieldsFromYAML(t *testing.T) {
+	t.Parallel()
+	doc := `
+id: api
+client: laptop
+direction: reverse
+host: api.example.test
+upstreams: [http://127.0.0.1:3001, http://127.0.0.1:3002]
+load_balance: least_requests
+retries: 2
+health_check:
+  path: /healthz
+  interval: 20ms
+  timeout: 1s
+  healthy_threshold: 1
+  unhealthy_threshold: 2
+  expect_status: 200
+`
+	dec := yaml.NewDecoder(strings.NewReader(doc))
+	dec.KnownFields(true) // as the config loader does
+	var r rules.Rule
+	require.NoError(t, dec.Decode(&r))
+	require.Equal(t, []string{"http://127.0.0.1:3001", "http://127.0.0.1:3002"}, r.Upstreams)
+	require.Equal(t, rules.LeastRequests, r.LoadBalance)
+	require.Equal(t, 2, r.Retries)
+	require.Equal(t, &rules.HealthCheck{Path: "/healthz", Interval: rules.Duration(20 * time.Millisecond),
+		Timeout: rules.Duration(time.Second), HealthyThreshold: 1, UnhealthyThreshold: 2, ExpectStatus: 200}, r.HealthCheck)
+	r.Normalize()
+	require.NoError(t, r.Validate(0))
+
+	out, err := yaml.Marshal(r.HealthCheck)
+	require.NoError(t, err)
+	require.Contains(t, string(out), "interval: 20ms")
+}
+
+func TestUpstreamAccessors(t *testing.T) {
+	t.Parallel()
+	one := rev("a", "c", "h", "")
+	require.Equal(t, 1, one.UpstreamCount())
+	require.Equal(t, "http://127.0.0.1:3000", one.UpstreamAt(0))
+	require.Equal(t, "http://127.0.0.1:3000", one.UpstreamKey())
+	many := multi("http://x:1", "http://x:2")
+	require.Equal(t, 2, many.UpstreamCount())
+	require.Equal(t, "http://x:2", many.UpstreamAt(1))
+	require.Equal(t, "http://x:1,http://x:2", many.UpstreamKey())
+}
+
+func TestHealthCheckDefaults(t *testing.T) {
+	t.Parallel()
+	d := rules.HealthCheck{Path: "/h"}.WithDefaults()
+	require.Equal(t, rules.HealthCheck{Path: "/h", Interval: rules.Duration(5 * time.Second), Timeout: rules.Duration(2 * time.Second),
+		HealthyThreshold: 2, UnhealthyThreshold: 3}, d)
+	kept := rules.HealthCheck{Path: "/h", Interval: rules.Duration(time.Second), Timeout: rules.Duration(time.Second),
+		HealthyThreshold: 5, UnhealthyThreshold: 6, ExpectStatus: 204}
+	require.Equal(t, kept, kept.WithDefaults())
+	for status, want := range map[int]bool{200: true, 204: true, 301: true, 399: true, 199: false, 400: false, 503: false} {
+		require.Equal(t, want, d.Good(status), "status %d", status)
+	}
+	require.True(t, kept.Good(204))
+	require.False(t, kept.Good(200))
+	require.Equal(t, "1m30s", rules.Duration(90*time.Second).String())
 }

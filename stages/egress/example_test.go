@@ -51,6 +51,51 @@ func ExampleUpstream() {
 	// err: <nil>
 }
 
+// A rule with several upstreams spreads its requests over them in turn; with
+// retries, a GET that cannot reach one upstream goes to the next.
+func ExampleUpstream_balanced() {
+	serve := func(name string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, name)
+		}))
+	}
+	a, b, gone := serve("a"), serve("b"), serve("gone")
+	defer a.Close()
+	defer b.Close()
+	gone.Close() // nothing listens there any more
+
+	pool, err := egress.NewPool(egress.PoolConfig{WarmConns: -1})
+	if err != nil {
+		panic(err)
+	}
+	defer pool.Close()
+	up, err := egress.NewUpstream(pool)
+	if err != nil {
+		panic(err)
+	}
+	rule := &rules.Rule{ID: "api", Upstreams: []string{gone.URL, a.URL, b.URL}, Retries: 1}
+	for range 4 {
+		x := pipeline.Acquire(pipeline.Egress)
+		x.Rule = rule
+		x.Request, err = http.NewRequest(http.MethodGet, "/", nil)
+		if err != nil {
+			panic(err)
+		}
+		err = up.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+			b, err := io.ReadAll(x.Response.Body)
+			fmt.Print(string(b), " ")
+			return err
+		}))
+		x.Release()
+		if err != nil {
+			fmt.Print(err)
+		}
+	}
+	fmt.Println()
+	// Output:
+	// a b a b
+}
+
 // The Tunnel stage opens a stream on the rule's tunnel connection, sends the
 // request head, and turns the peer's answer into the exchange's response or,
 // as here, into the error the peer reported.

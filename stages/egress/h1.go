@@ -155,6 +155,7 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 	}
 	if h.headTimeout > 0 {
 		_ = pc.c.SetReadDeadline(time.Now().Add(h.headTimeout))
+		cutIfDone(ctx, pc.c) // the deadline may have replaced the cut
 	}
 	var resp *http.Response
 	var err error
@@ -168,6 +169,7 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 	}
 	if err == nil && h.headTimeout > 0 {
 		_ = pc.c.SetReadDeadline(time.Time{})
+		cutIfDone(ctx, pc.c)
 	}
 	if err != nil {
 		stop()
@@ -183,6 +185,15 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 	}
 	resp.Body = b
 	return resp, false, nil
+}
+
+// cutIfDone cuts c again if ctx has ended: a deadline set after the
+// cancellation cut the connection would otherwise undo the cut. ctx.Err
+// is set before the AfterFunc that cuts runs, so one of the two sees it.
+func cutIfDone(ctx context.Context, c net.Conn) {
+	if ctx.Err() != nil {
+		_ = c.SetDeadline(time.Unix(1, 0))
+	}
 }
 
 func isReset(err error) bool {
@@ -237,12 +248,15 @@ func (b *h1Body) finish(atEOF bool) {
 		case err := <-b.wrote:
 			reuse = reuse && err == nil
 		default:
-			// The answer is complete but the request body is still being
-			// written: the connection cannot be reused. The writer ends on
-			// its own once the closed connection or the body (which the
+			// The answer is complete and the writer has not reported yet:
+			// most often it has flushed the last bytes and is about to (the
+			// upstream read the whole body before it answered). Wait for it
+			// a little, as net/http's Transport does, rather than lose the
+			// connection. If it cannot be reused, the writer ends on its
+			// own once the closed connection or the body (which the
 			// exchange cancels when it ends) fails it; its result goes to
 			// the buffered channel nobody reads.
-			reuse = false
+			reuse = reuse && writeDone(b.wrote)
 		}
 	}
 	if !reuse {
@@ -252,6 +266,24 @@ func (b *h1Body) finish(atEOF bool) {
 	}
 	_ = b.pc.c.SetDeadline(time.Time{})
 	b.h.put(b.pc)
+}
+
+// maxWriteWait bounds the wait for a request body's writer after the
+// answer ended; a writer still busy then (an upstream that answered without
+// reading the body) loses the connection. net/http's Transport waits as
+// long (maxWriteWaitBeforeConnReuse).
+const maxWriteWait = 50 * time.Millisecond
+
+// writeDone reports whether the writer reports success within maxWriteWait.
+func writeDone(wrote <-chan error) bool {
+	t := time.NewTimer(maxWriteWait)
+	defer t.Stop()
+	select {
+	case err := <-wrote:
+		return err == nil
+	case <-t.C:
+		return false
+	}
 }
 
 // put parks a connection for reuse, or closes it when enough are parked.

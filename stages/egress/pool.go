@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,7 +41,14 @@ type PoolConfig struct {
 	// ResponseHeaderTimeout bounds the wait for an upstream's response head
 	// after the request was sent (S19). If zero, 30s.
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
-	// Logger receives warm-up failures. If nil, slog.Default().
+	// EjectTime is how long an upstream stays out of rotation after
+	// failing to connect several times in a row (passive ejection), when
+	// its rule has no health check; with one, it stays out until its next
+	// good check. If zero, 10s.
+	EjectTime time.Duration `yaml:"eject_time"`
+	// Logger receives warm-up failures and the changes of upstream health
+	// (warn when an upstream goes out of rotation, info when it is back).
+	// If nil, slog.Default().
 	Logger *slog.Logger `yaml:"-"`
 }
 
@@ -63,6 +72,9 @@ func (c *PoolConfig) SetDefaults() {
 	if c.ResponseHeaderTimeout == 0 {
 		c.ResponseHeaderTimeout = 30 * time.Second
 	}
+	if c.EjectTime == 0 {
+		c.EjectTime = 10 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -71,11 +83,20 @@ func (c *PoolConfig) SetDefaults() {
 // Pool holds one managed set of connections per upstream, keyed by the
 // upstream's scheme, host and protocol, and shared by every rule that points
 // there. Connections are kept alive and reused; new upstreams are warmed.
+//
+// Each HTTP rule gets a balancer over the targets of its upstreams (see
+// balance.go): round robin or least requests, skipping upstreams that fail
+// their health checks or were ejected after connection failures. The pool
+// owns the health checkers; Retain stops those, and closes the targets, that
+// the current rules no longer need, and Close stops them all.
+//
 // Safe for concurrent use.
 type Pool struct {
 	cfg     PoolConfig
 	mu      sync.RWMutex
 	targets map[targetKey]*Target
+	members map[memberKey]*member
+	groups  map[string]*group // by rule id
 	closed  bool
 }
 
@@ -87,17 +108,20 @@ type targetKey struct {
 	insecure bool
 }
 
-func keyOf(r *rules.Rule) targetKey {
-	return targetKey{r.Upstream, r.UpstreamHTTP2, r.UpstreamCAFile, r.UpstreamServerName, r.UpstreamTLSInsecureSkipVerify}
+// keyOf is the key of upstream, one of r's upstreams.
+func keyOf(r *rules.Rule, upstream string) targetKey {
+	return targetKey{upstream, r.UpstreamHTTP2, r.UpstreamCAFile, r.UpstreamServerName, r.UpstreamTLSInsecureSkipVerify}
 }
 
 // NewPool returns an empty pool.
 func NewPool(cfg PoolConfig) (*Pool, error) {
-	if cfg.MaxConnsPerUpstream < 0 || cfg.MaxIdlePerUpstream < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
+	if cfg.MaxConnsPerUpstream < 0 || cfg.MaxIdlePerUpstream < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 ||
+		cfg.ResponseHeaderTimeout < 0 || cfg.EjectTime < 0 {
 		return nil, errors.New("egress pool: limits and timeouts must not be negative")
 	}
 	cfg.SetDefaults()
-	return &Pool{cfg: cfg, targets: make(map[targetKey]*Target)}, nil
+	return &Pool{cfg: cfg, targets: make(map[targetKey]*Target), members: make(map[memberKey]*member),
+		groups: make(map[string]*group)}, nil
 }
 
 // Target is one upstream: its base URL and its connection pool.
@@ -110,6 +134,9 @@ type Target struct {
 	warm   chan *warmConn
 	dialer net.Dialer
 	closed atomic.Bool // set by close; warm-up parks nothing after it
+	// inflight counts the requests of every rule in flight on this
+	// upstream, from sending to the end of the answer (least_requests).
+	inflight atomic.Int64
 }
 
 type warmConn struct {
@@ -120,30 +147,28 @@ type warmConn struct {
 // ErrPoolClosed is returned by Get after Close.
 var ErrPoolClosed = errors.New("egress pool closed")
 
-// Get returns the target for r's upstream, creating it on first use.
+// Get returns the target for r's upstream, creating it on first use. For
+// a rule with several upstreams it is the one the rule's balancer picks
+// next (without counting a request in flight on it).
 func (p *Pool) Get(r *rules.Rule) (*Target, error) {
-	k := keyOf(r)
-	p.mu.RLock()
-	t, ok := p.targets[k]
-	closed := p.closed
-	p.mu.RUnlock()
-	if ok {
-		return t, nil
-	}
-	if closed {
-		return nil, ErrPoolClosed
-	}
-	base, err := rules.ParseUpstream(r.Upstream)
+	g, err := p.group(r)
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, ErrPoolClosed
-	}
+	_, m := g.pick(0)
+	return m.t, nil
+}
+
+// target returns the target of upstream, one of r's upstreams, creating
+// it. p.mu is held.
+func (p *Pool) target(r *rules.Rule, upstream string) (*Target, error) {
+	k := keyOf(r, upstream)
 	if t, ok := p.targets[k]; ok {
 		return t, nil
+	}
+	base, err := rules.ParseUpstream(upstream)
+	if err != nil {
+		return nil, err
 	}
 	tlsConf, err := upstreamTLS(r)
 	if err != nil {
@@ -151,9 +176,9 @@ func (p *Pool) Get(r *rules.Rule) (*Target, error) {
 	}
 	if r.UpstreamTLSInsecureSkipVerify {
 		p.cfg.Logger.Warn("TLS VERIFICATION IS OFF for this upstream: anyone on the path can read and change its traffic",
-			"rule", r.ID, "upstream", r.Upstream)
+			"rule", r.ID, "upstream", upstream)
 	}
-	t = p.newTarget(base, r.UpstreamHTTP2, tlsConf)
+	t := p.newTarget(base, r.UpstreamHTTP2, tlsConf)
 	p.targets[k] = t
 	return t, nil
 }
@@ -235,6 +260,7 @@ func (t *Target) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // dial hands out a warm connection that is still alive, or dials a new one.
+// Its errors are *dialError: the request did not leave.
 func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	for {
 		select {
@@ -246,8 +272,27 @@ func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, erro
 			continue
 		default:
 		}
-		return t.dialer.DialContext(ctx, network, addr)
+		c, err := t.dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		return c, nil
 	}
+}
+
+// dialError marks a failure to connect: nothing of the request was sent,
+// so it can go to another upstream whatever its method and body. Both the
+// lean client and net/http's Transport return the dialer's error as is.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// isConnectError reports whether err says the request never left: the
+// dial failed, or the target was closed before it could dial.
+func isConnectError(err error) bool {
+	var de *dialError
+	return errors.As(err, &de) || errors.Is(err, errClientClosed)
 }
 
 // alive checks, without blocking, that a connection dialled ahead has not
@@ -297,43 +342,49 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 	return nil
 }
 
-// Warm opens WarmConns connections to the upstream of each rule in rs whose
-// direction is dir. Failures are logged, not returned: an upstream that is
-// down now may be up by its first request.
+// Warm makes ready the upstreams of each HTTP rule in rs whose direction
+// is dir: it builds the rule's balancer, which starts its health checks,
+// and opens WarmConns connections to each upstream. Failures are logged,
+// not returned: an upstream that is down now may be up by its first
+// request.
 func (p *Pool) Warm(ctx context.Context, rs []rules.Rule, dir rules.Direction) {
-	if p.cfg.WarmConns <= 0 {
-		return
-	}
 	var wg sync.WaitGroup
-	seen := make(map[targetKey]bool)
+	seen := make(map[*Target]bool)
 	for i := range rs {
 		r := &rs[i]
-		k := keyOf(r)
-		if r.Direction != dir || r.Protocol == rules.ProtoTCP || seen[k] {
+		if r.Direction != dir || r.Protocol == rules.ProtoTCP {
 			continue
 		}
-		seen[k] = true
-		t, err := p.Get(r)
-		if err != nil {
+		g, err := p.group(r)
+		if err != nil || p.cfg.WarmConns <= 0 {
 			continue
 		}
-		wg.Go(func() {
-			if err := t.warmUp(ctx, p.cfg.WarmConns); err != nil {
-				p.cfg.Logger.Warn("upstream warm-up failed", "rule", r.ID, "err", err)
+		for _, m := range g.members {
+			t := m.t
+			if seen[t] {
+				continue
 			}
-		})
+			seen[t] = true
+			wg.Go(func() {
+				if err := t.warmUp(ctx, p.cfg.WarmConns); err != nil {
+					p.cfg.Logger.Warn("upstream warm-up failed", "rule", r.ID, "err", err)
+				}
+			})
+		}
 	}
 	wg.Wait()
 }
 
-// Close closes every idle and warm connection and refuses new targets.
-// Requests in flight keep their connections until they finish.
+// Close stops the health checks, closes every idle and warm connection and
+// refuses new targets. Requests in flight keep their connections until they
+// finish.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	p.closed = true
-	targets := p.targets
-	p.targets = map[targetKey]*Target{}
+	targets, members := p.targets, p.members
+	p.targets, p.members, p.groups = map[targetKey]*Target{}, map[memberKey]*member{}, map[string]*group{}
 	p.mu.Unlock()
+	stopMembers(slices.Collect(maps.Values(members)))
 	for _, t := range targets {
 		t.close()
 	}

@@ -1,7 +1,8 @@
 // Package egress holds the stages that take an exchange out of the gateway:
 // Upstream sends it to the upstream server through a pooled, warmed
-// connection (the egress side), and Tunnel sends it across the tunnel on a
-// new QUIC stream (the ingress side). Both set Exchange.Response and call
+// connection (the egress side), balanced over the rule's healthy upstreams
+// and retried where that is safe, and Tunnel sends it across the tunnel on
+// a new QUIC stream (the ingress side). Both set Exchange.Response and call
 // the next stage (encode) to deliver it, then release what they hold.
 package egress
 
@@ -10,8 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
+	"sync/atomic"
+	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -35,7 +40,13 @@ func NewUpstream(pool *Pool) (*Upstream, error) {
 // Name implements pipeline.Namer.
 func (u *Upstream) Name() string { return "egress" }
 
-// Handle implements pipeline.Stage.
+// Handle implements pipeline.Stage. It sends the request to the upstream
+// the rule's balancer picks and, when the rule allows retries and it is
+// safe, tries again on the next one: after a failure to connect (nothing
+// was sent), or for an idempotent method without a body that got no
+// answer. Never after the upstream answered anything, whatever the status.
+// Between attempts it waits a full-jitter backoff (up to 10ms, 20ms, ...
+// at most 200ms), or until ctx ends.
 func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	if x.Rule != nil && x.Rule.Protocol == rules.ProtoTCP {
 		return u.tcp(ctx, x, next)
@@ -43,20 +54,66 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 	if x.Rule == nil || x.Request == nil {
 		return errors.New("egress: exchange has no rule or request (is route before egress?)")
 	}
-	t, err := u.pool.Get(x.Rule)
+	g, err := u.pool.group(x.Rule)
 	if err != nil {
 		return &pipeline.Reject{Status: http.StatusBadGateway, Message: "upstream unavailable", Err: err}
 	}
 	req := x.Request
-	t.prepare(req, x.Rule.HostHeader)
 	pipeline.InjectHeader(ctx, req.Header) // the upstream joins the trace
-	resp, err := t.RoundTrip(req)
-	if err != nil {
+	retries := min(max(x.Rule.Retries, 0), rules.MaxRetries)
+	bodiless := req.Body == nil || req.Body == http.NoBody
+	replayable := retries > 0 && bodiless && idempotent(req.Method)
+	var orig url.URL // the request's URL before the first target rewrote it
+	var body *onceBody
+	if retries > 0 {
+		orig = *req.URL
+		if !bodiless {
+			body = &onceBody{rc: req.Body}
+			req.Body = body
+			defer body.restore(req)
+		}
+	}
+	var tried uint64
+	for attempt := 0; ; attempt++ {
+		i, m := g.pick(tried)
+		if i < 64 {
+			tried |= 1 << i
+		}
+		r := req
+		if attempt > 0 {
+			// The transport may still hold the request of the failed
+			// attempt: send a copy pointed at the next target.
+			r = req.WithContext(req.Context())
+			r.URL = new(url.URL)
+			*r.URL = orig
+		}
+		m.t.prepare(r, x.Rule.HostHeader)
+		m.t.inflight.Add(1)
+		resp, err := m.t.RoundTrip(r)
+		if err == nil {
+			m.connected()
+			return u.deliver(ctx, x, m.t, resp, next)
+		}
+		m.t.inflight.Add(-1)
 		if ctx.Err() != nil {
 			return ctx.Err() // the requester went away; nobody to answer
 		}
-		return upstreamError(x, err)
+		connErr := isConnectError(err)
+		if connErr {
+			m.connFailed(err)
+		}
+		if attempt >= retries || !(replayable || connErr && (body == nil || !body.read.Load())) {
+			return upstreamError(x, err)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return err
+		}
 	}
+}
+
+// deliver hands the upstream's answer to next, then ends it.
+func (u *Upstream) deliver(ctx context.Context, x *pipeline.Exchange, t *Target, resp *http.Response, next pipeline.Handler) error {
+	defer t.inflight.Add(-1)
 	x.Response = resp
 	if x.Head.Kind == codec.KindUpgrade && resp.StatusCode == http.StatusSwitchingProtocols {
 		rwc, ok := resp.Body.(io.ReadWriteCloser)
@@ -66,9 +123,66 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		}
 		x.Upgraded = transport.RWCDuplex{ReadWriteCloser: rwc}
 	}
-	err = next.Handle(ctx, x)
+	err := next.Handle(ctx, x)
 	_ = resp.Body.Close()
 	return err
+}
+
+// idempotent reports whether a request with method can be sent twice with
+// the effect of once (RFC 9110, 9.2.2).
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// Retry backoff: full jitter, a random wait in [0, min(cap, base*2^n)].
+const (
+	retryBase = 10 * time.Millisecond
+	retryCap  = 200 * time.Millisecond
+)
+
+// backoff waits before the retry that follows attempt (0 for the first
+// attempt), or until ctx ends.
+func backoff(ctx context.Context, attempt int) error {
+	d := rand.N(min(retryCap, retryBase<<attempt) + 1)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// onceBody stands in for a request body while the request may go to
+// another upstream after a failure to connect: it remembers whether
+// anything read it (then it cannot go again), and it keeps a failed
+// attempt's transport from closing it, as net/http's Transport does when
+// it cannot connect. The stage closes the real body when it is done.
+type onceBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *onceBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.rc.Read(p)
+}
+
+func (b *onceBody) Close() error { return nil }
+
+// restore puts the real body back on req and closes it, as a transport
+// would have.
+func (b *onceBody) restore(req *http.Request) {
+	req.Body = b.rc
+	_ = b.rc.Close()
 }
 
 // tcp connects a TCP rule's upstream; encode then splices it to the stream.
