@@ -328,6 +328,7 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	old := c.rules.Swap(t)
 	c.applied.Store(version)
 	c.listeners.commit(pend)
+	c.pool.Retain(t.Rules()) // health checkers and connections of removed upstreams
 	c.kit.m.ForgetRemoved(old, t)
 	// A periodic full sync re-applies the same version: not a change.
 	level := slog.LevelInfo

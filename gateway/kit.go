@@ -42,7 +42,7 @@ func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger,
 			st = metrics.BreakerHalfOpen
 		}
 		for _, r := range store.Load().Rules() {
-			if r.Upstream == upstream {
+			if breaker.Key(&r) == upstream {
 				k.m.SetBreakerState(r.ID, st)
 			}
 		}

@@ -195,6 +195,10 @@ func (s *Server) Start(ctx context.Context) error {
 		abandon()
 		return err
 	}
+	// Forward rules' balancers and health checks start with the server.
+	wctx, wcancel := context.WithTimeout(ctx, s.cfg.Egress.DialTimeout)
+	s.pool.Warm(wctx, s.store.Table().Rules(), rules.Forward)
+	wcancel()
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
 	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.log); err != nil {

@@ -74,8 +74,14 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), err)
 		return nil, err
 	}
+	// Build the balancers of forward rules now, so that their health
+	// checks start with the rules rather than at their first request.
+	wctx, cancel := context.WithTimeout(context.Background(), s.cfg.Egress.DialTimeout)
+	s.pool.Warm(wctx, t.Rules(), rules.Forward)
+	cancel()
 	return func() {
 		s.listeners.commit(pend)
+		s.pool.Retain(t.Rules())
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), nil)
 		s.kit.m.ForgetRemoved(old, t)
 		s.log.Info("rules changed", "version", t.Version(), "rules", t.Len(), "hash", t.HashHex())

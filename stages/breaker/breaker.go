@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/encode"
 )
 
@@ -232,6 +233,18 @@ func New(cfg Config, opts ...Option) (*Breaker, error) {
 // Name implements pipeline.Namer.
 func (b *Breaker) Name() string { return "breaker" }
 
+// Key is the circuit a rule's requests count against: its upstream, shared
+// by every rule with the same one. A rule with several upstreams has a
+// circuit of its own, keyed by its id (the balancer already takes single
+// upstreams out on connect failures; the circuit guards the rule as a
+// whole). Ids cannot contain "://", so they never meet an upstream URL.
+func Key(r *rules.Rule) string {
+	if r.Upstream != "" {
+		return r.Upstream
+	}
+	return r.ID
+}
+
 // Handle implements pipeline.Stage.
 func (b *Breaker) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	if x.Rule == nil {
@@ -241,7 +254,7 @@ func (b *Breaker) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	if off >= b.nextSweep.Load() {
 		b.maybeSweep(off)
 	}
-	c := b.acquire(x.Rule.Upstream)
+	c := b.acquire(Key(x.Rule))
 	gen, probe, ref, tr := c.admit(b, off)
 	b.report(tr)
 	if ref.refused() {
