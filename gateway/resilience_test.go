@@ -184,3 +184,39 @@ func TestBreakerOpensFailsFastProbesAndCloses(t *testing.T) {
 	}
 	assert.EqualValues(t, 26, hits.Load())
 }
+
+// TestSeveralUpstreamsSpreadAndSkipTheDeadOne: a rule with three
+// upstreams, one of them a closed port, in each direction. Every request
+// succeeds (a refused connection is retried on another upstream), and the
+// two live upstreams share the load.
+func TestSeveralUpstreamsSpreadAndSkipTheDeadOne(t *testing.T) {
+	t.Parallel()
+	var a, b atomic.Int64
+	upA := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { a.Add(1); fmt.Fprint(w, "a") }))
+	upB := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { b.Add(1); fmt.Fprint(w, "b") }))
+	dead := "http://" + closedPort(t)
+	multi := func(r rules.Rule) rules.Rule {
+		r.Upstream, r.Upstreams, r.Retries = "", []string{upA.URL, dead, upB.URL}, 2
+		return r
+	}
+	p := startPair(t, pairOpts{rules: []rules.Rule{
+		multi(reverseRule("rev", appHost, "")),
+		multi(forwardRule("fwd", "127.0.0.1:0", "")),
+	}})
+	c := h1Client(t)
+	for _, d := range []struct{ name, url, host string }{
+		{"reverse", p.publicURL("/"), appHost},
+		{"forward", p.forwardURL(t, "127.0.0.1:0", "/"), ""},
+	} {
+		a.Store(0)
+		b.Store(0)
+		const n = 60
+		for i := range n {
+			resp, body := get(t, c, d.url, d.host)
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s request %d: %s", d.name, i, body)
+		}
+		t.Logf("%s: upstream a %d, upstream b %d, dead one skipped", d.name, a.Load(), b.Load())
+		assert.Equal(t, int64(n), a.Load()+b.Load())
+		assert.InDelta(t, n/2, a.Load(), n/10, "%s: round robin shares evenly between the live upstreams", d.name)
+	}
+}

@@ -265,7 +265,30 @@ func (g *group) pick(tried uint64) (int, *member) {
 	if n == 1 {
 		return 0, g.members[0]
 	}
-	start := int((g.next.Add(1) - 1) % uint64(n))
+	tier := func(j int) int {
+		t := 0
+		if !g.members[j].available() {
+			t++
+		}
+		if j < 64 && tried&(1<<j) != 0 {
+			t += 2
+		}
+		return t
+	}
+	if !g.least {
+		// Round robin: take turns, and let a member that cannot take its
+		// turn (out of rotation, or already tried) pass it on by drawing
+		// the next turn, rather than hand it to its neighbour, which would
+		// then get twice the others' share.
+		for range n {
+			j := int((g.next.Add(1) - 1) % uint64(n))
+			if tier(j) == 0 {
+				return j, g.members[j]
+			}
+		}
+	}
+	ctr := g.next.Add(1) - 1
+	start := int(ctr % uint64(n))
 	best, bestTier := -1, 4
 	var bestLoad int64
 	for i := range n {
@@ -273,29 +296,10 @@ func (g *group) pick(tried uint64) (int, *member) {
 		if j >= n {
 			j -= n
 		}
-		m := g.members[j]
-		tier := 0
-		if !m.available() {
-			tier++
-		}
-		if j < 64 && tried&(1<<j) != 0 {
-			tier += 2
-		}
-		if tier > bestTier {
-			continue
-		}
-		if !g.least {
-			if tier < bestTier {
-				best, bestTier = j, tier
-			}
-			if tier == 0 {
-				break
-			}
-			continue
-		}
-		load := m.t.inflight.Load()
-		if tier < bestTier || load < bestLoad {
-			best, bestTier, bestLoad = j, tier, load
+		t := tier(j)
+		load := g.members[j].t.inflight.Load()
+		if t < bestTier || (t == bestTier && load < bestLoad) {
+			best, bestTier, bestLoad = j, t, load
 		}
 	}
 	return best, g.members[best]
