@@ -100,8 +100,22 @@ func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http
 		Protocols:         &protos,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
-		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// HTTP/1.1: a head over it is answered 431. HTTP/2: it is the
+		// SETTINGS_MAX_HEADER_LIST_SIZE, and a larger head gets 431 too.
+		MaxHeaderBytes: int(lim.MaxHeaderBytes),
+		// HTTP/2 reads frames, not heads, so ReadHeaderTimeout stops a
+		// slow preface but not a client that trickles a frame once the
+		// connection is up (slowloris over h2c or h2): it would hold the
+		// connection until IdleTimeout. A connection that delivers no
+		// whole frame for ReadHeaderTimeout is pinged, and closed if the
+		// ping is not answered within ReadHeaderTimeout. Any live client
+		// answers pings on its own; the cost is one ping per silent
+		// period.
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: lim.ReadHeaderTimeout,
+			PingTimeout:     lim.ReadHeaderTimeout,
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 }
 

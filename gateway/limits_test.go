@@ -611,3 +611,80 @@ func TestLimitTimeoutSparesStreams(t *testing.T) {
 		})
 	}
 }
+
+// TestLimitSlowlorisHTTP2: HTTP/2 reads frames, not heads, so the
+// read-header timeout alone does not stop a prior-knowledge h2c client that
+// trickles a frame once its connection is up. The ingress listeners ping a
+// connection that delivers no whole frame for read_header_timeout and close
+// it when the ping goes unanswered as long: 100 such connections are all
+// closed within 2 x read_header_timeout + 2s (idle_timeout, 120s, would
+// bound them otherwise).
+func TestLimitSlowlorisHTTP2(t *testing.T) {
+	t.Parallel()
+	const (
+		conns   = 100
+		timeout = time.Second
+		margin  = 2 * time.Second
+	)
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	p := startPair(t, pairOpts{
+		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
+		serverMutate: func(c *config.Server) { c.Limits.ReadHeaderTimeout = timeout },
+	})
+	addr := p.Server.PublicAddr().String()
+	// The client preface and an empty SETTINGS frame, sent at once; then
+	// the 9-byte header of a HEADERS frame announcing 256 bytes, one byte
+	// a second.
+	const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+	const trickle = "\x00\x01\x00\x01\x04\x00\x00\x00\x01"
+	limit := 2*timeout + margin
+	closedAfter := make([]time.Duration, conns)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			closedAfter[i] = -1
+			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			began := time.Now()
+			if _, err := conn.Write([]byte(preface)); err != nil {
+				return
+			}
+			var buf [512]byte
+			for j := 0; time.Since(began) <= limit+time.Second; {
+				if j < len(trickle) {
+					if _, err := conn.Write([]byte{trickle[j]}); err != nil {
+						closedAfter[i] = time.Since(began)
+						return
+					}
+					j++
+				}
+				// The server's SETTINGS, its acknowledgement and its PING
+				// arrive here and are ignored, as a stuck client would.
+				_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+				_, err := conn.Read(buf[:])
+				var ne net.Error
+				if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+					continue
+				}
+				closedAfter[i] = time.Since(began)
+				return
+			}
+		})
+	}
+	wg.Wait()
+	var worst time.Duration
+	open := 0
+	for _, d := range closedAfter {
+		if d < 0 {
+			open++
+		}
+		worst = max(worst, d)
+	}
+	t.Logf("%d h2c connections trickling a frame: closed within %v (read_header_timeout %v), %d left open",
+		conns, worst.Round(time.Millisecond), timeout, open)
+	require.Zero(t, open, "every trickling connection is closed")
+	require.LessOrEqual(t, worst, limit)
+}
