@@ -217,11 +217,14 @@ type Limits struct {
 	// once (worker pool size, S3); more are refused with a retryable
 	// answer. Default 1000.
 	MaxConcurrentStreams int `yaml:"max_concurrent_streams"`
-	// MaxHeaderBytes bounds a request's header on ingress listeners.
-	// Default 64KiB.
+	// MaxHeaderBytes bounds a request's header on ingress listeners: a
+	// larger one is answered 431 (HTTP/1.1 allows 4KiB of slack for the
+	// request line). Default 64KiB.
 	MaxHeaderBytes Size `yaml:"max_header_bytes"`
 	// ReadHeaderTimeout bounds reading a request's header on ingress
-	// listeners (slowloris). Default 10s.
+	// listeners (slowloris): the connection is closed when it passes. An
+	// HTTP/2 connection that delivers no whole frame for this long is
+	// pinged, and closed if the ping is not answered as long. Default 10s.
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	// IdleTimeout closes idle keep-alive connections on ingress listeners.
 	// Default 120s.
@@ -480,6 +483,7 @@ func (c *Common) check(k *checker) {
 	k.positive("quic.handshake_timeout", c.QUIC.HandshakeTimeout)
 	k.positive("egress.idle_timeout", c.Egress.IdleTimeout)
 	k.positive("egress.dial_timeout", c.Egress.DialTimeout)
+	k.positive("egress.eject_time", c.Egress.EjectTime)
 	k.positive("egress.response_header_timeout", c.Egress.ResponseHeaderTimeout)
 	if c.Egress.MaxConnsPerUpstream < 0 {
 		k.add("egress.max_conns_per_upstream", "must not be negative")
