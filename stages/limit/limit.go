@@ -267,11 +267,13 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	}
 	var body *limitedBody
 	if r != nil {
-		body = &limitedBody{rc: r.Body, left: limit, limit: limit}
+		rc := r.Body
+		body = bodyPool.Get().(*limitedBody)
+		body.rc, body.left, body.limit = rc, limit, limit
 		r.Body = body
 		// The exchange is pooled and its request outlives the chain:
 		// whoever reads it later must not read through a stale limit.
-		defer func() { r.Body = body.rc }()
+		defer func() { r.Body = rc }()
 	}
 	var err error
 	if g.timeout > 0 && ((x.Side == pipeline.Ingress && x.Writer != nil) || (x.Side == pipeline.Egress && x.Stream != nil)) {
@@ -279,13 +281,22 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	} else {
 		err = next.Handle(ctx, x)
 	}
+	if body == nil {
+		return err
+	}
+	// next has returned, and with it whatever read the body (the ingress
+	// egress stage waits for its body copier): the counter can serve
+	// another exchange. A panic in next skips this, and the counter is
+	// left to the garbage collector.
+	tripped := body.tripped.Load()
+	body.release()
 	// The stage reading the body fails however its reading fails (the
 	// ingress egress stage aborts the tunnel stream, and its own error,
 	// a 502, is what it returns): the cut body is the cause, and 413 the
 	// answer. If the exchange succeeded anyway (the far side answered
 	// without reading the rest), the answer stands.
-	if err != nil && body != nil && body.tripped.Load() {
-		return body.reject()
+	if err != nil && tripped {
+		return bodyReject(limit)
 	}
 	return err
 }
@@ -304,6 +315,11 @@ func (g *Guard) acquire() bool {
 		}
 	}
 }
+
+// bodyPool holds the counters of streamed request bodies. A counter is
+// handed to the stages after this one as the request's body: like the
+// exchange, they must not read it after their Handle returns.
+var bodyPool = sync.Pool{New: func() any { return new(limitedBody) }}
 
 // limitedBody counts a request body of unknown length and ends it with a
 // 413 *pipeline.Reject once more than limit bytes were read. Bytes past
@@ -340,11 +356,20 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.rc.Close() }
 
-// reject returns a new 413: the chain names the stage on the *Reject it
-// sees, so one value must not be returned twice.
-func (b *limitedBody) reject() error {
+// release resets b and gives it back to the pool.
+func (b *limitedBody) release() {
+	b.rc, b.err, b.left, b.limit = nil, nil, 0, 0
+	b.tripped.Store(false)
+	bodyPool.Put(b)
+}
+
+func (b *limitedBody) reject() error { return bodyReject(b.limit) }
+
+// bodyReject returns a new 413: the chain names the stage on the *Reject
+// it sees, so one value must not be returned twice.
+func bodyReject(limit int64) error {
 	return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
-		Message: "request body exceeds the limit of " + strconv.FormatInt(b.limit, 10) + " bytes"}
+		Message: "request body exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 }
 
 // States of a timed exchange. waiting moves once, to started or expired.

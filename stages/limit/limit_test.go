@@ -442,6 +442,52 @@ func TestStreamedBodySize(t *testing.T) {
 	}
 }
 
+// The counter of a streamed body is pooled: one that was cut at the limit
+// serves the next exchange afresh, with that exchange's limit, and counting
+// a body allocates nothing.
+func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
+	small := newGuard(t, limit.Config{MaxBodySize: 10})
+	large := newGuard(t, limit.Config{MaxBodySize: 1000})
+	for range 50 {
+		x := ingress(strings.Repeat("b", 50), false, "web")
+		var got bytes.Buffer
+		var readErr error
+		err := small.Handle(context.Background(), x, forward(&got, &readErr))
+		x.Release()
+		requireReject(t, err, http.StatusRequestEntityTooLarge, "request body exceeds the limit of 10 bytes")
+		require.Equal(t, 10, got.Len())
+
+		x = ingress(strings.Repeat("c", 500), false, "web")
+		got.Reset()
+		err = large.Handle(context.Background(), x, forward(&got, &readErr))
+		x.Release()
+		require.NoError(t, err)
+		require.NoError(t, readErr)
+		require.Equal(t, strings.Repeat("c", 500), got.String())
+	}
+	x := ingress("", false, "web")
+	defer x.Release()
+	src := &chunky{n: 7}
+	x.Request.Body = src
+	sr := strings.NewReader("")
+	buf := make([]byte, 64)
+	read := pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		for {
+			if _, err := x.Request.Body.Read(buf); err != nil {
+				return nil
+			}
+		}
+	})
+	allocs := testing.AllocsPerRun(1000, func() {
+		sr.Reset("0123456789abcdef")
+		src.r = sr
+		if err := large.Handle(context.Background(), x, read); err != nil {
+			panic(err)
+		}
+	})
+	require.Zero(t, allocs)
+}
+
 // A body cut at the limit fails every later Read too, and an exchange
 // whose answer came anyway (the far side did not read the rest) stands.
 func TestStreamedBodyCutButAnswered(t *testing.T) {
@@ -933,8 +979,8 @@ func BenchmarkRefused(b *testing.B) {
 	_ = g.Handle(ctx, x, inner)
 }
 
-// BenchmarkStreamedBody counts a body of unknown length: one allocation,
-// the counting reader.
+// BenchmarkStreamedBody counts a body of unknown length: the counting
+// reader is pooled, so it allocates nothing.
 func BenchmarkStreamedBody(b *testing.B) {
 	g := newGuard(b, limit.Config{MaxBodySize: 1 << 20})
 	x := ingress("", false, "web")
