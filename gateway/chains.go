@@ -51,16 +51,18 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
-	// No body limit on the egress side. It would protect nothing of this
-	// side: bodies stream through bounded buffers (the egress side never
-	// holds a body, whatever its size), and every request it takes has
-	// crossed the peer's ingress side, where the users are and where the
-	// peer's limit applied. A second limit here could only disagree with
-	// the peer's (a forward rule's body refused by the server after the
-	// client let it through), and would cost a wrapper per streamed body.
-	// What this side's upstreams accept from a peer whose limit it does
-	// not control is for the upstreams to bound, as any server does.
-	egrFlight, egrReq, err := limitStages(c.Limits, 0)
+	// The egress side has only the in-flight limit. No body limit: it
+	// would protect nothing of this side, since bodies stream through
+	// bounded buffers (the egress side never holds a body, whatever its
+	// size), and every request it takes has crossed the peer's ingress
+	// side, where the users are and where the peer's limit applied; a
+	// second limit could only disagree with the peer's. No request timer
+	// either: the upstream pool already bounds the connect
+	// (egress.dial_timeout) and the wait for the head
+	// (egress.response_header_timeout, a 504 the breaker counts), so a
+	// second timer would only cost a context and a request copy per
+	// request (3 allocations).
+	egrFlight, err := limit.New(limit.Config{MaxInFlight: c.Limits.MaxInFlight})
 	if err != nil {
 		return nil, err
 	}
@@ -70,12 +72,12 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// gives the 503 its request id). Rate limit and breaker come after
 	// route: their buckets and circuits are per rule and per upstream.
 	// The breaker guards upstreams, so it is on the egress side only. The
-	// request limit (body size, time to the answer's head) comes last
-	// before egress: the breaker, outside it, then sees a slow upstream's
-	// 504 as the failure it is rather than a cancelled context.
+	// ingress request limit (body size, time to the answer's head) comes
+	// last before egress, so that it times the whole trip through the
+	// tunnel.
 	obs := k.m.Stage()
 	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, ingReq, tun, enc}
-	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, egrReq, up, enc}
+	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
 			return nil, err
