@@ -16,7 +16,7 @@ demo:
 
 # Tests that bound latency skip under the race detector, which slows every
 # request several times; they run again here without it.
-LATENCY_TESTS := TestBreakerOpensFailsFastProbesAndCloses|TestSlowloris
+LATENCY_TESTS := TestBreakerOpensFailsFastProbesAndCloses
 
 ## test: every check and every test (race detector on, goroutine leaks checked).
 test: lint
