@@ -192,7 +192,13 @@ func finishRequest(fw *transport.FrameWriter, s pipeline.Stream, trailer http.He
 	if err := fw.Flush(); err != nil {
 		return err
 	}
-	return s.Close()
+	// Everything is written. Close can still fail when the peer, having
+	// read all it wanted, stopped the sending direction first (its
+	// STOP_SENDING raced the close): the request is whole over there, so
+	// that is no failure of this request. A stream that really broke fails
+	// the reading of the answer.
+	_ = s.Close()
+	return nil
 }
 
 func hasValues(h http.Header) bool {
