@@ -397,6 +397,11 @@ type timed struct {
 	g      *Guard
 	cancel context.CancelCauseFunc
 	timer  *time.Timer
+	// armed is set by whoever decides the timer's fate first: the end of
+	// the request body (which starts it) or the start of the answer
+	// (which means it will never start).
+	armed atomic.Bool
+	body  bodyEnd
 	// disarmed says the timer was stopped before its function started;
 	// set by whoever moves state from waiting to started.
 	disarmed atomic.Bool
@@ -412,14 +417,45 @@ var timedPool = sync.Pool{New: func() any {
 	return t
 }}
 
-// arm readies a pooled timed for an exchange and starts its timer.
-func (g *Guard) arm(cancel context.CancelCauseFunc) *timed {
+// arm readies a pooled timed for an exchange. The timer starts now when
+// the request has no body, else when its body has been read to the end: the
+// timeout bounds the wait for the answer, not the user's upload, however
+// slow or large (a 1 GiB upload must not be cut at 30s). This is when
+// Envoy starts its route timeout too.
+func (g *Guard) arm(cancel context.CancelCauseFunc, hasBody bool) *timed {
 	t := timedPool.Get().(*timed)
 	t.g, t.cancel = g, cancel
+	t.armed.Store(false)
 	t.state.Store(waiting) // publishes g and cancel to expire
-	t.timer.Reset(g.timeout)
+	if !hasBody {
+		t.startTimer()
+	}
 	return t
 }
+
+// startTimer starts the timer unless the answer started first.
+func (t *timed) startTimer() {
+	if t.state.Load() == waiting && t.armed.CompareAndSwap(false, true) {
+		t.timer.Reset(t.g.timeout)
+	}
+}
+
+// bodyEnd is the request body while a timed exchange waits: its end (or
+// failure) starts the timer.
+type bodyEnd struct {
+	t  *timed
+	rc io.ReadCloser
+}
+
+func (b *bodyEnd) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil {
+		b.t.startTimer()
+	}
+	return n, err
+}
+
+func (b *bodyEnd) Close() error { return b.rc.Close() }
 
 // release gives t back to the pool if its timer can no longer run.
 func (t *timed) release() {
@@ -428,7 +464,7 @@ func (t *timed) release() {
 	}
 	t.disarmed.Store(false)
 	t.g, t.cancel = nil, nil
-	t.w, t.hw, t.s = answerWriter{}, hijackWriter{}, answerStream{}
+	t.w, t.hw, t.s, t.body = answerWriter{}, hijackWriter{}, answerStream{}, bodyEnd{}
 	timedPool.Put(t)
 }
 
@@ -436,8 +472,9 @@ func (t *timed) release() {
 func (t *timed) start() bool {
 	if t.state.CompareAndSwap(waiting, started) {
 		// Once the answer is out the timer has nothing left to do:
-		// stopping it now keeps long streams from holding one.
-		if t.timer.Stop() {
+		// stopping it now keeps long streams from holding one. If the
+		// body has not ended yet, the timer never starts.
+		if t.armed.CompareAndSwap(false, true) || t.timer.Stop() {
 			t.disarmed.Store(true)
 		}
 		return true
@@ -463,7 +500,17 @@ func (g *Guard) timeoutReject() *pipeline.Reject {
 func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	t := g.arm(cancel)
+	r := x.Request
+	hasBody := r != nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	t := g.arm(cancel, hasBody)
+	if hasBody {
+		// Whoever reads the body (the egress stage) is done with it when
+		// next returns, so the wrapper is not read after release.
+		rc := r.Body
+		t.body = bodyEnd{t: t, rc: rc}
+		r.Body = &t.body
+		defer func() { r.Body = rc }()
+	}
 	if x.Side == pipeline.Ingress {
 		w := x.Writer
 		defer func() { x.Writer = w }()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -1193,5 +1194,59 @@ func (b *lateBody) Read(p []byte) (int, error) {
 		return 0, b.ctx.Err()
 	case <-time.After(4 * timeout):
 		return copy(p, b.data), io.EOF
+	}
+}
+
+// slowBody is an upload that takes d to arrive.
+type slowBody struct {
+	chunks int
+	every  time.Duration
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.chunks == 0 {
+		return 0, io.EOF
+	}
+	b.chunks--
+	tm := time.NewTimer(b.every) // the user's upload is slow
+	<-tm.C
+	p[0] = 'x'
+	return 1, nil
+}
+
+func (b *slowBody) Close() error { return nil }
+
+// TestTimeoutStartsWhenTheBodyEnds: the timeout bounds the wait for the
+// answer after the request is whole, not the upload: an upload lasting 4
+// timeouts is not cut, and an upstream silent after it gets its 504 a
+// timeout after the body's end.
+func TestTimeoutStartsWhenTheBodyEnds(t *testing.T) {
+	t.Parallel()
+	g := newGuard(t, limit.Config{RequestTimeout: timeout})
+	for _, answers := range []bool{true, false} {
+		x, u, _ := timedExchange(pipeline.Ingress, false)
+		x.Request.Body, x.Request.ContentLength = &slowBody{chunks: 8, every: timeout / 2}, -1
+		var bodyEnd time.Time
+		err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+			n, err := io.Copy(io.Discard, x.Request.Body)
+			if err != nil || n != 8 {
+				return fmt.Errorf("body: %d bytes, %v", n, err)
+			}
+			bodyEnd = time.Now()
+			if answers {
+				startAnswer(x, "head")
+				return finishAnswer(x)
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		}))
+		if answers {
+			require.NoError(t, err, "a 4-timeout upload is not cut")
+			require.Equal(t, http.StatusOK, u.status)
+		} else {
+			requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
+			require.GreaterOrEqual(t, time.Since(bodyEnd), timeout, "timed from the body's end")
+		}
+		x.Release()
 	}
 }
