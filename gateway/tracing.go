@@ -66,6 +66,10 @@ func NewTracerProvider(ctx context.Context, cfg config.Tracing, service string) 
 
 // endRequestSpan records the exchange's outcome on its request span.
 func endRequestSpan(span trace.Span, x *pipeline.Exchange, err error) {
+	if !span.IsRecording() { // unsampled: nothing to record
+		span.End()
+		return
+	}
 	attrs := []attribute.KeyValue{
 		attribute.String("qtunnel.request_id", x.ID),
 		attribute.String("qtunnel.protocol", x.Protocol.String()),

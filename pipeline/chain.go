@@ -28,7 +28,10 @@ type link struct {
 }
 
 func (l *link) Handle(ctx context.Context, x *Exchange) error {
-	if l.tracer == nil {
+	// Stage spans are children of a recording span only: under an
+	// unsampled request (or none) they would be dropped anyway, and
+	// starting them would cost allocations for nothing.
+	if l.tracer == nil || !trace.SpanFromContext(ctx).IsRecording() {
 		err := l.stage.Handle(ctx, x, l.next)
 		if err != nil {
 			l.blame(err)
@@ -66,8 +69,10 @@ type options struct {
 }
 
 // WithTracer makes the chain start one span per stage, named after the
-// stage, as a child of the span in the request's context. With no tracer
-// (the default) the chain adds no work per request.
+// stage, as a child of the span in the request's context, when that span is
+// recording (start a request span before calling the chain; the gateway
+// does). Unsampled requests get no stage spans and cost nothing more. With
+// no tracer (the default) the chain adds no work per request.
 func WithTracer(t trace.Tracer) Option {
 	return func(o *options) { o.tracer = t }
 }
