@@ -184,9 +184,10 @@ type Tracing struct {
 	// Insecure sends spans without TLS.
 	Insecure bool `yaml:"insecure"`
 	// SampleRatio is the share of new traces recorded, 0 to 1; requests
-	// that arrive with a sampled trace context are always recorded.
-	// Default 1.
-	SampleRatio float64 `yaml:"sample_ratio"`
+	// that arrive with a sampled trace context are always recorded, so 0
+	// records only the traces someone upstream of the gateway started.
+	// Unset: 1.
+	SampleRatio *float64 `yaml:"sample_ratio"`
 	// ServiceName names this side in the traces. Default "qtunnel-server"
 	// or "qtunnel-client".
 	ServiceName string `yaml:"service_name"`
@@ -356,8 +357,9 @@ func (c *Common) SetDefaults() {
 	c.Egress.Logger = logger // chosen by the side that runs the pool
 	c.RateLimit.SetDefaults()
 	c.Breaker.SetDefaults()
-	if c.Tracing.SampleRatio == 0 {
-		c.Tracing.SampleRatio = 1
+	if c.Tracing.SampleRatio == nil {
+		one := 1.0
+		c.Tracing.SampleRatio = &one
 	}
 }
 
@@ -496,8 +498,8 @@ func (c *Common) check(k *checker) {
 	default:
 		k.add("tracing.exporter", "%q is not one of \"\", otlp-grpc, otlp-http", c.Tracing.Exporter)
 	}
-	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
-		k.add("tracing.sample_ratio", "%v is outside 0..1", c.Tracing.SampleRatio)
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		k.add("tracing.sample_ratio", "%v is outside 0..1", *r)
 	}
 	if err := c.Admin.Validate(); err != nil {
 		k.add("admin", "%v", err)

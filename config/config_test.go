@@ -1074,3 +1074,20 @@ func TestRequestLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestTracingSampleRatio: unset is 1; an explicit 0 stays 0 (only traces
+// started upstream of the gateway are recorded); outside 0..1 is refused.
+func TestTracingSampleRatio(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		yaml string
+		want float64
+	}{{"", 1}, {"tracing:\n  sample_ratio: 0\n", 0}, {"tracing:\n  sample_ratio: 0.25\n", 0.25}} {
+		c, err := config.ParseServer("server.yaml", []byte(serverDoc(minimalServer+tc.yaml)))
+		require.NoError(t, err, tc.yaml)
+		require.NotNil(t, c.Tracing.SampleRatio)
+		require.Equal(t, tc.want, *c.Tracing.SampleRatio, tc.yaml)
+	}
+	_, err := config.ParseServer("server.yaml", []byte(serverDoc(minimalServer+"tracing:\n  sample_ratio: 1.5\n")))
+	require.ErrorContains(t, err, "server.yaml:5: tracing.sample_ratio: 1.5 is outside 0..1")
+}

@@ -56,11 +56,15 @@ func NewTracerProvider(ctx context.Context, cfg config.Tracing, service string) 
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
+	ratio := 1.0
+	if cfg.SampleRatio != nil {
+		ratio = *cfg.SampleRatio
+	}
 	res := resource.NewSchemaless(semconv.ServiceName(service))
 	return sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
 	), nil
 }
 
