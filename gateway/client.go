@@ -125,7 +125,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.log); err != nil {
 		return err
 	}
-	if err := c.kit.start(ctx, c.log); err != nil {
+	if err := c.kit.start(ctx); err != nil {
 		_ = c.streams.close(ctx)
 		return err
 	}

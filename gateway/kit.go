@@ -59,14 +59,8 @@ func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger,
 }
 
 // start starts the admin listener, logging where it listens.
-func (k *kit) start(ctx context.Context, log *slog.Logger) error {
-	if err := k.admin.Start(ctx); err != nil {
-		return err
-	}
-	if a := k.admin.Addr(); a != nil {
-		log.Info("admin listener started", "admin", a.String())
-	}
-	return nil
+func (k *kit) start(ctx context.Context) error {
+	return k.admin.Start(ctx) // the admin server logs where it listens
 }
 
 // stop stops the admin listener: last, so that the drain can be watched.

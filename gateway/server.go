@@ -206,7 +206,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.listeners.closeBound(pend)
 		return err
 	}
-	if err := s.kit.start(ctx, s.log); err != nil {
+	if err := s.kit.start(ctx); err != nil {
 		abandon()
 		s.listeners.closeBound(pend)
 		_ = s.streams.close(ctx)
