@@ -93,10 +93,12 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.tokens.Store(&tokens)
+	built := time.Now()
 	if s.store, err = control.NewRuleStore(cfg.Rules, 0); err != nil {
 		return nil, err
 	}
 	t := s.store.Table()
+	took := time.Since(built) // the first rule set's apply, for the metrics
 	pc := cfg.Egress
 	pc.Logger = s.log
 	if s.pool, err = egress.NewPool(pc); err != nil {
@@ -119,7 +121,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.kit, err = newKit("server", &cfg.Common, s.store.Store(), s.log, s.ready, s.view, apiOpts...); err != nil {
 		return nil, err
 	}
-	s.kit.m.ConfigApplied(t.Version(), 0, nil)
+	s.kit.m.ConfigApplied(t.Version(), took, nil)
 	s.kit.m.SetConnStats(s.connStats)
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
