@@ -19,7 +19,7 @@ func TestShippedExamplesAreValid(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, s.Rules, 3)
 	problems := config.CheckFiles("examples/server.yaml", data, s)
-	require.ErrorContains(t, problems, "examples/server.yaml:11: tls.cert_file: open /etc/qtunnel/server.crt")
+	require.ErrorContains(t, problems, "examples/server.yaml:15: tls.cert_file: open /etc/qtunnel/server.crt")
 
 	data, err = os.ReadFile("../examples/client.yaml")
 	require.NoError(t, err)
