@@ -17,7 +17,7 @@ func TestShippedExamplesAreValid(t *testing.T) {
 	require.NoError(t, err)
 	s, err := config.ParseServer("examples/server.yaml", data)
 	require.NoError(t, err)
-	require.Len(t, s.Rules, 3)
+	require.Len(t, s.Rules, 5)
 	problems := config.CheckFiles("examples/server.yaml", data, s)
 	require.ErrorContains(t, problems, "examples/server.yaml:15: tls.cert_file: open /etc/qtunnel/server.crt")
 
