@@ -720,3 +720,41 @@ func TestObservabilityQuietLogs(t *testing.T) {
 	require.Empty(t, cliRecs, "client logged at info or above during the traffic")
 	t.Logf("records at start-up (not counted): server %d, client %d", srvBefore, cliBefore)
 }
+
+// TestObservabilityQuietAcrossFullSyncs: a periodic full sync that changes
+// nothing is not a state change, so it is logged at debug on both sides,
+// not at info.
+func TestObservabilityQuietAcrossFullSyncs(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srvLog, cliLog := newRecordCounter(slog.LevelDebug), newRecordCounter(slog.LevelDebug)
+	startPair(t, pairOpts{
+		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
+		serverMutate: func(c *config.Server) { c.Sync.FullSyncInterval = 50 * time.Millisecond },
+		serverOpts:   []gateway.Option{gateway.WithLogger(slog.New(srvLog))},
+		clientOpts:   []gateway.Option{gateway.WithLogger(slog.New(cliLog))},
+	})
+	eventually(t, 10*time.Second, func() bool { return srvLog.has("client applied rules") }, "server logs the client's first apply")
+	info := func(h *recordCounter) []string {
+		var out []string
+		for _, r := range h.records() {
+			if strings.HasPrefix(r, "INFO ") || strings.HasPrefix(r, "WARN ") || strings.HasPrefix(r, "ERROR ") {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	srvBefore, cliBefore := len(info(srvLog)), len(info(cliLog))
+	syncs := func() int {
+		n := 0
+		for _, r := range cliLog.records() {
+			if strings.HasPrefix(r, `DEBUG "rules applied"`) {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, 10*time.Second, func() bool { return syncs() >= 3 }, "three full syncs re-apply the same rules")
+	require.Empty(t, info(srvLog)[srvBefore:], "server records at info or above during full syncs")
+	require.Empty(t, info(cliLog)[cliBefore:], "client records at info or above during full syncs")
+}
