@@ -357,9 +357,10 @@ func (p *Pool) group(r *rules.Rule) (*group, error) {
 }
 
 // Retain keeps what the rules rs need and lets go of the rest: the
-// balancers of rules no longer in rs (or changed), the health checkers of
-// upstreams and settings no rule in rs uses, which it stops and waits for,
-// and the targets of upstreams no rule in rs names, whose idle and warm
+// balancers of rules no longer in rs (or changed), the connection counts
+// of TCP rules no longer in rs, the health checkers of upstreams and
+// settings no rule in rs uses, which it stops and waits for, and the
+// targets of upstreams no rule in rs names, whose idle and warm
 // connections it closes (requests in flight finish on theirs). Call it
 // after each change of the rule set with the rules now served; it starts
 // nothing. A request of the old rule set that arrives after it can bring
@@ -368,9 +369,11 @@ func (p *Pool) Retain(rs []rules.Rule) {
 	needT := make(map[targetKey]bool)
 	needM := make(map[memberKey]bool)
 	needG := make(map[string]*rules.Rule, len(rs))
+	needTCP := make(map[string]bool)
 	for i := range rs {
 		r := &rs[i]
 		if r.Protocol == rules.ProtoTCP {
+			needTCP[r.ID] = true
 			continue
 		}
 		needG[r.ID] = r
@@ -401,6 +404,11 @@ func (p *Pool) Retain(rs []rules.Rule) {
 		if !needT[k] {
 			delete(p.targets, k)
 			drop = append(drop, t)
+		}
+	}
+	for id := range p.tcp {
+		if !needTCP[id] {
+			delete(p.tcp, id) // connections still open count on the dropped entry
 		}
 	}
 	p.mu.Unlock()

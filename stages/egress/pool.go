@@ -96,7 +96,8 @@ type Pool struct {
 	mu      sync.RWMutex
 	targets map[targetKey]*Target
 	members map[memberKey]*member
-	groups  map[string]*group // by rule id
+	groups  map[string]*group    // by rule id
+	tcp     map[string]*tcpConns // by rule id: TCP rules' connections, which are not pooled
 	closed  bool
 }
 
@@ -121,7 +122,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	cfg.SetDefaults()
 	return &Pool{cfg: cfg, targets: make(map[targetKey]*Target), members: make(map[memberKey]*member),
-		groups: make(map[string]*group)}, nil
+		groups: make(map[string]*group), tcp: make(map[string]*tcpConns)}, nil
 }
 
 // Target is one upstream: its base URL and its connection pool.
@@ -137,6 +138,10 @@ type Target struct {
 	// inflight counts the requests of every rule in flight on this
 	// upstream, from sending to the end of the answer (least_requests).
 	inflight atomic.Int64
+	// dials counts the connections opened to the upstream (warm ones
+	// included); open those of them not closed yet (see countedConn).
+	dials atomic.Uint64
+	open  atomic.Int64
 }
 
 type warmConn struct {
@@ -276,8 +281,46 @@ func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, erro
 		if err != nil {
 			return nil, &dialError{err}
 		}
-		return c, nil
+		return t.track(c), nil
 	}
+}
+
+// track counts c, just dialled, as a connection of t until it is closed.
+func (t *Target) track(c net.Conn) net.Conn {
+	t.dials.Add(1)
+	t.open.Add(1)
+	return &countedConn{Conn: c, open: &t.open}
+}
+
+// countedConn is an upstream connection the pool dialled. Whoever closes
+// it (the lean client, net/http's Transport, the warm-up, a drain) takes it
+// off its target's count of open connections, once. One is made per dial,
+// never per request.
+type countedConn struct {
+	net.Conn
+	open   *atomic.Int64
+	closed atomic.Bool
+}
+
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.open.Add(-1)
+	}
+	return c.Conn.Close()
+}
+
+// conns returns how many of t's connections are idle and how many active
+// (see Pool.Stats): active is the smaller of the connections open and not
+// parked by the pool (warm, or idle in the lean client) and the requests
+// in flight; idle is the rest of the open ones.
+func (t *Target) conns() (idle, active int) {
+	open := max(t.open.Load(), 0)
+	parked := int64(len(t.warm))
+	if t.h1 != nil {
+		parked += int64(t.h1.idleConns())
+	}
+	busy := min(max(open-parked, 0), max(t.inflight.Load(), 0))
+	return int(open - busy), int(busy)
 }
 
 // dialError marks a failure to connect: nothing of the request was sent,
@@ -324,6 +367,7 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 		if err != nil {
 			return fmt.Errorf("warm up %s: %w", t.base.Redacted(), err)
 		}
+		c = t.track(c)
 		if t.closed.Load() {
 			_ = c.Close()
 			return nil
@@ -383,6 +427,7 @@ func (p *Pool) Close() {
 	p.closed = true
 	targets, members := p.targets, p.members
 	p.targets, p.members, p.groups = map[targetKey]*Target{}, map[memberKey]*member{}, map[string]*group{}
+	p.tcp = map[string]*tcpConns{}
 	p.mu.Unlock()
 	stopMembers(slices.Collect(maps.Values(members)))
 	for _, t := range targets {

@@ -33,6 +33,17 @@ type TunnelConfig struct {
 	// MaxFrameSize is the largest frame sent or accepted, in bytes (S9). If
 	// zero, 64 KiB. Both sides must agree.
 	MaxFrameSize int
+	// Streams, if set, counts the streams the stage holds open: one
+	// StreamOpened when it has opened a stream, one StreamClosed when the
+	// exchange on it is over.
+	Streams StreamCounter
+}
+
+// StreamCounter counts tunnel streams in use; *metrics.Metrics is one. Its
+// methods are called once per request and must not block.
+type StreamCounter interface {
+	StreamOpened()
+	StreamClosed()
 }
 
 // Tunnel is the egress stage of the ingress side: it opens a stream on the
@@ -41,6 +52,7 @@ type TunnelConfig struct {
 type Tunnel struct {
 	conns    ConnSource
 	maxFrame int
+	streams  StreamCounter // nil: not counted
 }
 
 // NewTunnel returns a Tunnel stage.
@@ -54,7 +66,7 @@ func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
 	if cfg.MaxFrameSize == 0 {
 		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
 	}
-	return &Tunnel{conns: cfg.Conns, maxFrame: cfg.MaxFrameSize}, nil
+	return &Tunnel{conns: cfg.Conns, maxFrame: cfg.MaxFrameSize, streams: cfg.Streams}, nil
 }
 
 // Name implements pipeline.Namer.
@@ -75,6 +87,12 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	s, err := conn.Opener.OpenStream(ctx)
 	if err != nil {
 		return openError(ctx, err)
+	}
+	if t.streams != nil {
+		// Handle returns once nothing uses the stream any more: the answer
+		// is delivered (or the splice over), the body copier is done.
+		t.streams.StreamOpened()
+		defer t.streams.StreamClosed()
 	}
 	x.Conn = conn
 	// The requester going away cancels the stream both ways, which the

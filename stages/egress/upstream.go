@@ -198,6 +198,10 @@ func (u *Upstream) tcp(ctx context.Context, x *pipeline.Exchange, next pipeline.
 		}
 		return upstreamError(x, err)
 	}
+	counts := u.pool.tcpConnsOf(x.Rule.ID)
+	counts.dials.Add(1)
+	counts.open.Add(1)
+	defer counts.open.Add(-1)
 	defer conn.Close()
 	resp := x.NewResponse()
 	resp.StatusCode, resp.Header, resp.Body, resp.ContentLength = http.StatusOK, http.Header{}, http.NoBody, -1
