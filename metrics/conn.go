@@ -103,8 +103,8 @@ func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 
 // send reports a bad label value (not UTF-8) as a scrape error rather than
 // panicking, as MustNewConstMetric would, in the registry's goroutine.
-func send(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, client string) {
-	m, err := prometheus.NewConstMetric(d, t, v, client)
+func send(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, label string) {
+	m, err := prometheus.NewConstMetric(d, t, v, label)
 	if err != nil {
 		m = prometheus.NewInvalidMetric(d, err)
 	}

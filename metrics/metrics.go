@@ -116,9 +116,6 @@ type Metrics struct {
 	bytesOut     *prometheus.CounterVec   // rule, direction, side
 	stageRejects *prometheus.CounterVec   // stage, reason
 	breaker      *prometheus.GaugeVec     // upstream_rule
-	poolIdle     *prometheus.GaugeVec     // rule
-	poolActive   *prometheus.GaugeVec     // rule
-	poolDials    *prometheus.CounterVec   // rule
 	applies      *prometheus.CounterVec   // result
 
 	tunnelConns   prometheus.Gauge
@@ -141,6 +138,7 @@ type Metrics struct {
 	bytesCache sync.Map
 
 	conns connCollector
+	pools poolCollector
 }
 
 // sideSeries are the children of one side label value.
@@ -179,9 +177,6 @@ func New(role string) *Metrics {
 		"Body bytes sent back towards the requester.", "rule", "direction", "side")
 	m.stageRejects = f.counterVec("stage_rejects_total", "Exchanges a stage refused, by stage and reason.", "stage", "reason")
 	m.breaker = f.gaugeVec("breaker_state", "Circuit breaker state of a rule's upstream: 0 closed, 1 half-open, 2 open.", "upstream_rule")
-	m.poolIdle = f.gaugeVec("egress_pool_idle", "Idle upstream connections of a rule.", "rule")
-	m.poolActive = f.gaugeVec("egress_pool_active", "Upstream connections of a rule in use.", "rule")
-	m.poolDials = f.counterVec("egress_pool_dials_total", "Upstream connections dialled for a rule.", "rule")
 	m.applies = f.counterVec("config_applies_total", "Rule set applications, by result (ok or failed).", "result")
 	m.appliesOK = m.applies.WithLabelValues("ok")
 	m.appliesBad = m.applies.WithLabelValues("failed")
@@ -204,6 +199,8 @@ func New(role string) *Metrics {
 
 	m.conns.init()
 	m.reg.MustRegister(&m.conns)
+	m.pools.init()
+	m.reg.MustRegister(&m.pools)
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -353,23 +350,6 @@ func (m *Metrics) SetBreakerState(rule string, s BreakerState) {
 	m.breaker.WithLabelValues(rule).Set(float64(s))
 }
 
-// SetPoolConns records the idle and active upstream connections of rule.
-func (m *Metrics) SetPoolConns(rule string, idle, active int) {
-	if m == nil {
-		return
-	}
-	m.poolIdle.WithLabelValues(rule).Set(float64(idle))
-	m.poolActive.WithLabelValues(rule).Set(float64(active))
-}
-
-// PoolDialed counts one upstream connection dialled for rule.
-func (m *Metrics) PoolDialed(rule string) {
-	if m == nil {
-		return
-	}
-	m.poolDials.WithLabelValues(rule).Inc()
-}
-
 // ConnOpened counts a tunnel connection that completed its handshake;
 // ConnClosed undoes it.
 func (m *Metrics) ConnOpened() {
@@ -452,7 +432,7 @@ func (m *Metrics) ForgetRule(id string) {
 	})
 	byRule := prometheus.Labels{"rule": id}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.requests, m.duration, m.bytesIn, m.bytesOut, m.poolIdle, m.poolActive, m.poolDials,
+		m.requests, m.duration, m.bytesIn, m.bytesOut,
 	} {
 		v.DeletePartialMatch(byRule)
 	}

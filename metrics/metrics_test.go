@@ -298,6 +298,35 @@ func TestConnStatsCollectorReportsWhatTheFuncReturns(t *testing.T) {
 	require.NotContains(t, scrape(t, m), "qtunnel_quic_smoothed_rtt_seconds", "no connections, no series")
 }
 
+func TestPoolStatsCollectorReportsWhatTheFuncReturns(t *testing.T) {
+	t.Parallel()
+	m := metrics.New("client")
+	require.NotContains(t, scrape(t, m), "qtunnel_egress_pool_idle", "no function, no series")
+	var stats []metrics.PoolStats
+	m.SetPoolStats(func() []metrics.PoolStats { return stats })
+	stats = []metrics.PoolStats{
+		{Rule: "web", Idle: 3, Active: 1, Dials: 9},
+		{Rule: "db", Active: 2, Dials: 5},
+		{Rule: "web", Idle: 1, Active: 1, Dials: 2}, // listed twice: summed
+	}
+	mfs := scrape(t, m)
+	web, db := map[string]string{"rule": "web"}, map[string]string{"rule": "db"}
+	require.Equal(t, 4.0, value(t, mfs, "qtunnel_egress_pool_idle", web))
+	require.Equal(t, 2.0, value(t, mfs, "qtunnel_egress_pool_active", web))
+	require.Equal(t, 11.0, value(t, mfs, "qtunnel_egress_pool_dials_total", web))
+	require.Equal(t, 0.0, value(t, mfs, "qtunnel_egress_pool_idle", db))
+	require.Equal(t, 2.0, value(t, mfs, "qtunnel_egress_pool_active", db))
+	require.Equal(t, 5.0, value(t, mfs, "qtunnel_egress_pool_dials_total", db))
+	require.Equal(t, dto.MetricType_COUNTER, mfs["qtunnel_egress_pool_dials_total"].GetType())
+	require.Equal(t, dto.MetricType_GAUGE, mfs["qtunnel_egress_pool_active"].GetType())
+	require.Len(t, mfs["qtunnel_egress_pool_idle"].GetMetric(), 2)
+
+	stats = stats[1:2] // web is gone from the pool
+	require.Nil(t, find(scrape(t, m), "qtunnel_egress_pool_idle", web))
+	m.SetPoolStats(nil)
+	require.NotContains(t, scrape(t, m), "qtunnel_egress_pool_dials_total")
+}
+
 func TestSideMetrics(t *testing.T) {
 	t.Parallel()
 	m := metrics.New("client")
@@ -309,8 +338,7 @@ func TestSideMetrics(t *testing.T) {
 	m.StageReject("ratelimit", "rate_limited")
 	m.StageReject("ratelimit", "rate_limited")
 	m.SetBreakerState("web", metrics.BreakerOpen)
-	m.SetPoolConns("web", 3, 2)
-	m.PoolDialed("web")
+	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web", Idle: 3, Active: 2, Dials: 1}} })
 	m.ConnOpened()
 	m.ConnOpened()
 	m.ConnClosed()
@@ -353,7 +381,6 @@ func TestForgetRuleDropsItsSeries(t *testing.T) {
 	m.AddBytes(x, 1, 1)
 	x.Release()
 	m.SetBreakerState("web", metrics.BreakerHalfOpen)
-	m.SetPoolConns("web", 1, 1)
 
 	m.ForgetRule("web")
 	mfs := scrape(t, m)
@@ -402,8 +429,8 @@ func TestNilMetricsRecordsNothing(t *testing.T) {
 		m.CountError(pipeline.Ingress, metrics.KindTunnel)
 		m.StageReject("s", "r")
 		m.SetBreakerState("r", metrics.BreakerOpen)
-		m.SetPoolConns("r", 1, 1)
-		m.PoolDialed("r")
+		m.SetPoolStats(func() []metrics.PoolStats { return nil })
+		m.SetPoolStats(nil)
 		m.ConnOpened()
 		m.ConnClosed()
 		m.StreamOpened()
@@ -455,8 +482,7 @@ func TestMetricNamesFollowPrometheusConventions(t *testing.T) {
 	x.Release()
 	m.StageReject("s", "r")
 	m.SetBreakerState("web", metrics.BreakerClosed)
-	m.SetPoolConns("web", 0, 0)
-	m.PoolDialed("web")
+	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web"}} })
 	m.SetConnStats(func() []metrics.ConnStats { return []metrics.ConnStats{{ClientID: "laptop"}} })
 
 	mfs, err := m.Registry().Gather()
