@@ -310,6 +310,14 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is text or json. Default text.
 	Format string `yaml:"format"`
+	// Access turns the access log on: each finished request (or TCP
+	// connection) writes one record at info with the message "access", on
+	// each side it crossed: on the ingress side its method, host, path,
+	// status, body bytes in and out, duration, request id, rule, protocol
+	// and remote address; on the egress side its request id, client, rule,
+	// method, path, status and duration. Off by default: these records are
+	// then written at debug only ("request", "stream", "tcp connection").
+	Access bool `yaml:"access"`
 }
 
 func setDuration(d *time.Duration, def time.Duration) {

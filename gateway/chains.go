@@ -37,7 +37,7 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
-	tun, err := egress.NewTunnel(egress.TunnelConfig{Conns: conns, MaxFrameSize: frame})
+	tun, err := egress.NewTunnel(egress.TunnelConfig{Conns: conns, MaxFrameSize: frame, Streams: k.m})
 	if err != nil {
 		return nil, err
 	}

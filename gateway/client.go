@@ -82,6 +82,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	c.kit.m.SetConnStats(c.connStats)
+	c.kit.watchPool(c.pool)
 	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, c.kit, o); err != nil {
 		return nil, err
 	}
@@ -89,7 +90,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, o.tracer, c.log)
+	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, o.tracer, c.log, cfg.Log.Access)
 	return c, nil
 }
 
@@ -122,7 +123,7 @@ func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(l
 // retrying.
 func (c *Client) Run(ctx context.Context) error {
 	var err error
-	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.log); err != nil {
+	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.kit.m, c.log, c.cfg.Log.Access); err != nil {
 		return err
 	}
 	if err := c.kit.start(ctx); err != nil {

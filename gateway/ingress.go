@@ -22,6 +22,7 @@ type ingressHandler struct {
 	chain    pipeline.Handler
 	listener string // routing key: "" for the public listener, else the listen address
 	log      *slog.Logger
+	access   bool           // log.access: each request's record at info
 	tracer   trace.Tracer   // nil: no request spans
 	inflight sync.WaitGroup // requests being handled, so shutdown can wait for them
 }
@@ -45,10 +46,12 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if span != nil {
 		endRequestSpan(span, x, err)
 	}
-	if h.log.Enabled(r.Context(), slog.LevelDebug) {
-		h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
+	if level, msg := requestRecord(h.access, "request"); h.log.Enabled(r.Context(), level) {
+		h.log.LogAttrs(r.Context(), level, msg,
 			slog.String("request_id", x.ID), slog.String("method", r.Method), slog.String("host", r.Host),
 			slog.String("path", r.URL.Path), slog.Int("status", x.Status), slog.String("proto", x.Protocol.String()),
+			slog.String("rule", ruleID(x)), slog.String("remote", r.RemoteAddr),
+			slog.Int64("bytes_in", x.BytesIn), slog.Int64("bytes_out", x.BytesOut),
 			slog.Duration("took", timeSince(x)), errAttr(err))
 	}
 	x.Release()
@@ -80,6 +83,14 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 	}
 	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
 	return false
+}
+
+// ruleID is the id of the rule x matched, "" when it matched none.
+func ruleID(x *pipeline.Exchange) string {
+	if x.Rule == nil {
+		return ""
+	}
+	return x.Rule.ID
 }
 
 func errAttr(err error) slog.Attr {

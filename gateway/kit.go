@@ -13,6 +13,7 @@ import (
 	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
+	"github.com/qtunnel/qtunnel/stages/egress"
 	"github.com/qtunnel/qtunnel/stages/ratelimit"
 )
 
@@ -68,6 +69,18 @@ func (k *kit) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return k.admin.Shutdown(ctx)
+}
+
+// watchPool makes the side's egress pool report its connections at each
+// scrape (qtunnel_egress_pool_*).
+func (k *kit) watchPool(p *egress.Pool) {
+	k.m.SetPoolStats(func() []metrics.PoolStats {
+		var out []metrics.PoolStats
+		p.Stats(func(rule string, idle, active int, dials uint64) {
+			out = append(out, metrics.PoolStats{Rule: rule, Idle: idle, Active: active, Dials: dials})
+		})
+		return out
+	})
 }
 
 // connStats maps quic-go's statistics of a connection for the metrics.

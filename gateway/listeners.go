@@ -41,8 +41,8 @@ type httpListener struct {
 	done    chan struct{}
 }
 
-func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, tracer trace.Tracer, log *slog.Logger) *httpListener {
-	h := &ingressHandler{chain: chain, listener: key, log: log, tracer: tracer}
+func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, tracer trace.Tracer, log *slog.Logger, access bool) *httpListener {
+	h := &ingressHandler{chain: chain, listener: key, log: log, access: access, tracer: tracer}
 	l := &httpListener{ln: ln, handler: h, srv: newIngressServer(h, lim, log), done: make(chan struct{})}
 	if certs != nil {
 		l.tls = true
@@ -89,20 +89,21 @@ func (l *httpListener) wait() { l.handler.inflight.Wait() }
 
 // tcpListener feeds raw TCP connections of a TCP rule to the ingress chain.
 type tcpListener struct {
-	ln    net.Listener
-	key   string
-	chain pipeline.Handler
-	log   *slog.Logger
-	ctx   context.Context
-	stopC context.CancelFunc
+	ln     net.Listener
+	key    string
+	chain  pipeline.Handler
+	log    *slog.Logger
+	access bool // log.access: each connection's record at info
+	ctx    context.Context
+	stopC  context.CancelFunc
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup // accept loop and connections
 }
 
-func newTCPListener(ln net.Listener, key string, chain pipeline.Handler, log *slog.Logger) *tcpListener {
-	l := &tcpListener{ln: ln, key: key, chain: chain, log: log, conns: map[net.Conn]struct{}{}}
+func newTCPListener(ln net.Listener, key string, chain pipeline.Handler, log *slog.Logger, access bool) *tcpListener {
+	l := &tcpListener{ln: ln, key: key, chain: chain, log: log, access: access, conns: map[net.Conn]struct{}{}}
 	l.ctx, l.stopC = context.WithCancel(context.Background())
 	return l
 }
@@ -150,9 +151,11 @@ func (l *tcpListener) handle(c net.Conn) {
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Downstream, x.Listener = c, l.key
 	err := l.chain.Handle(l.ctx, x)
-	if l.log.Enabled(l.ctx, slog.LevelDebug) {
-		l.log.LogAttrs(l.ctx, slog.LevelDebug, "tcp connection", slog.String("request_id", x.ID),
-			slog.String("listen", l.key), slog.String("remote", c.RemoteAddr().String()), slog.Duration("took", timeSince(x)), errAttr(err))
+	if level, msg := requestRecord(l.access, "tcp connection"); l.log.Enabled(l.ctx, level) {
+		l.log.LogAttrs(l.ctx, level, msg, slog.String("request_id", x.ID),
+			slog.String("listen", l.key), slog.String("remote", c.RemoteAddr().String()), slog.String("rule", ruleID(x)),
+			slog.Int64("bytes_in", x.BytesIn), slog.Int64("bytes_out", x.BytesOut),
+			slog.Duration("took", timeSince(x)), errAttr(err))
 	}
 	x.Release()
 	_ = c.Close()
@@ -203,6 +206,7 @@ type listenerSet struct {
 	lim    config.Limits
 	certs  []tls.Certificate // for listen_tls rules
 	log    *slog.Logger
+	access bool
 	grace  time.Duration
 
 	mu      sync.Mutex
@@ -212,8 +216,9 @@ type listenerSet struct {
 	wg      sync.WaitGroup    // serve loops and drains
 }
 
-func newListenerSet(chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, grace time.Duration, tracer trace.Tracer, log *slog.Logger) *listenerSet {
-	return &listenerSet{chain: chain, lim: lim, certs: certs, grace: grace, tracer: tracer, log: log, live: map[rules.Listener]ingressListener{}}
+func newListenerSet(chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, grace time.Duration, tracer trace.Tracer, log *slog.Logger, access bool) *listenerSet {
+	return &listenerSet{chain: chain, lim: lim, certs: certs, grace: grace, tracer: tracer, log: log, access: access,
+		live: map[rules.Listener]ingressListener{}}
 }
 
 // pending is a set of listeners bound by prepare and not yet serving.
@@ -260,13 +265,13 @@ func (s *listenerSet) prepare(want []rules.Listener) (*pending, error) {
 
 func (s *listenerSet) make(w rules.Listener, ln net.Listener) ingressListener {
 	if w.Protocol == rules.ProtoTCP {
-		return newTCPListener(ln, w.Key(), s.chain, s.log)
+		return newTCPListener(ln, w.Key(), s.chain, s.log, s.access)
 	}
 	var certs []tls.Certificate
 	if w.TLS {
 		certs = s.certs
 	}
-	return newHTTPListener(ln, w.Key(), s.chain, s.lim, certs, s.tracer, s.log)
+	return newHTTPListener(ln, w.Key(), s.chain, s.lim, certs, s.tracer, s.log, s.access)
 }
 
 func (s *listenerSet) closeBound(p *pending) {

@@ -123,10 +123,11 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	}
 	s.kit.m.ConfigApplied(t.Version(), took, nil)
 	s.kit.m.SetConnStats(s.connStats)
+	s.kit.watchPool(s.pool)
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
-	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, o.tracer, s.log)
+	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, o.tracer, s.log, cfg.Log.Access)
 	return s, nil
 }
 
@@ -183,14 +184,14 @@ func (s *Server) Start(ctx context.Context) error {
 		abandon()
 		return fmt.Errorf("public listener: %w", err)
 	}
-	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.o.tracer, s.log))
+	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.o.tracer, s.log, s.cfg.Log.Access))
 	if s.cfg.PublicHTTPS != "" {
 		pubTLS, err := listenTCP(s.cfg.PublicHTTPS)
 		if err != nil {
 			abandon()
 			return fmt.Errorf("public HTTPS listener: %w", err)
 		}
-		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.o.tracer, s.log))
+		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.o.tracer, s.log, s.cfg.Log.Access))
 	}
 	pend, err := s.listeners.prepare(s.store.Table().Listeners(rules.Reverse))
 	if err != nil {
@@ -203,7 +204,7 @@ func (s *Server) Start(ctx context.Context) error {
 	wcancel()
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
-	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.log); err != nil {
+	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.kit.m, s.log, s.cfg.Log.Access); err != nil {
 		abandon()
 		s.listeners.closeBound(pend)
 		return err

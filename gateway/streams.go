@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/stages/decode"
 	"github.com/qtunnel/qtunnel/transport"
@@ -24,8 +25,10 @@ type streamServer struct {
 	workers  *pipeline.WorkerPool[*streamTask]
 	inflight sync.WaitGroup // tasks handed to workers and not finished
 	log      *slog.Logger
+	access   bool // log.access: each stream's record at info
 	maxFrame int
-	tracer   trace.Tracer // nil: no request spans
+	tracer   trace.Tracer     // nil: no request spans
+	m        *metrics.Metrics // streams served, refusals and panics
 }
 
 type streamTask struct {
@@ -36,9 +39,10 @@ type streamTask struct {
 
 var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
 
-func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, log *slog.Logger) (*streamServer, error) {
-	ss := &streamServer{chain: chain, log: log, maxFrame: maxFrame, tracer: tracer}
+func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, m *metrics.Metrics, log *slog.Logger, access bool) (*streamServer, error) {
+	ss := &streamServer{chain: chain, log: log, access: access, maxFrame: maxFrame, tracer: tracer, m: m}
 	w, err := pipeline.NewWorkerPool(size, (*streamTask).run, func(v any) {
+		m.CountError(pipeline.Egress, metrics.KindInternal)
 		log.Error("stream handler panicked", "panic", v)
 	})
 	if err != nil {
@@ -66,6 +70,9 @@ func (ss *streamServer) serve(qc *quic.Conn, info *pipeline.Conn) {
 			s.CancelWrite(quic.StreamErrorCode(codec.StreamRefused))
 			*t = streamTask{}
 			taskPool.Put(t)
+			if errors.Is(err, pipeline.ErrOverloaded) {
+				ss.m.CountError(pipeline.Egress, metrics.KindOverload)
+			}
 			ss.log.Debug("stream refused", "client", info.ClientID, "err", err)
 		}
 	}
@@ -76,6 +83,8 @@ func (t *streamTask) run() {
 	*t = streamTask{}
 	taskPool.Put(t)
 	defer ss.inflight.Done()
+	ss.m.StreamOpened()
+	defer ss.m.StreamClosed() // a panic in the chain ends the stream's count too
 
 	x := pipeline.Acquire(pipeline.Egress)
 	x.Stream, x.Conn = transport.Stream{S: s}, conn
@@ -99,8 +108,8 @@ func (t *streamTask) run() {
 	if span != nil {
 		endRequestSpan(span, x, err)
 	}
-	if ss.log.Enabled(ctx, slog.LevelDebug) {
-		ss.log.LogAttrs(ctx, slog.LevelDebug, "stream",
+	if level, msg := requestRecord(ss.access, "stream"); ss.log.Enabled(ctx, level) {
+		ss.log.LogAttrs(ctx, level, msg,
 			slog.String("request_id", x.ID), slog.String("client", conn.ClientID), slog.String("rule", x.Head.RuleID),
 			slog.String("method", x.Head.Method), slog.String("path", x.Head.Path), slog.Int("status", x.Status),
 			slog.Duration("took", timeSince(x)), errAttr(err))
