@@ -206,8 +206,9 @@ func TestMetricsRefusedStreamIsOverload(t *testing.T) {
 }
 
 // TestMetricsStagePanicIsInternal: a panic in a stage of the egress chain
-// is recovered by the stream server and counted as an internal error on
-// that side; its stream is no longer counted open.
+// is recovered by the stream server, which resets the stream (the user
+// gets a 502 at once) and counts an internal error on that side; its
+// stream is no longer counted open nor its request in flight.
 func TestMetricsStagePanicIsInternal(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
@@ -219,12 +220,7 @@ func TestMetricsStagePanicIsInternal(t *testing.T) {
 	})
 	p := startPair(t, pairOpts{
 		rules: []rules.Rule{reverseRule("rev", appHost, up.URL)},
-		serverMutate: func(c *config.Server) {
-			withAdmin(&c.Common)
-			// The panicking side never answers: the server gives up on
-			// the answer's head after this.
-			c.Limits.RequestTimeout = 300 * time.Millisecond
-		},
+		serverMutate: func(c *config.Server) { withAdmin(&c.Common) },
 		clientMutate: func(c *config.Client) { withAdmin(&c.Common) },
 		clientOpts: []gateway.Option{gateway.WithEgressStages(func(d []pipeline.Stage) ([]pipeline.Stage, error) {
 			// Right after decode (observe, decode, ...), which reads the
@@ -233,14 +229,19 @@ func TestMetricsStagePanicIsInternal(t *testing.T) {
 		})},
 	})
 	hc := h1Client(t)
+	// The panicking side resets the stream at once: the user gets a 502
+	// now, not a 504 after the request timeout.
+	t0 := time.Now()
 	resp, body := get(t, hc, p.publicURL("/panic"), appHost)
-	require.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, body)
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode, body)
+	require.Less(t, time.Since(t0), 5*time.Second)
 	resp, body = get(t, hc, p.publicURL("/ok"), appHost)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	settle(t, "client", p.Client.AdminAddr(), []want{
 		{"qtunnel_errors_total", lbl("side", "egress", "kind", "internal"), 1},
 		{"qtunnel_errors_total", nil, 1},
 		{"qtunnel_tunnel_streams_active", nil, 0},
+		{"qtunnel_requests_in_flight", lbl("side", "egress"), 0}, // the panic did not leave it raised
 	})
 	settle(t, "server", p.Server.AdminAddr(), []want{{"qtunnel_tunnel_streams_active", nil, 0}})
 }

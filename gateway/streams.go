@@ -85,6 +85,15 @@ func (t *streamTask) run() {
 	defer ss.inflight.Done()
 	ss.m.StreamOpened()
 	defer ss.m.StreamClosed() // a panic in the chain ends the stream's count too
+	defer func() {
+		if v := recover(); v != nil {
+			// Tell the ingress side at once (it answers 502) instead of
+			// leaving it to its timeout; the pool logs and counts the panic.
+			s.CancelWrite(quic.StreamErrorCode(codec.StreamInternal))
+			s.CancelRead(quic.StreamErrorCode(codec.StreamInternal))
+			panic(v)
+		}
+	}()
 
 	x := pipeline.Acquire(pipeline.Egress)
 	x.Stream, x.Conn = transport.Stream{S: s}, conn

@@ -85,8 +85,7 @@ func (*observer) Name() string { return "observe" }
 func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	ss := o.m.side(x.Side)
 	ss.inflight.Inc()
-	err := next.Handle(ctx, x)
-	ss.inflight.Dec()
+	err := o.handle(ctx, x, next, ss)
 
 	status := x.Status
 	if err != nil && status == 0 {
@@ -107,6 +106,13 @@ func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 	}
 	o.m.AddBytes(x, x.BytesIn, x.BytesOut)
 	return err
+}
+
+// handle runs the rest of the chain; the in-flight count goes down even if
+// a stage panics.
+func (o *observer) handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler, ss *sideSeries) error {
+	defer ss.inflight.Dec()
+	return next.Handle(ctx, x)
 }
 
 // answerStatus is pipeline.Answer's status, without Answer's allocations
