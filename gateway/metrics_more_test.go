@@ -219,7 +219,7 @@ func TestMetricsStagePanicIsInternal(t *testing.T) {
 		return next.Handle(ctx, x)
 	})
 	p := startPair(t, pairOpts{
-		rules: []rules.Rule{reverseRule("rev", appHost, up.URL)},
+		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
 		serverMutate: func(c *config.Server) { withAdmin(&c.Common) },
 		clientMutate: func(c *config.Client) { withAdmin(&c.Common) },
 		clientOpts: []gateway.Option{gateway.WithEgressStages(func(d []pipeline.Stage) ([]pipeline.Stage, error) {
