@@ -274,3 +274,21 @@ func TestFrameTypeString(t *testing.T) {
 	require.Equal(t, "FrameType(0xee)", codec.FrameType(0xee).String())
 	require.Equal(t, "upgrade", codec.KindUpgrade.String())
 }
+
+// A PING's padding is optional: the nonce alone is a whole PING, and a
+// padding field cut short is malformed.
+func TestPaddedPing(t *testing.T) {
+	t.Parallel()
+	typ, p := frame(t, codec.AppendPing(nil, codec.Ping{Nonce: 7, Padding: 32}, false), 1<<20)
+	require.Equal(t, codec.MsgPing, typ)
+	got, err := codec.ParsePing(p)
+	require.NoError(t, err)
+	require.Equal(t, codec.Ping{Nonce: 7, Padding: 32}, got)
+	got, err = codec.ParsePing(p[:1])
+	require.NoError(t, err)
+	require.Equal(t, codec.Ping{Nonce: 7}, got)
+	for i := 2; i < len(p); i++ {
+		_, err := codec.ParsePing(p[:i])
+		require.ErrorIs(t, err, codec.ErrMalformed, "prefix of %d bytes", i)
+	}
+}

@@ -61,7 +61,14 @@ type Applied struct {
 }
 
 // Ping asks for a Pong with the same nonce.
-type Ping struct{ Nonce uint64 }
+type Ping struct {
+	Nonce uint64
+	// Padding is a number of zero bytes sent after the nonce and ignored by
+	// the receiver. A heartbeat is padded so that its QUIC packet is large
+	// enough for a restarted server to answer it with a stateless reset
+	// (quic-go answers only packets above 42 bytes).
+	Padding int
+}
 
 // GoAway asks the peer to open no new streams: the sender is draining.
 type GoAway struct{ Reason string }
@@ -213,6 +220,10 @@ func AppendPing(b []byte, m Ping, pong bool) []byte {
 	}
 	b, s := beginFrame(b, t)
 	b = AppendVarint(b, m.Nonce)
+	if m.Padding > 0 {
+		b = AppendVarint(b, uint64(m.Padding))
+		b = append(b, make([]byte, m.Padding)...)
+	}
 	return endFrame(b, s)
 }
 
@@ -220,6 +231,9 @@ func AppendPing(b []byte, m Ping, pong bool) []byte {
 func ParsePing(p []byte) (Ping, error) {
 	d := decoder{b: p}
 	m := Ping{Nonce: d.varint()}
+	if len(d.b) > 0 {
+		m.Padding = len(d.bytes())
+	}
 	return m, d.done()
 }
 

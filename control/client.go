@@ -22,7 +22,16 @@ func (e *RejectedError) Error() string { return "server rejected this client: " 
 type ClientPeer struct {
 	w   *wire
 	Ack *codec.HelloAck
+	// Heartbeat, if positive, is how often Run sends a padded PING. QUIC's
+	// own keep-alive packets are too small to draw a stateless reset from a
+	// restarted server, so without a heartbeat a client whose server came
+	// back at once would notice only at its idle timeout. Set it before Run.
+	Heartbeat time.Duration
 }
+
+// heartbeatPadding makes a heartbeat's packet larger than the 42 bytes below
+// which quic-go sends no stateless reset.
+const heartbeatPadding = 32
 
 // Hello sends HELLO and waits (within timeout) for HELLO_ACK. A REJECT
 // returns *RejectedError.
@@ -158,22 +167,25 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 	}
 }
 
-// check sends a hash check every hash-check interval and asks for a full
-// snapshot every full-sync interval, until ctx ends.
+// check sends a hash check every hash-check interval, asks for a full
+// snapshot every full-sync interval and sends the heartbeat, until ctx
+// ends.
 func (p *ClientPeer) check(ctx context.Context, ev ClientEvents) {
-	hashEvery, fullEvery := p.Ack.HashCheckInterval, p.Ack.FullSyncInterval
-	if hashEvery <= 0 || fullEvery <= 0 {
-		return // the server asked for no checks
-	}
-	hashT := time.NewTicker(hashEvery)
+	hashT, fullT, beatT := ticker(p.Ack.HashCheckInterval), ticker(p.Ack.FullSyncInterval), ticker(p.Heartbeat)
 	defer hashT.Stop()
-	fullT := time.NewTicker(fullEvery)
 	defer fullT.Stop()
+	defer beatT.Stop()
+	var nonce uint64
 	for {
 		var err error
 		select {
 		case <-ctx.Done():
 			return
+		case <-beatT.C:
+			nonce++
+			err = p.w.send(func(b []byte) []byte {
+				return codec.AppendPing(b, codec.Ping{Nonce: nonce, Padding: heartbeatPadding}, false)
+			})
 		case <-hashT.C:
 			v, h := ev.State()
 			err = p.w.send(func(b []byte) []byte { return codec.AppendHashCheck(b, &codec.HashCheck{Version: v, Hash: h}) })
@@ -184,6 +196,17 @@ func (p *ClientPeer) check(ctx context.Context, ev ClientEvents) {
 			return // the stream is gone; Run sees it too
 		}
 	}
+}
+
+// ticker returns a ticker every d, or one that never ticks if d is not
+// positive (the server asked for no checks, or no heartbeat is set).
+func ticker(d time.Duration) *time.Ticker {
+	if d <= 0 {
+		t := time.NewTicker(time.Hour)
+		t.Stop()
+		return t
+	}
+	return time.NewTicker(d)
 }
 
 // requestSnapshot asks for a full snapshot: a hash check without a hash.

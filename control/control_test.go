@@ -933,3 +933,22 @@ func TestRegistryConcurrentUse(t *testing.T) {
 	// Every connection was detached, so a late sweep removes everyone.
 	require.Equal(t, []string{"c0", "c1", "c2", "c3"}, reg.Sweep(t0.Add(48*time.Hour), time.Hour))
 }
+
+// The client's heartbeat: padded PINGs at its interval, which the server
+// answers, so that a packet large enough to draw a stateless reset from a
+// restarted server goes out even when no request does.
+func TestClientHeartbeat(t *testing.T) {
+	t.Parallel()
+	l := connect(t)
+	l.client.Heartbeat = 20 * time.Millisecond
+	start(t, func(ctx context.Context) error { return l.client.Run(ctx, newClientEvents(nil)) })
+	r := codec.NewReader(l.sconn, control.MaxMessageSize)
+	for want := uint64(1); want <= 3; want++ {
+		ft, p := readMsg(t, r)
+		require.Equal(t, codec.MsgPing, ft)
+		ping, err := codec.ParsePing(p)
+		require.NoError(t, err)
+		require.Equal(t, want, ping.Nonce, "one nonce per heartbeat")
+		require.GreaterOrEqual(t, len(p), 32, "padded above quic-go's stateless-reset threshold")
+	}
+}

@@ -245,6 +245,9 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 			return qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
 		},
 	}
+	// The heartbeat lets a server that restarted at once answer with a
+	// stateless reset, which QUIC's small keep-alive packets do not draw.
+	peer.Heartbeat = c.cfg.QUIC.KeepAlivePeriod()
 	s := &clientSession{qc: qc, info: info, peer: peer, done: make(chan struct{})}
 	c.conn.Store(info)
 	c.session.Store(s)

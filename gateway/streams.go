@@ -15,6 +15,7 @@ import (
 	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/stages/decode"
+	"github.com/qtunnel/qtunnel/stages/encode"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -134,6 +135,9 @@ func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err erro
 		s.CancelRead(codec.StreamCancelled)
 	}
 	var we transport.WriteError
+	if errors.As(err, new(encode.BodyCutError)) {
+		return // the ERROR frame that cuts the body went out already
+	}
 	if x.Status != 0 || ctx.Err() != nil || errors.As(err, &we) || isStreamError(err) {
 		s.Abort(codec.StreamInternal)
 		return

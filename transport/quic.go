@@ -26,7 +26,8 @@ type Config struct {
 	// If zero, 30s.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// KeepAlive is how often a quiet connection sends a keep-alive packet.
-	// If zero, 10s.
+	// The client also sends its control-stream heartbeat this often. If
+	// zero, 10s.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	// MaxStreams is how many concurrent request streams the peer may open
 	// on one connection (S3). If zero, 1000.
@@ -46,6 +47,9 @@ func orDuration(v, d time.Duration) time.Duration {
 	return d
 }
 
+// KeepAlivePeriod returns KeepAlive or its default.
+func (c Config) KeepAlivePeriod() time.Duration { return orDuration(c.KeepAlive, 10*time.Second) }
+
 // QUIC returns the quic-go configuration for c.
 func (c Config) QUIC() *quic.Config {
 	streams := c.MaxStreams
@@ -62,7 +66,7 @@ func (c Config) QUIC() *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:       orDuration(c.HandshakeTimeout, 10*time.Second),
 		MaxIdleTimeout:             orDuration(c.IdleTimeout, 30*time.Second),
-		KeepAlivePeriod:            orDuration(c.KeepAlive, 10*time.Second),
+		KeepAlivePeriod:            c.KeepAlivePeriod(),
 		MaxIncomingStreams:         streams,
 		MaxIncomingUniStreams:      -1,
 		MaxStreamReceiveWindow:     sw,

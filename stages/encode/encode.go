@@ -228,7 +228,21 @@ func (e *Encoder) toStream(x *pipeline.Exchange, resp *http.Response) error {
 	n, err := fw.CopyBody(resp.Body)
 	x.BytesOut += n
 	if err != nil {
-		return err
+		var we transport.WriteError
+		if errors.As(err, &we) {
+			return err
+		}
+		// The upstream's body failed after its head: send what was read and
+		// an ERROR frame that cuts the body on the other side, then close.
+		// A reset would do as much, but QUIC may drop the frames still
+		// unsent or unread when it arrives (the head included, which would
+		// turn a cut 200 into a 502).
+		fw.Error(&codec.Error{Status: http.StatusBadGateway, Message: "upstream body cut: " + err.Error()})
+		if ferr := fw.Flush(); ferr != nil {
+			return transport.WriteError{Err: ferr}
+		}
+		_ = x.Stream.Close()
+		return BodyCutError{Err: err}
 	}
 	if hasValues(resp.Trailer) {
 		fw.Trailers(resp.Trailer)
@@ -260,5 +274,14 @@ func (e UserGoneError) Error() string { return "write to user: " + e.Err.Error()
 func (e UserGoneError) Unwrap() error { return e.Err }
 
 func writeErr(err error) error { return UserGoneError{err} }
+
+// BodyCutError is returned on the egress side when the answer's body failed
+// after its head had gone out. The stream already carries an ERROR frame
+// that cuts the body on the other side and is closed: whoever runs the
+// exchange has nothing left to send.
+type BodyCutError struct{ Err error }
+
+func (e BodyCutError) Error() string { return "encode: read answer body: " + e.Err.Error() }
+func (e BodyCutError) Unwrap() error { return e.Err }
 
 var _ pipeline.Stage = (*Encoder)(nil)

@@ -405,7 +405,7 @@ func runEgress(t *testing.T, cfg encode.Config, resp func(x *pipeline.Exchange),
 	resp(x)
 	got := readFrames(s, onHead)
 	err := newEncoder(t, cfg).Handle(context.Background(), x, &next{})
-	if err != nil || !s.Closed() {
+	if !s.Closed() {
 		s.Shutdown() // without a FIN the peer would wait forever for the rest
 	}
 	p := <-got
@@ -561,4 +561,29 @@ func TestEgressWriteFailure(t *testing.T) {
 	var we transport.WriteError
 	require.ErrorAs(t, err, &we, "the stream's fault is marked as such")
 	require.False(t, n.called)
+}
+
+// An upstream body that fails after the head (the upstream died mid-answer)
+// ends with an ERROR frame after the bytes read so far, and a FIN: a reset
+// could make QUIC drop the head itself.
+func TestEgressBodyCutSendsErrorFrame(t *testing.T) {
+	t.Parallel()
+	for _, length := range []int64{-1, 1 << 20} {
+		x, s, p, err := runEgress(t, encode.Config{}, func(x *pipeline.Exchange) {
+			resp := x.NewResponse()
+			resp.StatusCode, resp.ContentLength, resp.Header = http.StatusOK, length, http.Header{}
+			// Data and the error in one Read, as net/http's chunked reader does.
+			resp.Body = io.NopCloser(iotest.DataErrReader(io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(io.ErrUnexpectedEOF))))
+		}, nil)
+		var cut encode.BodyCutError
+		require.ErrorAs(t, err, &cut, "length %d", length)
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+		require.NoError(t, p.err)
+		require.Equal(t, codec.FrameResponse, p.types[0])
+		require.Equal(t, codec.FrameError, p.types[len(p.types)-1], "length %d: %v", length, p.types)
+		require.Equal(t, "partial", string(p.body), "what was read before the cut reaches the peer")
+		require.Equal(t, http.StatusOK, x.Status)
+		require.True(t, s.Closed(), "the stream ends with FIN, not a reset")
+		require.Empty(t, s.AbortCodes())
+	}
 }
