@@ -91,6 +91,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 // then resets the connection, as the kernel does for a killed process.
 //
 //	/before   dies before answering anything
+//	/half     writes half a head and closes (FIN, not a reset)
 //	/length   200 with Content-Length 1 MiB, dies after 64 KiB
 //	/chunked  200 chunked, dies after a 64 KiB chunk
 func dyingUpstream(t *testing.T) string {
@@ -114,6 +115,9 @@ func dyingUpstream(t *testing.T) string {
 				}
 				part := strings.Repeat("x", 64<<10)
 				switch req.URL.Path {
+				case "/half":
+					fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-")
+					return
 				case "/length":
 					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", 1<<20, part)
 				case "/chunked":
@@ -146,6 +150,13 @@ func TestUpstreamKilledMidResponse(t *testing.T) {
 			resp.Body.Close()
 			assert.Equal(t, http.StatusBadGateway, resp.StatusCode, "an upstream that died before answering: %s", body)
 			assert.NotEmpty(t, strings.TrimSpace(string(body)), "the 502 says why")
+
+			resp, err = c.Do(request(t, http.MethodGet, dir.base+"/half", dir.host, nil))
+			require.NoError(t, err)
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusBadGateway, resp.StatusCode, "an upstream that closed mid-head: %s", body)
+			assert.Contains(t, string(body), "upstream", "the 502 blames the upstream, not the tunnel")
 
 			for _, path := range []string{"/length", "/chunked"} {
 				t0 := time.Now()

@@ -138,7 +138,11 @@ func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err erro
 	if errors.As(err, new(encode.BodyCutError)) {
 		return // the ERROR frame that cuts the body went out already
 	}
-	if x.Status != 0 || ctx.Err() != nil || errors.As(err, &we) || isStreamError(err) {
+	// A rejection is answered even when what it wraps looks like a broken
+	// stream: an upstream's unexpected EOF is the upstream's, and says 502.
+	var rej *pipeline.Reject
+	streamFault := !errors.As(err, &rej) && isStreamError(err)
+	if x.Status != 0 || ctx.Err() != nil || errors.As(err, &we) || streamFault {
 		s.Abort(codec.StreamInternal)
 		return
 	}

@@ -333,6 +333,34 @@ func TestWarmConnectionsServeConcurrentRequests(t *testing.T) {
 	require.Zero(t, target.Warm())
 }
 
+// Warm connections that the upstream closed while they waited (its
+// read-header or idle timeout) are not handed to requests, and a request
+// that still meets one is sent again on a new connection: no 502.
+func TestWarmConnectionsClosedByTheUpstream(t *testing.T) {
+	t.Parallel()
+	srv, ln := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), false)
+	p := newPool(t, egress.PoolConfig{WarmConns: 2})
+	r := ruleFor(srv.URL)
+	p.Warm(context.Background(), []rules.Rule{*r}, rules.Reverse)
+	require.Eventually(t, func() bool { return ln.accepted() == 2 }, waitFor, 5*time.Millisecond)
+	ln.mu.Lock()
+	for _, c := range ln.conns {
+		require.NoError(t, c.Close())
+	}
+	ln.mu.Unlock()
+
+	u := newUpstreamStage(t, p)
+	for i := range 3 {
+		a, err := send(context.Background(), u, r, get(t, fmt.Sprintf("/after-close-%d", i)))
+		require.NoError(t, err, "request %d", i)
+		require.Equal(t, http.StatusOK, a.status)
+		require.Equal(t, "ok", a.body)
+	}
+	require.Equal(t, 3, ln.accepted(), "one new connection, kept alive for the next requests")
+}
+
 func TestWarmSkipsAndLogs(t *testing.T) {
 	t.Parallel()
 	srv, _ := upstream(t, http.NotFoundHandler(), false)

@@ -41,7 +41,7 @@ type h1Conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
-	reused bool
+	reused bool // kept alive, or dialled ahead: the upstream may have closed it
 }
 
 func newH1Client(addr string, dial func(context.Context, string, string) (net.Conn, error), c PoolConfig) *h1Client {
@@ -119,7 +119,9 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &h1Conn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
+	cc, warm := c.(*countedConn)
+	warm = warm && cc.warm
+	return &h1Conn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), reused: warm}, nil
 }
 
 // exchange writes req on pc and reads the response head. retry says the

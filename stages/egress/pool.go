@@ -300,7 +300,15 @@ type countedConn struct {
 	net.Conn
 	open   *atomic.Int64
 	closed atomic.Bool
+	// warm: dialled ahead and parked. Like a kept-alive connection, the
+	// upstream may have closed it while it waited, so a request that fails
+	// on it before any answer may go again on a new one. Set before the
+	// connection is parked, read-only after.
+	warm bool
 }
+
+// NetConn returns the connection it counts, for a look at its socket.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
@@ -338,20 +346,6 @@ func isConnectError(err error) bool {
 	return errors.As(err, &de) || errors.Is(err, errClientClosed)
 }
 
-// alive checks, without blocking, that a connection dialled ahead has not
-// been closed by the upstream meanwhile: a read with a deadline in the past
-// times out on a live, silent connection and fails at once on a closed one.
-func alive(c net.Conn) bool {
-	if err := c.SetReadDeadline(time.Now()); err != nil {
-		return false
-	}
-	var one [1]byte
-	n, err := c.Read(one[:])
-	_ = c.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return n == 0 && errors.As(err, &ne) && ne.Timeout()
-}
-
 // warmUp dials up to n connections to t, each bounded by the dial timeout,
 // and parks them for the first requests.
 func (t *Target) warmUp(ctx context.Context, n int) error {
@@ -368,6 +362,7 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 			return fmt.Errorf("warm up %s: %w", t.base.Redacted(), err)
 		}
 		c = t.track(c)
+		c.(*countedConn).warm = true
 		if t.closed.Load() {
 			_ = c.Close()
 			return nil
