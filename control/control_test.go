@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -951,4 +952,32 @@ func TestClientHeartbeat(t *testing.T) {
 		require.Equal(t, want, ping.Nonce, "one nonce per heartbeat")
 		require.GreaterOrEqual(t, len(p), 32, "padded above quic-go's stateless-reset threshold")
 	}
+}
+
+// After a crowd of clients has come and gone past the TTL, the sweep gives
+// the memory back: the heap returns to its baseline. Not parallel: it
+// measures the heap.
+func TestRegistrySweepReturnsMemory(t *testing.T) {
+	const clients = 50000
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	var reg control.Registry
+	reg.Attach("stays", &pipeline.Conn{}, t0)
+	base := heap()
+	for i := range clients {
+		c := &pipeline.Conn{}
+		s, _, _ := reg.Attach(fmt.Sprintf("client-%06d", i), c, t0)
+		reg.Detach(s, c, t0)
+	}
+	full := heap()
+	require.Greater(t, full, base+4<<20, "%d sessions take room (%d -> %d bytes)", clients, base, full)
+	require.Len(t, reg.Sweep(t0.Add(time.Hour), time.Minute), clients)
+	after := heap()
+	t.Logf("heap: %d KiB before, %d KiB with %d sessions, %d KiB after the sweep", base>>10, full>>10, clients, after>>10)
+	require.Less(t, after, base+256<<10, "the sweep returns the memory")
+	require.NotNil(t, reg.Conn("stays"), "the connected client keeps its session")
 }

@@ -51,6 +51,7 @@ func (s *Session) Applied() *AppliedState { return s.applied.Load() }
 type Registry struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
+	peak     int // the map's largest size since it was made
 }
 
 // Attach binds conn to the session of clientID, creating the session if
@@ -67,6 +68,7 @@ func (r *Registry) Attach(clientID string, conn *pipeline.Conn, now time.Time) (
 	if !resumed {
 		s = &Session{ClientID: clientID, ID: newSessionID(), Created: now}
 		r.sessions[clientID] = s
+		r.peak = max(r.peak, len(r.sessions))
 	}
 	conn.SessionID = s.ID
 	replaced = s.conn.Swap(conn)
@@ -108,6 +110,15 @@ func (r *Registry) Sweep(now time.Time, ttl time.Duration) []string {
 			delete(r.sessions, id)
 			removed = append(removed, id)
 		}
+	}
+	if r.peak > 64 && len(r.sessions) < r.peak/4 {
+		// A Go map keeps the room of its largest size: after a crowd of
+		// clients has gone, copy the few left so that the memory goes too.
+		m := make(map[string]*Session, len(r.sessions))
+		for id, s := range r.sessions {
+			m[id] = s
+		}
+		r.sessions, r.peak = m, len(m)
 	}
 	slices.Sort(removed)
 	return removed
