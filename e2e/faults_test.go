@@ -193,3 +193,27 @@ func TestClientSurvivesSIGHUP(t *testing.T) {
 	e.client.signal(syscall.SIGTERM)
 	assert.Equal(t, 0, e.client.wait(20*time.Second), "the client still drains and exits cleanly")
 }
+
+// TestServerReloadsOnSIGHUP: with the file watch too slow to notice (an
+// hour), SIGHUP alone makes the server read its edited file: the new rule
+// serves, and the client, sent the change, applies it.
+func TestServerReloadsOnSIGHUP(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "up") }))
+	e := startEnv(t, envOpts{nearClient: up, nearServer: up, serverYAML: "sync:\n  config_poll_interval: 1h\n"})
+	e.waitReady(t)
+	c := newClient(t)
+	status := func() int {
+		resp, err := c.Do(request(t, http.MethodGet, "http://"+e.public+"/", "hup.test", nil))
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusNotFound, status())
+	e.writeServerConfig(t, fmt.Sprintf("  - {id: hup, client: %s, direction: reverse, host: hup.test, upstream: %q}\n", clientID, up))
+	e.server.signal(syscall.SIGHUP)
+	e.server.waitFor(`msg="configuration reloaded on SIGHUP"`, 10*time.Second)
+	e.client.waitFor(`msg="rules applied".*version=2`, 10*time.Second)
+	require.Equal(t, http.StatusOK, status(), "the rule added by the reload serves")
+}
