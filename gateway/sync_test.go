@@ -110,18 +110,23 @@ func TestAdminAPIChangesRulesLiveAndRefusesBadOnes(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 
-	// The server's view shows what the client applied.
-	code, out = apiCall(t, http.MethodGet, api+"/config", nil)
-	require.Equal(t, 200, code)
-	sessions := out["sessions"].([]any)
+	// The server's view shows what the client applied, once its APPLIED
+	// report for the last change has arrived.
+	want := float64(p.Server.Rules().Table().Version())
 	var mine map[string]any
-	for _, s := range sessions {
-		if s.(map[string]any)["client"] == clientID {
-			mine = s.(map[string]any)
+	eventually(t, time.Second, func() bool {
+		code, out = apiCall(t, http.MethodGet, api+"/config", nil)
+		require.Equal(t, 200, code)
+		mine = nil
+		for _, s := range out["sessions"].([]any) {
+			if s.(map[string]any)["client"] == clientID {
+				mine = s.(map[string]any)
+			}
 		}
-	}
-	require.NotNil(t, mine)
-	require.EqualValues(t, p.Server.Rules().Table().Version(), mine["applied_version"])
+		require.NotNil(t, mine)
+		return mine["applied_version"] == want
+	}, "the client's applied version reaches the server's view")
+	require.NotEmpty(t, mine["applied_hash"], "with its hash")
 }
 
 func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
