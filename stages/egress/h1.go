@@ -42,6 +42,26 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool // kept alive, or dialled ahead: the upstream may have closed it
+
+	clock    sync.Mutex // orders the head timer's start and the head's arrival
+	headRead bool
+}
+
+// startClock times the wait for the answer's head from the end of the
+// request, as net/http's Transport does: an upload may take longer than the
+// timeout. With a body, the writer calls it when it is done, unless the
+// head has come already (the upstream answered early), after which a
+// deadline would cut the answer's body instead.
+func (h *h1Client) startClock(ctx context.Context, pc *h1Conn) {
+	if h.headTimeout <= 0 {
+		return
+	}
+	pc.clock.Lock()
+	defer pc.clock.Unlock()
+	if !pc.headRead {
+		_ = pc.c.SetReadDeadline(time.Now().Add(h.headTimeout))
+		cutIfDone(ctx, pc.c) // the deadline may have replaced the cut
+	}
 }
 
 func newH1Client(addr string, dial func(context.Context, string, string) (net.Conn, error), c PoolConfig) *h1Client {
@@ -131,6 +151,7 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 	// The requester going away cuts the connection, whatever it waits on.
 	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
 	var wrote chan error
+	pc.headRead = false
 	if req.Body == nil || req.Body == http.NoBody {
 		err := req.Write(pc.bw)
 		if err == nil {
@@ -152,12 +173,14 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 			if err == nil {
 				err = pc.bw.Flush()
 			}
+			if err == nil {
+				h.startClock(ctx, pc)
+			}
 			wrote <- err
 		}()
 	}
-	if h.headTimeout > 0 {
-		_ = pc.c.SetReadDeadline(time.Now().Add(h.headTimeout))
-		cutIfDone(ctx, pc.c) // the deadline may have replaced the cut
+	if wrote == nil {
+		h.startClock(ctx, pc)
 	}
 	var resp *http.Response
 	var err error
@@ -170,8 +193,11 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 		// follows.
 	}
 	if err == nil && h.headTimeout > 0 {
+		pc.clock.Lock()
+		pc.headRead = true
 		_ = pc.c.SetReadDeadline(time.Time{})
 		cutIfDone(ctx, pc.c)
+		pc.clock.Unlock()
 	}
 	if err != nil {
 		stop()

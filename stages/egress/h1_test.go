@@ -312,3 +312,59 @@ func BenchmarkPoolCheckout(b *testing.B) {
 		t.h1.put(pc)
 	}
 }
+
+// pacedBody yields n chunks, one per tick: an upload slower than the
+// response-header timeout.
+type pacedBody struct {
+	tick *time.Ticker
+	left int
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	if b.left == 0 {
+		b.tick.Stop()
+		return 0, io.EOF
+	}
+	<-b.tick.C
+	b.left--
+	return copy(p, "chunk"), nil
+}
+
+// The response-header timeout counts from the end of the request, as
+// net/http's Transport counts it: an upload that takes longer than the
+// timeout is not cut, and an upstream that then keeps silent is.
+func TestH1HeadTimeoutStartsWhenTheRequestEnds(t *testing.T) {
+	t.Parallel()
+	const timeout = 150 * time.Millisecond
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	srv, _ := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/silent" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		fmt.Fprintf(w, "%d", n)
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), func(c *PoolConfig) { c.ResponseHeaderTimeout = timeout })
+
+	start := time.Now()
+	resp, body := do(t, h, http.MethodPost, srv.URL+"/count", &pacedBody{tick: time.NewTicker(timeout / 2), left: 8})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "40", body, "the whole upload arrived")
+	require.Greater(t, time.Since(start), 3*timeout, "the upload outlasted the timeout")
+
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/silent", strings.NewReader("x"))
+	require.NoError(t, err)
+	req.ContentLength = -1
+	start = time.Now()
+	_, err = h.roundTrip(req)
+	require.Error(t, err, "a silent upstream still times out")
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	require.True(t, ne.Timeout(), "%v", err)
+	require.Less(t, time.Since(start), 10*timeout)
+}
