@@ -24,6 +24,15 @@ type result struct {
 	stdout, stderr string
 }
 
+// requireExit checks that the run ended with code, saying stderr on
+// standard error and nothing on standard output.
+func (r result) requireExit(t *testing.T, code int, stderr string) {
+	t.Helper()
+	require.Equal(t, code, r.code)
+	require.Equal(t, stderr, r.stderr)
+	require.Empty(t, r.stdout)
+}
+
 func runTunnel(stdin string, args ...string) result {
 	var out, errOut bytes.Buffer
 	code := run(args, strings.NewReader(stdin), &out, &errOut)
@@ -67,10 +76,7 @@ server_pin: ` + validPin + `
 
 func TestNoArgs(t *testing.T) {
 	t.Parallel()
-	r := runTunnel("")
-	require.Equal(t, 2, r.code)
-	require.Equal(t, usage, r.stderr)
-	require.Empty(t, r.stdout)
+	runTunnel("").requireExit(t, 2, usage)
 }
 
 func TestUnknownCommand(t *testing.T) {
@@ -86,10 +92,7 @@ func TestUnknownCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := runTunnel("", tt.args...)
-			require.Equal(t, 2, r.code)
-			require.Equal(t, "tunnel: unknown command \""+tt.args[0]+"\"\n\n"+usage, r.stderr)
-			require.Empty(t, r.stdout)
+			runTunnel("", tt.args...).requireExit(t, 2, "tunnel: unknown command \""+tt.args[0]+"\"\n\n"+usage)
 		})
 	}
 }
@@ -191,14 +194,11 @@ server_pin: md5:abc
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			file := writeFile(t, "bad.yaml", tt.content)
-			r := runTunnel("", "check-config", tt.kind, file)
-			require.Equal(t, 1, r.code)
-			require.Empty(t, r.stdout)
 			var want strings.Builder
 			for _, w := range tt.want {
 				want.WriteString(file + ":" + w + "\n")
 			}
-			require.Equal(t, want.String(), r.stderr)
+			runTunnel("", "check-config", tt.kind, file).requireExit(t, 1, want.String())
 		})
 	}
 }
@@ -223,10 +223,7 @@ func TestCheckConfigUsageAndFileErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := runTunnel("", tt.args...)
-			require.Equal(t, 1, r.code)
-			require.Equal(t, tt.want, r.stderr)
-			require.Empty(t, r.stdout)
+			runTunnel("", tt.args...).requireExit(t, 1, tt.want)
 		})
 	}
 }
@@ -267,10 +264,7 @@ func TestHashTokenErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := runTunnel(tt.stdin, "hash-token")
-			require.Equal(t, 1, r.code)
-			require.Equal(t, "tunnel: hash-token: give the token on stdin\n", r.stderr)
-			require.Empty(t, r.stdout)
+			runTunnel(tt.stdin, "hash-token").requireExit(t, 1, "tunnel: hash-token: give the token on stdin\n")
 		})
 	}
 
@@ -315,10 +309,7 @@ func TestServerAndClientNeedConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := runTunnel("", tt.args...)
-			require.Equal(t, 1, r.code)
-			require.Equal(t, tt.want, r.stderr)
-			require.Empty(t, r.stdout)
+			runTunnel("", tt.args...).requireExit(t, 1, tt.want)
 		})
 	}
 }
