@@ -741,36 +741,30 @@ func TestClientTokenSources(t *testing.T) {
 		require.EqualError(t, err, "no token: set token, token_file or QTUNNEL_TOKEN")
 	})
 
-	t.Run("environment", func(t *testing.T) {
-		t.Setenv(config.TokenEnv, "from-env")
-		c, err := config.ParseClient("c.yaml", []byte(base))
-		require.NoError(t, err)
-		tok, err := c.ReadToken()
-		require.NoError(t, err)
-		require.Equal(t, "from-env", tok)
-	})
-
-	t.Run("token wins over file and environment", func(t *testing.T) {
-		t.Setenv(config.TokenEnv, "from-env")
-		file := filepath.Join(t.TempDir(), "token")
-		require.NoError(t, os.WriteFile(file, []byte("from-file\n"), 0o600))
-		c, err := config.ParseClient("c.yaml", []byte(base+"token: inline\ntoken_file: "+file+"\n"))
-		require.NoError(t, err)
-		tok, err := c.ReadToken()
-		require.NoError(t, err)
-		require.Equal(t, "inline", tok)
-	})
-
-	t.Run("file wins over environment", func(t *testing.T) {
-		t.Setenv(config.TokenEnv, "from-env")
-		file := filepath.Join(t.TempDir(), "token")
-		require.NoError(t, os.WriteFile(file, []byte("  from-file \r\n"), 0o600))
-		c, err := config.ParseClient("c.yaml", []byte(base+"token_file: "+file+"\n"))
-		require.NoError(t, err)
-		tok, err := c.ReadToken()
-		require.NoError(t, err)
-		require.Equal(t, "from-file", tok, "surrounding whitespace is dropped")
-	})
+	// With QTUNNEL_TOKEN set, token beats token_file, which beats the
+	// environment.
+	for _, tt := range []struct {
+		name, file, yaml, want string
+	}{
+		{name: "environment", want: "from-env"},
+		{name: "token wins over file and environment", file: "from-file\n", yaml: "token: inline\n", want: "inline"},
+		{name: "file wins over environment", file: "  from-file \r\n", want: "from-file"}, // surrounding whitespace is dropped
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(config.TokenEnv, "from-env")
+			yaml := base + tt.yaml
+			if tt.file != "" {
+				file := filepath.Join(t.TempDir(), "token")
+				require.NoError(t, os.WriteFile(file, []byte(tt.file), 0o600))
+				yaml += "token_file: " + file + "\n"
+			}
+			c, err := config.ParseClient("c.yaml", []byte(yaml))
+			require.NoError(t, err)
+			tok, err := c.ReadToken()
+			require.NoError(t, err)
+			require.Equal(t, tt.want, tok)
+		})
+	}
 }
 
 func TestReadTokenFile(t *testing.T) {
