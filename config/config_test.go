@@ -199,22 +199,8 @@ func TestParseServerProblems(t *testing.T) {
 		want string
 	}{
 		{
-			name: "bad upstream scheme in rules[1]",
-			doc: `clients:
-  - id: c1
-    token_sha256: HASH1
-rules:
-  - id: ok
-    client: c1
-    direction: reverse
-    host: a.test
-    upstream: http://127.0.0.1:3000
-  - id: bad
-    client: c1
-    direction: reverse
-    host: b.test
-    upstream: ftp://x
-`,
+			name:   "bad upstream scheme in rules[1]",
+			doc:    badUpstreamDoc,
 			marker: "ftp://x",
 			want:   `server.yaml:LINE: rules[1].upstream: "ftp://x": scheme must be http or https`,
 		},
@@ -467,11 +453,8 @@ shutdown_grace: soon
 	}
 }
 
-// TestProblemLineIsTheKeysLine pins the headline case with a literal line
-// number, independently of the lineNo helper.
-func TestProblemLineIsTheKeysLine(t *testing.T) {
-	t.Parallel()
-	doc := serverDoc(`clients:
+// badUpstreamDoc has a bad upstream scheme in its second rule.
+const badUpstreamDoc = `clients:
   - id: c1
     token_sha256: HASH1
 rules:
@@ -485,7 +468,13 @@ rules:
     direction: reverse
     host: b.test
     upstream: ftp://x
-`)
+`
+
+// TestProblemLineIsTheKeysLine pins the headline case with a literal line
+// number, independently of the lineNo helper.
+func TestProblemLineIsTheKeysLine(t *testing.T) {
+	t.Parallel()
+	doc := serverDoc(badUpstreamDoc)
 	_, err := config.ParseServer("server.yaml", []byte(doc))
 	ps := problems(t, err)
 	require.Len(t, ps, 1)
