@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -122,11 +124,61 @@ func (l Load) Run(ctx context.Context) LoadResult {
 	if res.Seconds > 0 {
 		res.RPS = float64(res.Requests-res.Errors) / res.Seconds
 	}
-	res.P50 = float64(hist.ValueAtQuantile(50))
-	res.P99 = float64(hist.ValueAtQuantile(99))
-	res.P999 = float64(hist.ValueAtQuantile(99.9))
-	res.Max = float64(hist.Max())
+	res.setLatencies(hist)
 	return res
+}
+
+// setLatencies fills in r's latency figures from hist (µs).
+func (r *LoadResult) setLatencies(hist *hdrhistogram.Histogram) {
+	r.P50 = float64(hist.ValueAtQuantile(50))
+	r.P99 = float64(hist.ValueAtQuantile(99))
+	r.P999 = float64(hist.ValueAtQuantile(99.9))
+	r.Max = float64(hist.Max())
+}
+
+// closedLoop runs workers that each repeat op as fast as it goes for d,
+// and measures it like a Load does. op gets the worker's index, for state
+// of its own such as a connection or a buffer.
+func closedLoop(ctx context.Context, workers int, d time.Duration, op func(ctx context.Context, worker int) error) LoadResult {
+	hist := hdrhistogram.New(1, 60_000_000, 3)
+	var mu sync.Mutex
+	var n, errs atomic.Int64
+	var first atomic.Value
+	// Cancel rather than set a deadline: a deadline would travel with gRPC
+	// calls and the upstream could end the last ones first, as errors.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := time.AfterFunc(d, cancel)
+	defer stop.Stop()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if err := op(ctx, w); err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					errs.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				n.Add(1)
+				mu.Lock()
+				_ = hist.RecordValue(max(1, time.Since(t0).Microseconds()))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	r := LoadResult{Requests: n.Load() + errs.Load(), Errors: errs.Load(), Seconds: secs, RPS: float64(n.Load()) / secs}
+	r.setLatencies(hist)
+	if s, ok := first.Load().(string); ok {
+		r.FirstError = s
+	}
+	return r
 }
 
 // Transfer moves size bytes in one request, up (POST) or down (GET), and
@@ -157,15 +209,26 @@ func Transfer(ctx context.Context, base, host string, size int64, up bool) (floa
 		return 0, err
 	}
 	defer resp.Body.Close()
-	n, err := io.Copy(io.Discard, resp.Body)
-	if err != nil {
-		return 0, err
-	}
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("status %d", resp.StatusCode)
 	}
-	if !up && n != size {
-		return 0, fmt.Errorf("got %d of %d bytes", n, size)
+	if up {
+		// The answer is the count of bytes the upstream got.
+		got, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return 0, err
+		}
+		if string(got) != fmt.Sprint(size) {
+			return 0, fmt.Errorf("upstream got %q of %d bytes", got, size)
+		}
+	} else {
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err != nil {
+			return 0, err
+		}
+		if n != size {
+			return 0, fmt.Errorf("got %d of %d bytes", n, size)
+		}
 	}
 	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
 }

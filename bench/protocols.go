@@ -9,10 +9,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -93,52 +91,7 @@ func wsEcho(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// closedLoop runs workers that each repeat op as fast as it goes for d,
-// and measures it like a Load does.
-func closedLoop(ctx context.Context, workers int, d time.Duration, op func(ctx context.Context, worker int) error) LoadResult {
-	hist := hdrhistogram.New(1, 60_000_000, 3)
-	var mu sync.Mutex
-	var n, errs atomic.Int64
-	var first atomic.Value
-	// Cancel rather than set a deadline: a deadline would travel with gRPC
-	// calls and the upstream could end the last ones first, as errors.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := time.AfterFunc(d, cancel)
-	defer stop.Stop()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				if err := op(ctx, w); err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					errs.Add(1)
-					first.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				n.Add(1)
-				mu.Lock()
-				_ = hist.RecordValue(max(1, time.Since(t0).Microseconds()))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	secs := time.Since(start).Seconds()
-	r := LoadResult{Requests: n.Load() + errs.Load(), Errors: errs.Load(), Seconds: secs, RPS: float64(n.Load()) / secs,
-		P50: float64(hist.ValueAtQuantile(50)), P99: float64(hist.ValueAtQuantile(99)),
-		P999: float64(hist.ValueAtQuantile(99.9)), Max: float64(hist.Max())}
-	if s, ok := first.Load().(string); ok {
-		r.FirstError = s
-	}
-	return r
-}
-
-// grpcTarget is where a gRPC client connects for one way of reaching the
+// grpcTargets are where a gRPC client connects for each way of reaching the
 // upstream.
 func (e *env) grpcTargets() []target {
 	return []target{
@@ -154,14 +107,20 @@ func (e *env) tcpTargets() []target {
 	return []target{{"direct", e.tcpAddr, ""}, {"reverse", e.tcpRev, ""}, {"forward", e.tcpFwd, ""}}
 }
 
-// grpcUnary runs unary calls (1 KiB each way) on one HTTP/2 connection,
-// workers streams at a time.
-func grpcUnary(ctx context.Context, t target, workers int, d time.Duration) (LoadResult, error) {
+// dialGRPC makes a plaintext HTTP/2 client connection to t, with t.Host as
+// the authority if set.
+func dialGRPC(t target) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if t.Host != "" {
 		opts = append(opts, grpc.WithAuthority(t.Host))
 	}
-	cc, err := grpc.NewClient("passthrough:///"+t.Base, opts...)
+	return grpc.NewClient("passthrough:///"+t.Base, opts...)
+}
+
+// grpcUnary runs unary calls (1 KiB each way) on one HTTP/2 connection,
+// workers streams at a time.
+func grpcUnary(ctx context.Context, t target, workers int, d time.Duration) (LoadResult, error) {
+	cc, err := dialGRPC(t)
 	if err != nil {
 		return LoadResult{}, err
 	}
@@ -177,11 +136,7 @@ func grpcUnary(ctx context.Context, t target, workers int, d time.Duration) (Loa
 // grpcStream runs workers bidirectional streams, each a ping-pong of 1 KiB
 // messages: a round trip is one "request".
 func grpcStream(ctx context.Context, t target, workers int, d time.Duration) (LoadResult, error) {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if t.Host != "" {
-		opts = append(opts, grpc.WithAuthority(t.Host))
-	}
-	cc, err := grpc.NewClient("passthrough:///"+t.Base, opts...)
+	cc, err := dialGRPC(t)
 	if err != nil {
 		return LoadResult{}, err
 	}

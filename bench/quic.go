@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/transport"
@@ -89,44 +86,13 @@ func (r *rawQUIC) close() {
 // as fast as they go for d.
 func (r *rawQUIC) echo(ctx context.Context, workers int, d time.Duration) LoadResult {
 	msg := make([]byte, 1024)
-	hist := hdrhistogram.New(1, 60_000_000, 3)
-	var mu sync.Mutex
-	var n, errs atomic.Int64
-	var firstErr atomic.Value
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			buf := make([]byte, 1024)
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				err := r.oneEcho(ctx, msg, buf)
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				n.Add(1)
-				mu.Lock()
-				_ = hist.RecordValue(max(1, time.Since(t0).Microseconds()))
-				mu.Unlock()
-			}
-		})
+	bufs := make([][]byte, workers)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1024)
 	}
-	wg.Wait()
-	secs := time.Since(start).Seconds()
-	res := LoadResult{Requests: n.Load() + errs.Load(), Errors: errs.Load(), Seconds: secs, RPS: float64(n.Load()) / secs,
-		P50: float64(hist.ValueAtQuantile(50)), P99: float64(hist.ValueAtQuantile(99)),
-		P999: float64(hist.ValueAtQuantile(99.9)), Max: float64(hist.Max())}
-	if e, ok := firstErr.Load().(string); ok {
-		res.FirstError = e
-	}
-	return res
+	return closedLoop(ctx, workers, d, func(ctx context.Context, w int) error {
+		return r.oneEcho(ctx, msg, bufs[w])
+	})
 }
 
 func (r *rawQUIC) oneEcho(ctx context.Context, msg, buf []byte) error {
