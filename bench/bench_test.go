@@ -4,47 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/qtunnel/qtunnel/bench"
-	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 )
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "qtunnel-bench-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "tunnel")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/tunnel")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build tunnel:", err)
-		os.Exit(1)
-	}
-	ignore := append(pipelinetest.IgnoredGoroutines(), goleak.IgnoreCurrent())
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(ignore...); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { e2etest.Main(m, &binary) }
 
 // TestHarnessSmoke runs a few scenarios very briefly against real server
 // and client processes and checks that every figure is there and sane.
@@ -54,8 +26,9 @@ func TestHarnessSmoke(t *testing.T) {
 	defer cancel()
 	rep, err := bench.Run(ctx, bench.Options{
 		Binary: binary, Duration: 300 * time.Millisecond, Runs: 1, BulkSize: 8 << 20, IdleConns: 20,
-		Scenarios: []string{"h1-c1", "h1-c64", "h2-mux64", "bulk-up", "bulk-down", "idle", "quic-echo", "quic-bulk"},
-		Progress:  &progress,
+		Scenarios: []string{"h1-c1", "h1-c64", "h2-mux64", "grpc-unary-c64", "grpc-stream-c64", "ws-echo-c64",
+			"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-bulk"},
+		Progress: &progress,
 	})
 	require.NoError(t, err, progress.String())
 	find := func(s, target string) bench.Row {
@@ -67,7 +40,7 @@ func TestHarnessSmoke(t *testing.T) {
 		t.Fatalf("no row %s/%s in:\n%s", s, target, progress.String())
 		return bench.Row{}
 	}
-	for _, s := range []string{"h1-c1", "h1-c64", "h2-mux64"} {
+	for _, s := range []string{"h1-c1", "h1-c64", "h2-mux64", "grpc-unary-c64", "grpc-stream-c64", "ws-echo-c64"} {
 		for _, target := range []string{"direct", "reverse", "forward"} {
 			r := find(s, target)
 			require.Positive(t, r.Load.RPS, "%s %s", s, target)
@@ -84,8 +57,14 @@ func TestHarnessSmoke(t *testing.T) {
 		require.Positive(t, find(s, "reverse").MiBps)
 		require.Positive(t, find(s, "forward").Ratio, "ratio to raw quic-go")
 	}
+	for _, target := range []string{"direct", "reverse", "forward"} {
+		for _, s := range []string{"tcp-up", "tcp-down"} {
+			require.Positive(t, find(s, target).MiBps, "%s %s", s, target)
+		}
+	}
 	require.Positive(t, find("quic-bulk", "quic").MiBps)
 	require.Positive(t, find("quic-echo", "quic").Load.RPS)
+	require.Zero(t, find("quic-echo", "quic").Load.Errors, find("quic-echo", "quic").Load.FirstError)
 	require.NotZero(t, find("idle", "reverse").ServerPeakRSS)
 	require.NotEmpty(t, rep.Bars)
 	require.Contains(t, progress.String(), "h1-c64")

@@ -12,29 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/demo"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 )
 
 func TestMain(m *testing.M) { pipelinetest.VerifyNoLeaks(m) }
 
-func free(t *testing.T, network string) string {
-	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer c.Close()
-		return c.LocalAddr().String()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func TestDemoBothDirections(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := demo.Start(ctx, demo.Options{Public: free(t, "tcp"), Forward: free(t, "tcp"), Tunnel: free(t, "udp")})
+	d, err := demo.Start(ctx, demo.Options{Public: e2etest.FreeAddr(t, "tcp"), Forward: e2etest.FreeAddr(t, "tcp"), Tunnel: e2etest.FreeAddr(t, "udp")})
 	require.NoError(t, err)
 	text := d.Instructions()
 	require.Contains(t, text, d.Server.Pin())
@@ -75,6 +62,6 @@ func TestStartFailsCleanlyOnBusyPort(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	_, err = demo.Start(context.Background(), demo.Options{Public: ln.Addr().String(), Forward: free(t, "tcp"), Tunnel: free(t, "udp")})
+	_, err = demo.Start(context.Background(), demo.Options{Public: ln.Addr().String(), Forward: e2etest.FreeAddr(t, "tcp"), Tunnel: e2etest.FreeAddr(t, "udp")})
 	require.ErrorContains(t, err, "address already in use")
 }

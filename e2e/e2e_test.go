@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -328,7 +329,7 @@ func TestDemoPrintsWorkingCurlLines(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl is not installed (.ci/run installs it)")
 	}
-	d := start(t, "demo", "demo", "-public", freeAddr(t, "tcp"), "-forward", freeAddr(t, "tcp"), "-tunnel", freeAddr(t, "udp"))
+	d := start(t, "demo", "demo", "-public", e2etest.FreeAddr(t, "tcp"), "-forward", e2etest.FreeAddr(t, "tcp"), "-tunnel", e2etest.FreeAddr(t, "udp"))
 	d.waitFor(`Press Ctrl-C`, 30*time.Second)
 	lines := regexp.MustCompile(`(?m)^\s+(curl .*)$`).FindAllStringSubmatch(d.out.String(), -1)
 	require.Len(t, lines, 2, "one curl line per direction:\n%s", d.out.String())

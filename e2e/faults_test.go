@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -96,38 +95,23 @@ func TestServerKilledAndRestarted(t *testing.T) {
 //	/chunked  200 chunked, dies after a 64 KiB chunk
 func dyingUpstream(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				part := strings.Repeat("x", 64<<10)
-				switch req.URL.Path {
-				case "/half":
-					fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-")
-					return
-				case "/length":
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", 1<<20, part)
-				case "/chunked":
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(part), part)
-				}
-				_ = c.(*net.TCPConn).SetLinger(0) // close with a reset
-			})
+	return "http://" + tcpUpstream(t, 30*time.Second, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
 		}
+		part := strings.Repeat("x", 64<<10)
+		switch req.URL.Path {
+		case "/half":
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-")
+			return
+		case "/length":
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", 1<<20, part)
+		case "/chunked":
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(part), part)
+		}
+		_ = c.(*net.TCPConn).SetLinger(0) // close with a reset
 	})
-	return "http://" + ln.Addr().String()
 }
 
 // TestUpstreamKilledMidResponse: the caller gets a clean error, never a

@@ -21,41 +21,15 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/qtunnel/qtunnel/control"
-	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
 var tunnelBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "qtunnel-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	tunnelBin = filepath.Join(dir, "tunnel")
-	// The binary under test is built without the race detector: it is the
-	// product as shipped. The tests themselves may run with -race.
-	build := exec.Command("go", "build", "-o", tunnelBin, "../cmd/tunnel")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build tunnel:", err)
-		os.Exit(1)
-	}
-	ignore := append(pipelinetest.IgnoredGoroutines(), goleak.IgnoreCurrent())
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(ignore...); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { e2etest.Main(m, &tunnelBin) }
 
 // syncBuffer collects a process's output.
 type syncBuffer struct {
@@ -185,18 +159,29 @@ func (p *proc) peakRSS() int64 {
 	return 0
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr(t *testing.T, network string) string {
+// tcpUpstream serves raw TCP on a loopback port until the test ends: each
+// connection is handed to serve in a goroutine of its own, with a deadline
+// of d for the whole connection, and closed when serve returns. It returns
+// the address.
+func tcpUpstream(t *testing.T, d time.Duration, serve func(c net.Conn)) string {
 	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer c.Close()
-		return c.LocalAddr().String()
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer ln.Close()
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(d))
+				serve(c)
+			})
+		}
+	})
 	return ln.Addr().String()
 }
 
@@ -236,7 +221,7 @@ func writeFile(t *testing.T, path, content string) {
 // and waits until the client applied its rules.
 func startEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{dir: t.TempDir(), tunnel: freeAddr(t, "udp"), public: freeAddr(t, "tcp"), forward: freeAddr(t, "tcp")}
+	e := &env{dir: t.TempDir(), tunnel: e2etest.FreeAddr(t, "udp"), public: e2etest.FreeAddr(t, "tcp"), forward: e2etest.FreeAddr(t, "tcp")}
 	if o.grace == "" {
 		o.grace = "10s"
 	}

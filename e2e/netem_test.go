@@ -30,6 +30,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -187,10 +188,10 @@ func nsUpstreams(t *testing.T, ns string) (httpAddr, grpcAddr string) {
 func TestLossyDelayedNetwork(t *testing.T) {
 	t.Run("relay", func(t *testing.T) {
 		t.Parallel()
-		server := freeAddr(t, "udp")
+		server := e2etest.FreeAddr(t, "udp")
 		relay := startLossyRelay(t, server, 50*time.Millisecond, 0.05)
 		checkLossyTunnel(t, lossyNet{tunnelListen: server, clientDials: relay.addr,
-			public: freeAddr(t, "tcp"), fwdHTTP: freeAddr(t, "tcp"), fwdGRPC: freeAddr(t, "tcp")})
+			public: e2etest.FreeAddr(t, "tcp"), fwdHTTP: e2etest.FreeAddr(t, "tcp"), fwdGRPC: e2etest.FreeAddr(t, "tcp")})
 		dropped, passed := relay.counts()
 		t.Logf("relay: %d packets passed, %d dropped (%.1f%%)", passed, dropped, 100*float64(dropped)/float64(max(1, passed+dropped)))
 		assert.Positive(t, dropped, "the relay dropped packets")

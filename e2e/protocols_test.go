@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -60,45 +61,29 @@ func tcpRules(rev, fwd, upstream string) string {
 // downEOF.
 func gigaTCPUpstream(t *testing.T, size int64, downEOF *atomic.Int32) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { ln.Close() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
+	return tcpUpstream(t, 2*time.Minute, func(c net.Conn) {
+		var mode [1]byte
+		if _, err := io.ReadFull(c, mode[:]); err != nil {
+			return
+		}
+		switch mode[0] {
+		case 'U':
+			h := sha256.New()
+			n, err := io.Copy(h, c)
 			if err != nil {
 				return
 			}
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
-				var mode [1]byte
-				if _, err := io.ReadFull(c, mode[:]); err != nil {
-					return
-				}
-				switch mode[0] {
-				case 'U':
-					h := sha256.New()
-					n, err := io.Copy(h, c)
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
-				case 'D':
-					if _, err := io.Copy(c, newBlockReader(size)); err != nil {
-						return
-					}
-					_ = c.(*net.TCPConn).CloseWrite()
-					if n, err := io.Copy(io.Discard, c); err == nil && n == 0 {
-						downEOF.Add(1)
-					}
-				}
-			})
+			fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+		case 'D':
+			if _, err := io.Copy(c, newBlockReader(size)); err != nil {
+				return
+			}
+			_ = c.(*net.TCPConn).CloseWrite()
+			if n, err := io.Copy(io.Discard, c); err == nil && n == 0 {
+				downEOF.Add(1)
+			}
 		}
 	})
-	return ln.Addr().String()
 }
 
 // TestTCPGigabyteBothWaysBoundedMemory moves 1 GiB up and 1 GiB down
@@ -113,7 +98,7 @@ func TestTCPGigabyteBothWaysBoundedMemory(t *testing.T) {
 	const rssBound = 96 << 20
 	var downEOF atomic.Int32
 	up := gigaTCPUpstream(t, size, &downEOF)
-	rev, fwd := freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	rev, fwd := e2etest.FreeAddr(t, "tcp"), e2etest.FreeAddr(t, "tcp")
 	e := startEnv(t, envOpts{nearClient: "http://127.0.0.1:1", nearServer: "http://127.0.0.1:1", extraRules: tcpRules(rev, fwd, up)})
 	e.server.waitFor(`msg="server started".* tcp_listeners=1`, 5*time.Second)
 	e.waitReady(t)
@@ -399,7 +384,7 @@ func TestCurlHTTP2OverTLSAndPriorKnowledge(t *testing.T) {
 			fmt.Fprintf(w, "%s answered %s %s", name, r.Proto, r.URL.Path)
 		})
 	}
-	publicTLS, forwardTLS := freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	publicTLS, forwardTLS := e2etest.FreeAddr(t, "tcp"), e2etest.FreeAddr(t, "tcp")
 	e := startEnv(t, envOpts{
 		nearClient: upstream(t, answer("near-client")),
 		nearServer: upstream(t, answer("near-server")),

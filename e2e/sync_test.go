@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
@@ -29,7 +31,7 @@ func TestRulesChangeUnderSteadyLoad(t *testing.T) {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, s) })
 	}
 	steady, one, two := upstream(t, text("steady")), upstream(t, text("one")), upstream(t, text("two"))
-	adminAddr := freeAddr(t, "tcp")
+	adminAddr := e2etest.FreeAddr(t, "tcp")
 	const token = "admin-token-e2e"
 	steadyRule := fmt.Sprintf("  - {id: steady, client: %s, direction: reverse, host: steady.test, upstream: %q}\n", clientID, steady)
 	dynRule := func(up string) string {

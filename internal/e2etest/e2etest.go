@@ -1,0 +1,67 @@
+// Package e2etest holds helpers for tests that run the tunnel as real
+// processes or on real sockets: a TestMain that builds the tunnel binary,
+// and free loopback addresses.
+package e2etest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
+)
+
+// Main builds the tunnel binary into a temporary directory and sets *binary
+// to its path, runs the tests, removes the directory, and, if the tests
+// passed, fails the run on leaked goroutines. Call it from TestMain; it
+// does not return.
+//
+// The binary is built without the race detector: it is the product as
+// shipped. The tests themselves may run with -race.
+func Main(m *testing.M, binary *string) {
+	dir, err := os.MkdirTemp("", "qtunnel-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*binary = filepath.Join(dir, "tunnel")
+	build := exec.Command("go", "build", "-o", *binary, "github.com/qtunnel/qtunnel/cmd/tunnel")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build tunnel:", err)
+		_ = os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	ignore := append(pipelinetest.IgnoredGoroutines(), goleak.IgnoreCurrent())
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(ignore...); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// FreeAddr returns a loopback address, network "tcp" or "udp", that was
+// free a moment ago.
+func FreeAddr(t testing.TB, network string) string {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer c.Close()
+		return c.LocalAddr().String()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
