@@ -55,7 +55,7 @@ type Demo struct {
 
 // Start starts the upstreams, the server and the client, and returns once the
 // client has applied its rules, or with an error.
-func Start(ctx context.Context, o Options) (*Demo, error) {
+func Start(ctx context.Context, o Options) (_ *Demo, err error) {
 	if o.Public == "" {
 		o.Public = "127.0.0.1:18080"
 	}
@@ -69,13 +69,17 @@ func Start(ctx context.Context, o Options) (*Demo, error) {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	d := &Demo{opts: o, clientErr: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			_ = d.Stop(context.Background()) // stops whatever started
+		}
+	}()
 	nearClient, err := d.upstreamServer("the upstream near the client (reached by the reverse tunnel)")
 	if err != nil {
 		return nil, err
 	}
 	nearServer, err := d.upstreamServer("the upstream near the server (reached by the forward tunnel)")
 	if err != nil {
-		d.stopUpstreams()
 		return nil, err
 	}
 	var tok [16]byte
@@ -87,26 +91,22 @@ func Start(ctx context.Context, o Options) (*Demo, error) {
 
 	scfg, err := config.ParseServer("demo/server.yaml", []byte(fill.Replace(serverYAML)))
 	if err != nil {
-		d.stopUpstreams()
 		return nil, err
 	}
 	srv, err := gateway.NewServer(*scfg, gateway.WithLogger(o.Logger))
 	if err != nil {
-		d.stopUpstreams()
 		return nil, err
 	}
 	if err := srv.Start(ctx); err != nil {
-		d.stopUpstreams()
 		return nil, err
 	}
 	d.Server = srv
 	fill = strings.NewReplacer("{{token}}", token, "{{tunnel}}", srv.TunnelAddr().String(), "{{pin}}", srv.Pin())
 	ccfg, err := config.ParseClient("demo/client.yaml", []byte(fill.Replace(clientYAML)))
-	if err == nil {
-		d.Client, err = gateway.NewClient(*ccfg, gateway.WithLogger(o.Logger))
-	}
 	if err != nil {
-		d.Stop(context.Background())
+		return nil, err
+	}
+	if d.Client, err = gateway.NewClient(*ccfg, gateway.WithLogger(o.Logger)); err != nil {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -115,12 +115,10 @@ func Start(ctx context.Context, o Options) (*Demo, error) {
 	select {
 	case <-d.Client.Ready():
 		return d, nil
-	case err := <-d.clientErr:
-		d.clientErr <- err
-		d.Stop(context.Background())
-		return nil, fmt.Errorf("client stopped before applying its rules: %w", err)
+	case cerr := <-d.clientErr:
+		d.clientErr <- cerr // for Stop
+		return nil, fmt.Errorf("client stopped before applying its rules: %w", cerr)
 	case <-ctx.Done():
-		d.Stop(context.Background())
 		return nil, ctx.Err()
 	}
 }
@@ -148,13 +146,6 @@ func (d *Demo) upstreamServer(name string) (string, error) {
 		}
 	})
 	return ln.Addr().String(), nil
-}
-
-func (d *Demo) stopUpstreams() {
-	for _, s := range d.upstream {
-		_ = s.Close()
-	}
-	d.wg.Wait()
 }
 
 // Instructions returns the curl commands that cross the tunnel each way.
