@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"sync/atomic"
 )
@@ -195,10 +196,9 @@ func (b *Body) next() error {
 			return err
 		}
 		if b.Trailer == nil {
-			b.Trailer = make(http.Header, len(tr))
-		}
-		for k, v := range tr {
-			b.Trailer[k] = v
+			b.Trailer = tr // parsed into a map of its own
+		} else {
+			maps.Copy(b.Trailer, tr)
 		}
 		t, _, err := b.r.Next()
 		if err != nil {
