@@ -278,20 +278,15 @@ func (r *Rule) Normalize() {
 // internationalised names become their ASCII (punycode) form, the one
 // HTTP clients send.
 func NormalizeHost(host string) string {
+	host = strings.TrimSuffix(stripPort(host), ".")
 	for i := 0; i < len(host); i++ {
 		if host[i] >= 0x80 {
-			if a, err := idna.Lookup.ToASCII(strings.TrimSuffix(stripPort(host), ".")); err == nil {
+			if a, err := idna.Lookup.ToASCII(host); err == nil {
 				return a
 			}
 			break
 		}
 	}
-	if strings.IndexByte(host, ':') >= 0 { // only then: a failed split allocates its error
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-	}
-	host = strings.TrimSuffix(host, ".")
 	for i := 0; i < len(host); i++ {
 		if c := host[i]; 'A' <= c && c <= 'Z' {
 			return strings.ToLower(host)
@@ -301,7 +296,7 @@ func NormalizeHost(host string) string {
 }
 
 func stripPort(host string) string {
-	if strings.IndexByte(host, ':') >= 0 {
+	if strings.IndexByte(host, ':') >= 0 { // only then: a failed split allocates its error
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			return h
 		}

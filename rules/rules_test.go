@@ -99,6 +99,7 @@ func TestInternationalHostsAreNormalised(t *testing.T) {
 	require.Equal(t, "xn--bcher-kva.example", tab.ByID("idn").Host)
 	require.Equal(t, "idn", tab.Match("", "xn--bcher-kva.example:8080", "/").ID, "clients send the ASCII form")
 	require.Equal(t, "idn", tab.Match("", "bücher.example", "/").ID)
+	require.Equal(t, "idn", tab.Match("", "Bücher.Example.:8443", "/").ID, "port and trailing dot dropped before the conversion")
 	_, err = rules.NewTable(1, []rules.Rule{rev("a", "c1", "bücher.example", ""), rev("b", "c2", "XN--BCHER-KVA.example", "/x")})
 	require.ErrorContains(t, err, `belongs to client "c1"`, "the two spellings are one host")
 }
