@@ -3,7 +3,10 @@
 package egress
 
 import (
+	"context"
+	"io"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,4 +62,28 @@ func TestAliveSeesWhatTheUpstreamDid(t *testing.T) {
 	defer p1.Close()
 	defer p2.Close()
 	require.True(t, alive(p1), "no socket to look at: assumed alive, the retry covers it")
+}
+
+// An idle connection that the upstream closed while it sat in the pool is
+// seen for what it is and dropped: the next request gets a new one.
+func TestH1IdleConnectionTheUpstreamClosedIsNotTaken(t *testing.T) {
+	t.Parallel()
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	do(t, h, http.MethodGet, srv.URL+"/", nil)
+	require.Equal(t, 1, h.idleConns())
+	srv.CloseClientConnections()
+	h.mu.Lock()
+	parked := h.idle[0]
+	parked.idleAt = parked.idleAt.Add(-2 * time.Second) // idle long enough to be looked at
+	h.mu.Unlock()
+	require.Eventually(t, func() bool { return !alive(parked.c) }, 5*time.Second, time.Millisecond)
+
+	pc, err := h.get(context.Background())
+	require.NoError(t, err)
+	defer pc.c.Close()
+	require.NotSame(t, parked, pc, "the closed connection is not handed out")
+	require.Zero(t, h.idleConns())
+	require.Eventually(t, func() bool { return cl.n.Load() == 2 }, 5*time.Second, time.Millisecond,
+		"a new connection instead")
 }

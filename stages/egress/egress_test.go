@@ -255,6 +255,17 @@ func TestPoolCloseRefusesGet(t *testing.T) {
 	require.ErrorIs(t, rj, egress.ErrPoolClosed)
 }
 
+// warmPool returns a pool that has opened n warm connections to srv,
+// accepted by ln, and the rule that uses them.
+func warmPool(t *testing.T, srv *httptest.Server, ln *countingListener, n int) (*egress.Pool, *rules.Rule) {
+	t.Helper()
+	p := newPool(t, egress.PoolConfig{WarmConns: n})
+	r := ruleFor(srv.URL)
+	p.Warm(context.Background(), []rules.Rule{*r}, rules.Reverse)
+	require.Eventually(t, func() bool { return ln.accepted() == n }, waitFor, 5*time.Millisecond)
+	return p, r
+}
+
 func TestWarmOpensConnectionsAhead(t *testing.T) {
 	t.Parallel()
 	var requests atomic.Int32
@@ -295,10 +306,7 @@ func TestWarmConnectionsServeConcurrentRequests(t *testing.T) {
 	}), false)
 	releaseAll := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(releaseAll) // also on failure, before srv.Close waits for the handlers
-	p := newPool(t, egress.PoolConfig{WarmConns: n})
-	r := ruleFor(srv.URL)
-	p.Warm(context.Background(), []rules.Rule{*r}, rules.Reverse)
-	require.Eventually(t, func() bool { return ln.accepted() == n }, waitFor, 5*time.Millisecond)
+	p, r := warmPool(t, srv, ln, n)
 	warm := ln.remoteAddrs()
 
 	u := newUpstreamStage(t, p)
@@ -341,10 +349,7 @@ func TestWarmConnectionsClosedByTheUpstream(t *testing.T) {
 	srv, ln := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	}), false)
-	p := newPool(t, egress.PoolConfig{WarmConns: 2})
-	r := ruleFor(srv.URL)
-	p.Warm(context.Background(), []rules.Rule{*r}, rules.Reverse)
-	require.Eventually(t, func() bool { return ln.accepted() == 2 }, waitFor, 5*time.Millisecond)
+	p, r := warmPool(t, srv, ln, 2)
 	ln.mu.Lock()
 	for _, c := range ln.conns {
 		require.NoError(t, c.Close())
@@ -361,28 +366,56 @@ func TestWarmConnectionsClosedByTheUpstream(t *testing.T) {
 	require.Equal(t, 3, ln.accepted(), "one new connection, kept alive for the next requests")
 }
 
+// A warm connection that looks alive but that the upstream closes once
+// the request is on it (its idle timeout struck as the request left) counts
+// as reused: the request goes again on a new connection, with no retries
+// configured, as on a kept-alive connection.
+func TestWarmConnectionClosedUnderTheRequestIsRetried(t *testing.T) {
+	t.Parallel()
+	var warm atomic.Value // map[string]bool: the warm connections' addresses
+	warm.Store(map[string]bool{})
+	srv, ln := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if warm.Load().(map[string]bool)[r.RemoteAddr] {
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				_ = c.Close() // no answer: the upstream gave up on it
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}), false)
+	p, r := warmPool(t, srv, ln, 1)
+	warm.Store(ln.remoteAddrs())
+
+	a, err := send(context.Background(), newUpstreamStage(t, p), r, get(t, "/"))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, a.status)
+	require.Equal(t, "ok", a.body)
+	require.Equal(t, 2, ln.accepted(), "the warm connection, then a new one for the retry")
+}
+
 func TestWarmSkipsAndLogs(t *testing.T) {
 	t.Parallel()
 	srv, _ := upstream(t, http.NotFoundHandler(), false)
 
-	t.Run("other direction", func(t *testing.T) {
-		t.Parallel()
-		p := newPool(t, egress.PoolConfig{WarmConns: 2})
-		r := ruleFor(srv.URL)
-		p.Warm(context.Background(), []rules.Rule{*r}, rules.Forward)
-		target, err := p.Get(r)
-		require.NoError(t, err)
-		require.Zero(t, target.Warm())
-	})
-	t.Run("warm-up off", func(t *testing.T) {
-		t.Parallel()
-		p := newPool(t, egress.PoolConfig{WarmConns: -1})
-		r := ruleFor(srv.URL)
-		p.Warm(context.Background(), []rules.Rule{*r}, rules.Reverse)
-		target, err := p.Get(r)
-		require.NoError(t, err)
-		require.Zero(t, target.Warm())
-	})
+	for _, tc := range []struct {
+		name string
+		cfg  egress.PoolConfig
+		dir  rules.Direction
+	}{
+		{"other direction", egress.PoolConfig{WarmConns: 2}, rules.Forward},
+		{"warm-up off", egress.PoolConfig{WarmConns: -1}, rules.Reverse},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := newPool(t, tc.cfg)
+			r := ruleFor(srv.URL)
+			p.Warm(context.Background(), []rules.Rule{*r}, tc.dir)
+			target, err := p.Get(r)
+			require.NoError(t, err)
+			require.Zero(t, target.Warm())
+		})
+	}
 	t.Run("shared upstream warmed once", func(t *testing.T) {
 		t.Parallel()
 		p := newPool(t, egress.PoolConfig{WarmConns: 2})
@@ -649,6 +682,20 @@ func TestUpstreamNextErrorClosesBody(t *testing.T) {
 	require.Error(t, rerr, "the upstream body is closed once the stage returns")
 }
 
+// streamToPeer returns a stream, shut down when the test ends, and the
+// bytes written to it, which come once the writer has closed it.
+func streamToPeer(t *testing.T) (*pipelinetest.Stream, <-chan []byte) {
+	t.Helper()
+	s := pipelinetest.NewStream()
+	t.Cleanup(s.Shutdown)
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(s.Peer())
+		out <- b
+	}()
+	return s, out
+}
+
 // TestEgressChain runs the whole egress side: frames in from the tunnel
 // stream, decode, route, the upstream pool, and frames back out.
 func TestEgressChain(t *testing.T) {
@@ -692,13 +739,7 @@ func TestEgressChain(t *testing.T) {
 	in = codec.AppendTrailers(in, http.Header{"X-Sum": {"42"}})
 	in = codec.AppendEnd(in)
 
-	s := pipelinetest.NewStream()
-	defer s.Shutdown()
-	out := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(s.Peer())
-		out <- b
-	}()
+	s, out := streamToPeer(t)
 	sent := s.PeerSend(in, true)
 	x := pipeline.Acquire(pipeline.Egress)
 	defer x.Release()
@@ -738,13 +779,7 @@ func TestUpstreamSmallAnswerIsOneWrite(t *testing.T) {
 	p := newPool(t, egress.PoolConfig{WarmConns: -1})
 	enc, err := encode.New(encode.Config{})
 	require.NoError(t, err)
-	s := pipelinetest.NewStream()
-	defer s.Shutdown()
-	out := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(s.Peer())
-		out <- b
-	}()
+	s, out := streamToPeer(t)
 	x := pipeline.Acquire(pipeline.Egress)
 	defer x.Release()
 	x.Rule, x.Request, x.Stream = ruleFor(srv.URL), get(t, "/"), s

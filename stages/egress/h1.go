@@ -118,22 +118,22 @@ func (h *h1Client) release() {
 // get returns an idle connection that is still usable, or a new one.
 func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	now := time.Now()
-	h.mu.Lock()
-	for len(h.idle) > 0 {
-		pc := h.idle[len(h.idle)-1]
-		h.idle = h.idle[:len(h.idle)-1]
+	for {
+		pc, closed := h.popIdle()
+		if closed {
+			return nil, errClientClosed
+		}
+		if pc == nil {
+			break
+		}
+		// The look at the socket (a syscall) and the close of a dead
+		// connection happen outside the lock every request takes.
 		idleFor := now.Sub(pc.idleAt)
 		if idleFor < h.idleTimeout && (idleFor < time.Second || alive(pc.c)) {
-			h.mu.Unlock()
 			pc.reused = true
 			return pc, nil
 		}
 		_ = pc.c.Close()
-	}
-	closed := h.closed
-	h.mu.Unlock()
-	if closed {
-		return nil, errClientClosed
 	}
 	c, err := h.dial(ctx, "tcp", h.addr)
 	if err != nil {
@@ -142,6 +142,21 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	cc, warm := c.(*countedConn)
 	warm = warm && cc.warm
 	return &h1Conn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), reused: warm}, nil
+}
+
+// popIdle takes the most recently parked connection, if any, and reports
+// whether the client is closed.
+func (h *h1Client) popIdle() (*h1Conn, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := len(h.idle)
+	if n == 0 {
+		return nil, h.closed
+	}
+	pc := h.idle[n-1]
+	h.idle[n-1] = nil
+	h.idle = h.idle[:n-1]
+	return pc, false
 }
 
 // exchange writes req on pc and reads the response head. retry says the
@@ -162,6 +177,7 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 			_ = pc.c.Close()
 			return nil, pc.reused, err
 		}
+		h.startClock(ctx, pc)
 	} else {
 		// A body may stream for as long as the answer does (and the
 		// upstream may answer before reading it): write it alongside. The
@@ -178,9 +194,6 @@ func (h *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 			}
 			wrote <- err
 		}()
-	}
-	if wrote == nil {
-		h.startClock(ctx, pc)
 	}
 	var resp *http.Response
 	var err error
@@ -269,8 +282,10 @@ func (b *h1Body) finish(atEOF bool) {
 		return
 	}
 	b.done = true
-	b.stop()
-	reuse := atEOF && b.reusable
+	// stop fails once the cut for a requester gone away has started: it
+	// may not have set its deadline yet, and would set it on a parked
+	// connection.
+	reuse := b.stop() && atEOF && b.reusable
 	if b.wrote != nil {
 		select {
 		case err := <-b.wrote:

@@ -368,3 +368,65 @@ func TestH1HeadTimeoutStartsWhenTheRequestEnds(t *testing.T) {
 	require.True(t, ne.Timeout(), "%v", err)
 	require.Less(t, time.Since(start), 10*timeout)
 }
+
+// A requester that went away leaves its connection out of the pool, even
+// when the answer was read to its end: the cut that its going away started
+// may set its deadline at any time, on a connection parked by then.
+func TestH1CancelledAnswerDoesNotParkItsConnection(t *testing.T) {
+	t.Parallel()
+	srv, cl := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		_, _ = io.WriteString(w, "hello")
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/", nil)
+	require.NoError(t, err)
+	resp, err := h.roundTrip(req)
+	require.NoError(t, err)
+	cancel()
+	b, err := io.ReadAll(resp.Body) // read ahead with the head: no read on the cut connection
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(b))
+	require.NoError(t, resp.Body.Close())
+	require.Zero(t, h.idleConns(), "the cut connection is closed, not parked")
+
+	resp, body := do(t, h, http.MethodGet, srv.URL+"/", nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "hello", body)
+	require.EqualValues(t, 2, cl.n.Load())
+	require.Equal(t, 1, h.idleConns())
+}
+
+// An upstream that answers before the request body ends (full duplex) is
+// not timed by the response-header timeout once its head has come: the
+// request's end, after it, starts no clock that would cut the answer's
+// body.
+func TestH1EarlyHeadIsNotTimedWhenTheRequestEnds(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	srv, _ := h1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		_ = rc.EnableFullDuplex()
+		_, _ = io.WriteString(w, "head ")
+		_ = rc.Flush()
+		n, _ := io.Copy(io.Discard, r.Body)
+		<-time.After(3 * timeout) // a slow answer, not a synchronisation
+		fmt.Fprintf(w, "then %d", n)
+	}))
+	h := newTestH1(t, srv.Listener.Addr().String(), func(c *PoolConfig) { c.ResponseHeaderTimeout = timeout })
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/", pr)
+	require.NoError(t, err)
+	req.ContentLength = -1
+	resp, err := h.roundTrip(req)
+	require.NoError(t, err, "the head comes before the request ends")
+	_, err = pw.Write([]byte("upload"))
+	require.NoError(t, err)
+	require.NoError(t, pw.Close())
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err, "the answer's body is not cut by a clock started at the request's end")
+	require.Equal(t, "head then 6", string(b))
+	require.NoError(t, resp.Body.Close())
+}

@@ -128,6 +128,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 // Target is one upstream: its base URL and its connection pool.
 type Target struct {
 	base *url.URL
+	addr string // base's host:port, the port defaulted from the scheme
 	rt   *http.Transport
 	h1   *h1Client // plain-HTTP/1.1 upstreams only
 	// warm holds connections dialled ahead of the first request; dial
@@ -210,7 +211,7 @@ func upstreamTLS(r *rules.Rule) (*tls.Config, error) {
 
 func (p *Pool) newTarget(base *url.URL, h2 bool, tlsConf *tls.Config) *Target {
 	c := p.cfg
-	t := &Target{base: base, dialer: net.Dialer{Timeout: c.DialTimeout, KeepAlive: 30 * time.Second}}
+	t := &Target{base: base, addr: hostPort(base), dialer: net.Dialer{Timeout: c.DialTimeout, KeepAlive: 30 * time.Second}}
 	if c.WarmConns > 0 {
 		t.warm = make(chan *warmConn, c.WarmConns)
 	}
@@ -241,13 +242,21 @@ func (p *Pool) newTarget(base *url.URL, h2 bool, tlsConf *tls.Config) *Target {
 		Protocols:             &protos,
 	}
 	if base.Scheme == "http" && !h2 {
-		addr := base.Host
-		if base.Port() == "" {
-			addr = net.JoinHostPort(base.Hostname(), "80")
-		}
-		t.h1 = newH1Client(addr, t.dial, c)
+		t.h1 = newH1Client(t.addr, t.dial, c)
 	}
 	return t
+}
+
+// hostPort is u's host and port, the port defaulted from its scheme.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // dialTCP connects a TCP rule's upstream, bounded by the dial timeout.
@@ -281,15 +290,16 @@ func (t *Target) dial(ctx context.Context, network, addr string) (net.Conn, erro
 		if err != nil {
 			return nil, &dialError{err}
 		}
-		return t.track(c), nil
+		return t.track(c, false), nil
 	}
 }
 
-// track counts c, just dialled, as a connection of t until it is closed.
-func (t *Target) track(c net.Conn) net.Conn {
+// track counts c, just dialled (ahead of any request if warm), as a
+// connection of t until it is closed.
+func (t *Target) track(c net.Conn, warm bool) net.Conn {
 	t.dials.Add(1)
 	t.open.Add(1)
-	return &countedConn{Conn: c, open: &t.open}
+	return &countedConn{Conn: c, open: &t.open, warm: warm}
 }
 
 // countedConn is an upstream connection the pool dialled. Whoever closes
@@ -302,8 +312,7 @@ type countedConn struct {
 	closed atomic.Bool
 	// warm: dialled ahead and parked. Like a kept-alive connection, the
 	// upstream may have closed it while it waited, so a request that fails
-	// on it before any answer may go again on a new one. Set before the
-	// connection is parked, read-only after.
+	// on it before any answer may go again on a new one. Read-only.
 	warm bool
 }
 
@@ -352,17 +361,12 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 	if t.warm == nil {
 		return nil
 	}
-	addr := t.base.Host
-	if t.base.Port() == "" {
-		addr = net.JoinHostPort(t.base.Hostname(), map[string]string{"http": "80", "https": "443"}[t.base.Scheme])
-	}
 	for range min(n, cap(t.warm)-len(t.warm)) {
-		c, err := t.dialer.DialContext(ctx, "tcp", addr)
+		c, err := t.dialer.DialContext(ctx, "tcp", t.addr)
 		if err != nil {
 			return fmt.Errorf("warm up %s: %w", t.base.Redacted(), err)
 		}
-		c = t.track(c)
-		c.(*countedConn).warm = true
+		c = t.track(c, true)
 		if t.closed.Load() {
 			_ = c.Close()
 			return nil
