@@ -138,17 +138,22 @@ func TestNoResponse(t *testing.T) {
 
 // ---- ingress side: to the user ----
 
+// toUser returns an ingress exchange that answers on w, released when the
+// test ends, and its response with status, length and header set.
+func toUser(t *testing.T, w http.ResponseWriter, status int, length int64, h http.Header) (*pipeline.Exchange, *http.Response) {
+	t.Helper()
+	x := pipeline.Acquire(pipeline.Ingress)
+	t.Cleanup(x.Release)
+	x.Writer = w
+	resp := x.NewResponse()
+	resp.StatusCode, resp.ContentLength, resp.Header = status, length, h
+	return x, resp
+}
+
 func TestIngressWritesResponse(t *testing.T) {
 	t.Parallel()
 	rec := httptest.NewRecorder()
-	x := pipeline.Acquire(pipeline.Ingress)
-	defer x.Release()
-	x.ID = "req-7"
-	x.Writer = rec
-	resp := x.NewResponse()
-	resp.StatusCode = http.StatusCreated
-	resp.ContentLength = 5
-	resp.Header = http.Header{
+	x, resp := toUser(t, rec, http.StatusCreated, 5, http.Header{
 		"Content-Type":      {"text/plain"},
 		"X-Up":              {"1", "2"},
 		"Connection":        {"close, X-Hop"},
@@ -156,7 +161,8 @@ func TestIngressWritesResponse(t *testing.T) {
 		"Keep-Alive":        {"timeout=5"},
 		"Transfer-Encoding": {"chunked"},
 		"X-Request-Id":      {"upstream-chose-this"},
-	}
+	})
+	x.ID = "req-7"
 	resp.Body = io.NopCloser(strings.NewReader("hello"))
 	n := &next{check: func(*pipeline.Exchange) {
 		require.Equal(t, "hello", rec.Body.String(), "the response is written before the next stage runs")
@@ -196,11 +202,7 @@ func TestIngressContentLength(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			rec := httptest.NewRecorder()
-			x := pipeline.Acquire(pipeline.Ingress)
-			defer x.Release()
-			x.Writer = rec
-			resp := x.NewResponse()
-			resp.StatusCode, resp.ContentLength, resp.Header = tt.status, tt.length, http.Header{}
+			x, resp := toUser(t, rec, tt.status, tt.length, http.Header{})
 			resp.Body = http.NoBody
 			if tt.length > 0 && tt.status == http.StatusOK {
 				resp.Body = io.NopCloser(strings.NewReader(strings.Repeat("x", int(tt.length))))
@@ -219,12 +221,7 @@ func TestIngressContentLength(t *testing.T) {
 func TestIngressTrailers(t *testing.T) {
 	t.Parallel()
 	rec := httptest.NewRecorder()
-	x := pipeline.Acquire(pipeline.Ingress)
-	defer x.Release()
-	x.Writer = rec
-	resp := x.NewResponse()
-	resp.StatusCode, resp.ContentLength = http.StatusOK, -1
-	resp.Header = http.Header{"Content-Type": {"application/grpc"}}
+	x, resp := toUser(t, rec, http.StatusOK, -1, http.Header{"Content-Type": {"application/grpc"}})
 	// Declared, with values only once the body is read, as net/http does.
 	resp.Trailer = http.Header{"Grpc-Status": nil, "Grpc-Message": nil, "X-Unset": nil}
 	b := body("\x00\x00\x00\x00\x02hi")
@@ -264,11 +261,7 @@ func TestIngressStreamingFlushes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			w := &flushRecorder{ResponseRecorder: httptest.NewRecorder()}
-			x := pipeline.Acquire(pipeline.Ingress)
-			defer x.Release()
-			x.Writer = w
-			resp := x.NewResponse()
-			resp.StatusCode, resp.ContentLength, resp.Header = http.StatusOK, tt.length, http.Header{}
+			x, resp := toUser(t, w, http.StatusOK, tt.length, http.Header{})
 			resp.Body = body("data1", "data:2", "data::3")
 			require.NoError(t, newEncoder(t, encode.Config{}).Handle(context.Background(), x, &next{}))
 			require.Equal(t, tt.wantFlushes, w.flushes)
@@ -281,11 +274,7 @@ func TestIngressStreamingFlushes(t *testing.T) {
 func TestIngressStreamingFlushesRecorder(t *testing.T) {
 	t.Parallel()
 	rec := httptest.NewRecorder()
-	x := pipeline.Acquire(pipeline.Ingress)
-	defer x.Release()
-	x.Writer = rec
-	resp := x.NewResponse()
-	resp.StatusCode, resp.ContentLength, resp.Header = http.StatusOK, -1, http.Header{"Content-Type": {"text/event-stream"}}
+	x, resp := toUser(t, rec, http.StatusOK, -1, http.Header{"Content-Type": {"text/event-stream"}})
 	resp.Body = body("data: 1\n\n", "data: 2\n\n")
 	require.NoError(t, newEncoder(t, encode.Config{}).Handle(context.Background(), x, &next{}))
 	require.True(t, rec.Flushed)
@@ -297,11 +286,7 @@ func TestIngressBodyReadError(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("stream reset by peer")
 	rec := httptest.NewRecorder()
-	x := pipeline.Acquire(pipeline.Ingress)
-	defer x.Release()
-	x.Writer = rec
-	resp := x.NewResponse()
-	resp.StatusCode, resp.ContentLength, resp.Header = http.StatusOK, 100, http.Header{}
+	x, resp := toUser(t, rec, http.StatusOK, 100, http.Header{})
 	resp.Body = io.NopCloser(io.MultiReader(strings.NewReader("part"), iotest.ErrReader(boom)))
 	n := &next{}
 	err := newEncoder(t, encode.Config{}).Handle(context.Background(), x, n)
@@ -324,11 +309,7 @@ func (f *failingWriter) Write([]byte) (int, error) { return 0, f.err }
 func TestIngressUserGone(t *testing.T) {
 	t.Parallel()
 	gone := errors.New("broken pipe")
-	x := pipeline.Acquire(pipeline.Ingress)
-	defer x.Release()
-	x.Writer = &failingWriter{h: http.Header{}, err: gone}
-	resp := x.NewResponse()
-	resp.StatusCode, resp.ContentLength, resp.Header = http.StatusOK, 5, http.Header{}
+	x, resp := toUser(t, &failingWriter{h: http.Header{}, err: gone}, http.StatusOK, 5, http.Header{})
 	resp.Body = io.NopCloser(strings.NewReader("hello"))
 	err := newEncoder(t, encode.Config{}).Handle(context.Background(), x, &next{})
 	var ug encode.UserGoneError

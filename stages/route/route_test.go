@@ -51,6 +51,19 @@ func (n *next) Handle(_ context.Context, x *pipeline.Exchange) error {
 	return nil
 }
 
+// requireNotFound checks that the router refused x with a 404 naming the
+// what (host, rule id) that matched nothing, set no rule and stopped the
+// chain.
+func requireNotFound(t *testing.T, err error, x *pipeline.Exchange, n *next, what, name string) {
+	t.Helper()
+	var rj *pipeline.Reject
+	require.ErrorAs(t, err, &rj)
+	require.Equal(t, http.StatusNotFound, rj.Status)
+	require.Contains(t, rj.Message, `"`+name+`"`, "the answer names the %s", what)
+	require.False(t, n.called)
+	require.Nil(t, x.Rule)
+}
+
 func TestNew(t *testing.T) {
 	t.Parallel()
 	s := newStore(t, testRules)
@@ -112,12 +125,7 @@ func TestIngress(t *testing.T) {
 			n := &next{}
 			err := router.Handle(context.Background(), x, n)
 			if tt.wantRule == "" {
-				var rj *pipeline.Reject
-				require.ErrorAs(t, err, &rj)
-				require.Equal(t, http.StatusNotFound, rj.Status)
-				require.Contains(t, rj.Message, `"`+tt.host+`"`, "the answer names the host")
-				require.False(t, n.called)
-				require.Nil(t, x.Rule)
+				requireNotFound(t, err, x, n, "host", tt.host)
 				return
 			}
 			require.NoError(t, err)
@@ -157,12 +165,7 @@ func TestEgress(t *testing.T) {
 			n := &next{}
 			err := router.Handle(context.Background(), x, n)
 			if !tt.wantRule {
-				var rj *pipeline.Reject
-				require.ErrorAs(t, err, &rj)
-				require.Equal(t, http.StatusNotFound, rj.Status)
-				require.Contains(t, rj.Message, `"`+tt.ruleID+`"`, "the answer names the rule id")
-				require.False(t, n.called)
-				require.Nil(t, x.Rule)
+				requireNotFound(t, err, x, n, "rule id", tt.ruleID)
 				return
 			}
 			require.NoError(t, err)
