@@ -77,8 +77,16 @@ func (w *FrameWriter) Request(h *codec.RequestHead) { w.buf.B = codec.AppendRequ
 // Response appends a RESPONSE frame.
 func (w *FrameWriter) Response(h *codec.ResponseHead) { w.buf.B = codec.AppendResponse(w.buf.B, h) }
 
-// Trailers appends a TRAILERS frame.
-func (w *FrameWriter) Trailers(t http.Header) { w.buf.B = codec.AppendTrailers(w.buf.B, t) }
+// Trailers appends a TRAILERS frame, unless no field of t has a value (a
+// declared trailer that was never set): then there is nothing to send.
+func (w *FrameWriter) Trailers(t http.Header) {
+	for _, v := range t {
+		if len(v) > 0 {
+			w.buf.B = codec.AppendTrailers(w.buf.B, t)
+			return
+		}
+	}
+}
 
 // End appends an END frame.
 func (w *FrameWriter) End() { w.buf.B = codec.AppendEnd(w.buf.B) }

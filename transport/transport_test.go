@@ -105,6 +105,22 @@ func TestFrameWriterStreamsEachChunk(t *testing.T) {
 	require.Equal(t, codec.FrameTrailers, types[len(types)-2])
 }
 
+// Trailers that were declared but never set carry nothing: no TRAILERS
+// frame, so the peer sees none rather than an empty one.
+func TestFrameWriterSkipsValuelessTrailers(t *testing.T) {
+	t.Parallel()
+	var dst countingWriter
+	var w transport.FrameWriter
+	w.Reset(&dst, 16)
+	defer w.Release()
+	w.Trailers(nil)
+	w.Trailers(http.Header{"Grpc-Status": nil, "X-Sum": {}})
+	w.End()
+	require.NoError(t, w.Flush())
+	types, _ := readAllFrames(t, dst.all())
+	require.Equal(t, []codec.FrameType{codec.FrameEnd}, types)
+}
+
 func TestFrameWriterSplitsLargeBodiesAtChunkSize(t *testing.T) {
 	t.Parallel()
 	var dst countingWriter

@@ -203,9 +203,7 @@ func waitCopy(x *pipeline.Exchange, copied chan error) error {
 }
 
 func finishRequest(fw *transport.FrameWriter, s pipeline.Stream, trailer http.Header) error {
-	if hasValues(trailer) {
-		fw.Trailers(trailer)
-	}
+	fw.Trailers(trailer)
 	fw.End()
 	if err := fw.Flush(); err != nil {
 		return err
@@ -217,15 +215,6 @@ func finishRequest(fw *transport.FrameWriter, s pipeline.Stream, trailer http.He
 	// the reading of the answer.
 	_ = s.Close()
 	return nil
-}
-
-func hasValues(h http.Header) bool {
-	for _, v := range h {
-		if len(v) > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // readResponse reads the peer's answer head into x.Response.

@@ -244,23 +244,12 @@ func (e *Encoder) toStream(x *pipeline.Exchange, resp *http.Response) error {
 		_ = x.Stream.Close()
 		return BodyCutError{Err: err}
 	}
-	if hasValues(resp.Trailer) {
-		fw.Trailers(resp.Trailer)
-	}
+	fw.Trailers(resp.Trailer)
 	fw.End()
 	if err := fw.Flush(); err != nil {
 		return transport.WriteError{Err: err}
 	}
 	return x.Stream.Close()
-}
-
-func hasValues(h http.Header) bool {
-	for _, v := range h {
-		if len(v) > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 func bodyless(status int) bool {
