@@ -62,15 +62,46 @@ var benchRules = func() *rules.Store {
 
 var kib = bytes.Repeat([]byte("x"), 1024)
 
-// BenchmarkIngressStages: decode (from the user's request), route, egress
-// (open a stream, send the head, read the answer) and encode (to the user),
-// for a GET answered with 1 KiB.
-func BenchmarkIngressStages(b *testing.B) {
+// recordedAnswer is the frames of the tunnel's answer to the benchmarks'
+// GET: a 200 with 1 KiB.
+func recordedAnswer() []byte {
 	var answer []byte
 	answer = codec.AppendResponse(answer, &codec.ResponseHead{Status: 200, ContentLength: 1024,
 		Header: http.Header{"Content-Type": {"application/octet-stream"}, "Date": {"Thu, 26 Nov 2026 07:00:00 GMT"}}})
 	answer = codec.AppendData(answer, kib)
-	answer = codec.AppendEnd(answer)
+	return codec.AppendEnd(answer)
+}
+
+// recordedRequest is the frames of the benchmarks' GET as the ingress side
+// sends it through the tunnel for the rule "app", with traceparent ("" for
+// none).
+func recordedRequest(traceparent string) []byte {
+	var request []byte
+	request = codec.AppendRequest(request, &codec.RequestHead{Kind: codec.KindHTTP, RuleID: "app", RequestID: "0123456789abcdef",
+		Method: "GET", Scheme: "http", Authority: "app.test", Path: "/api/users?page=2", ContentLength: 0,
+		TraceParent: traceparent,
+		Header: http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}, "X-Request-Id": {"0123456789abcdef"},
+			"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"app.test"}}})
+	return codec.AppendEnd(request)
+}
+
+// handleOne runs one exchange of side through chain, as prepare sets it up,
+// and fails tb if the chain fails.
+func handleOne(tb testing.TB, chain pipeline.Handler, side pipeline.Side, prepare func(*pipeline.Exchange)) {
+	x := pipeline.Acquire(side)
+	prepare(x)
+	err := chain.Handle(context.Background(), x)
+	x.Release()
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// BenchmarkIngressStages: decode (from the user's request), route, egress
+// (open a stream, send the head, read the answer) and encode (to the user),
+// for a GET answered with 1 KiB.
+func BenchmarkIngressStages(b *testing.B) {
+	answer := recordedAnswer()
 	stream := &replayStream{}
 	conn := &pipeline.Conn{ClientID: "c", Opener: replayOpener{stream}}
 	var lim config.Limits
@@ -88,7 +119,7 @@ func BenchmarkIngressStages(b *testing.B) {
 	req.RequestURI = "/api/users?page=2"
 	base := http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}}
 	w := &discardWriter{h: http.Header{}}
-	ctx := context.Background()
+	prepare := func(x *pipeline.Exchange) { x.Request, x.Writer = req, w }
 	b.ReportAllocs()
 	for b.Loop() {
 		clear(req.Header)
@@ -97,12 +128,7 @@ func BenchmarkIngressStages(b *testing.B) {
 		}
 		clear(w.h)
 		stream.r.Reset(answer)
-		x := pipeline.Acquire(pipeline.Ingress)
-		x.Request, x.Writer = req, w
-		if err := chain.Handle(ctx, x); err != nil {
-			b.Fatal(err)
-		}
-		x.Release()
+		handleOne(b, chain, pipeline.Ingress, prepare)
 	}
 }
 
@@ -126,12 +152,7 @@ func (u *fakeUpstream) Handle(ctx context.Context, x *pipeline.Exchange, next pi
 // BenchmarkEgressStages: decode (from the stream), route, a stand-in
 // upstream, and encode (frames to the stream), for a GET answered with 1 KiB.
 func BenchmarkEgressStages(b *testing.B) {
-	var request []byte
-	request = codec.AppendRequest(request, &codec.RequestHead{Kind: codec.KindHTTP, RuleID: "app", RequestID: "0123456789abcdef",
-		Method: "GET", Scheme: "http", Authority: "app.test", Path: "/api/users?page=2", ContentLength: 0,
-		Header: http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}, "X-Request-Id": {"0123456789abcdef"},
-			"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"app.test"}}})
-	request = codec.AppendEnd(request)
+	request := recordedRequest("")
 	stream := &replayStream{}
 	conn := &pipeline.Conn{ClientID: "c"}
 	dec, _ := decode.New(decode.Config{})
@@ -143,25 +164,21 @@ func BenchmarkEgressStages(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
+	prepare := func(x *pipeline.Exchange) { x.Stream, x.Conn = stream, conn }
 	b.ReportAllocs()
 	for b.Loop() {
 		up.resp.Header = respHeader
 		stream.r.Reset(request)
-		x := pipeline.Acquire(pipeline.Egress)
-		x.Stream, x.Conn = stream, conn
-		if err := chain.Handle(ctx, x); err != nil {
-			b.Fatal(err)
-		}
-		x.Release()
+		handleOne(b, chain, pipeline.Egress, prepare)
 	}
 }
 
 // Observability cost: the gateway's own chains (buildChains: observe,
 // decode, route, ratelimit, then egress and encode, with the breaker on the
 // egress side), run the way the gateway runs them (ingressHandler.ServeHTTP
-// on the ingress side; on the egress side what streamTask.run does, which
-// needs a *quic.Stream), with metrics and tracing each off or on:
+// on the ingress side; on the egress side streamServer.serveStream, what
+// streamTask.run does once it has the stream), with metrics and tracing
+// each off or on:
 //
 //   - off: a nil *metrics.Metrics (its observe stage only calls next), no
 //     tracer;
@@ -255,11 +272,7 @@ func obsChains(tb testing.TB, v obsVariant, egressDir rules.Direction, conn *pip
 // obsIngress returns one request of the server's ingress side for a
 // reverse rule: the user's GET, answered with 1 KiB from the tunnel.
 func obsIngress(tb testing.TB, v obsVariant) func() {
-	var answer []byte
-	answer = codec.AppendResponse(answer, &codec.ResponseHead{Status: 200, ContentLength: 1024,
-		Header: http.Header{"Content-Type": {"application/octet-stream"}, "Date": {"Thu, 26 Nov 2026 07:00:00 GMT"}}})
-	answer = codec.AppendData(answer, kib)
-	answer = codec.AppendEnd(answer)
+	answer := recordedAnswer()
 	stream := &replayStream{}
 	conn := &pipeline.Conn{ClientID: "c", Opener: replayOpener{stream}}
 	ch, tracer := obsChains(tb, v, rules.Forward, conn, &fakeUpstream{})
@@ -297,48 +310,22 @@ func (w *statusWriter) WriteHeader(status int) { w.status = status }
 // a traced server sends it, in every variant), the stand-in upstream's
 // 1 KiB, frames back to the stream.
 func obsEgress(tb testing.TB, v obsVariant) func() {
-	var request []byte
-	request = codec.AppendRequest(request, &codec.RequestHead{Kind: codec.KindHTTP, RuleID: "app", RequestID: "0123456789abcdef",
-		Method: "GET", Scheme: "http", Authority: "app.test", Path: "/api/users?page=2", ContentLength: 0,
-		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-		Header: http.Header{"Accept": {"*/*"}, "User-Agent": {"bench/1.0"}, "X-Request-Id": {"0123456789abcdef"},
-			"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"app.test"}}})
-	request = codec.AppendEnd(request)
+	request := recordedRequest("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 	stream := &replayStream{}
 	conn := &pipeline.Conn{ClientID: "c"}
 	up := &fakeUpstream{resp: http.Response{StatusCode: 200, ContentLength: 1024}}
 	respHeader := http.Header{"Content-Type": {"application/octet-stream"}}
 	ch, tracer := obsChains(tb, v, rules.Reverse, conn, up)
 	ss := &streamServer{chain: ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer}
+	ctx := context.Background()
+	if ss.log.Enabled(ctx, slog.LevelDebug) {
+		tb.Fatal("the benchmark logs at info")
+	}
 	return func() {
 		up.resp.Header = respHeader
 		stream.r.Reset(request)
-		// What streamTask.run does after taking the stream.
-		x := pipeline.Acquire(pipeline.Egress)
-		x.Stream, x.Conn = stream, conn
-		ctx := context.Background()
-		var err error
-		var span trace.Span
-		if ss.tracer != nil {
-			if err = decode.ReadHead(x, ss.maxFrame); err == nil {
-				tctx := pipeline.ExtractHead(ctx, &x.Head)
-				tctx, span = ss.tracer.Start(tctx, "egress "+x.Head.Method, trace.WithSpanKind(trace.SpanKindServer))
-				err = ss.chain.Handle(tctx, x)
-			}
-		} else {
-			err = ss.chain.Handle(ctx, x)
-		}
-		if err != nil {
-			ss.fail(ctx, x, err)
-		}
-		if span != nil {
-			endRequestSpan(span, x, err)
-		}
-		if ss.log.Enabled(ctx, slog.LevelDebug) {
-			tb.Fatal("the benchmark logs at info")
-		}
-		x.Release()
-		if err != nil {
+		// What streamTask.run does once it has the stream.
+		if err := ss.serveStream(ctx, stream, conn); err != nil {
 			tb.Fatal(err)
 		}
 	}

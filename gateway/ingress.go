@@ -36,7 +36,7 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var span trace.Span
 	if h.tracer != nil {
 		ctx = pipeline.ExtractHeader(ctx, r.Header)
-		ctx, span = h.tracer.Start(ctx, "ingress "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
+		ctx, span = h.tracer.Start(ctx, spanName(pipeline.Ingress, r.Method), trace.WithSpanKind(trace.SpanKindServer))
 	}
 	err := h.chain.Handle(ctx, x)
 	abort := false

@@ -96,9 +96,16 @@ func (t *streamTask) run() {
 		}
 	}()
 
+	_ = ss.serveStream(s.Context(), transport.Stream{S: s}, conn)
+}
+
+// serveStream runs one request stream of conn through the egress chain,
+// with its request span and its record, and answers or resets the stream
+// if the chain fails. It returns the chain's error, already dealt with.
+// ctx is the stream's context.
+func (ss *streamServer) serveStream(ctx context.Context, s pipeline.Stream, conn *pipeline.Conn) error {
 	x := pipeline.Acquire(pipeline.Egress)
-	x.Stream, x.Conn = transport.Stream{S: s}, conn
-	ctx := s.Context()
+	x.Stream, x.Conn = s, conn
 	var err error
 	var span trace.Span
 	if ss.tracer != nil {
@@ -106,7 +113,7 @@ func (t *streamTask) run() {
 		// every span of this side joins that trace.
 		if err = decode.ReadHead(x, ss.maxFrame); err == nil {
 			tctx := pipeline.ExtractHead(ctx, &x.Head)
-			tctx, span = ss.tracer.Start(tctx, "egress "+x.Head.Method, trace.WithSpanKind(trace.SpanKindServer))
+			tctx, span = ss.tracer.Start(tctx, spanName(pipeline.Egress, x.Head.Method), trace.WithSpanKind(trace.SpanKindServer))
 			err = ss.chain.Handle(tctx, x)
 		}
 	} else {
@@ -125,24 +132,67 @@ func (t *streamTask) run() {
 			slog.Duration("took", timeSince(x)), errAttr(err))
 	}
 	x.Release()
+	return err
 }
 
-// fail answers err with an ERROR frame if the answer has not started, or
-// resets the stream if it has.
+// streamEnding is how the egress side ends a stream whose chain failed.
+type streamEnding uint8
+
+const (
+	// endAnswer: nothing of the answer went out; send an ERROR frame that
+	// says why, then close.
+	endAnswer streamEnding = iota
+	// endReset: the stream cannot carry an answer (part of one went out,
+	// the stream broke, or the requester went away); reset it.
+	endReset
+	// endDone: the stream already carries the ERROR frame and is closed.
+	endDone
+)
+
+// streamEndingOf says how to end x's stream after its chain failed with
+// err. It is the one place that reads the error: in order,
+//
+//   - an encode.BodyCutError: the encoder cut the body with an ERROR frame
+//     and closed the stream, so nothing is left to do;
+//   - an answer already started (x.Status set) or a requester gone (ctx
+//     done): reset;
+//   - a transport.WriteError: the stream cannot be written to, reset;
+//   - a *pipeline.Reject: answered, even when what it wraps looks like a
+//     broken stream (an upstream's unexpected EOF is the upstream's, and
+//     says 502);
+//   - a broken stream (a QUIC stream error, or frames cut short): reset;
+//   - anything else: answered.
+func streamEndingOf(ctx context.Context, x *pipeline.Exchange, err error) streamEnding {
+	if _, ok := errors.AsType[encode.BodyCutError](err); ok {
+		return endDone
+	}
+	if x.Status != 0 || ctx.Err() != nil {
+		return endReset
+	}
+	if _, ok := errors.AsType[transport.WriteError](err); ok {
+		return endReset
+	}
+	if _, ok := errors.AsType[*pipeline.Reject](err); ok {
+		return endAnswer
+	}
+	if _, ok := transport.StreamCode(err); ok || errors.Is(err, io.ErrUnexpectedEOF) {
+		return endReset
+	}
+	return endAnswer
+}
+
+// fail ends x's stream after its chain failed with err (streamEndingOf
+// says how): an ERROR frame if the answer has not started, a reset if it
+// has or if the stream is broken.
 func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err error) {
 	s := x.Stream
 	if !x.Body.Done() {
 		s.CancelRead(codec.StreamCancelled)
 	}
-	var we transport.WriteError
-	if errors.As(err, new(encode.BodyCutError)) {
-		return // the ERROR frame that cuts the body went out already
-	}
-	// A rejection is answered even when what it wraps looks like a broken
-	// stream: an upstream's unexpected EOF is the upstream's, and says 502.
-	var rej *pipeline.Reject
-	streamFault := !errors.As(err, &rej) && isStreamError(err)
-	if x.Status != 0 || ctx.Err() != nil || errors.As(err, &we) || streamFault {
+	switch streamEndingOf(ctx, x, err) {
+	case endDone:
+		return
+	case endReset:
 		s.Abort(codec.StreamInternal)
 		return
 	}
@@ -156,11 +206,6 @@ func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err erro
 		_ = s.Close()
 	}
 	transport.PutFrameWriter(fw)
-}
-
-func isStreamError(err error) bool {
-	_, ok := transport.StreamCode(err)
-	return ok || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // close stops taking streams and waits, until ctx is done, for the running

@@ -68,6 +68,29 @@ func NewTracerProvider(ctx context.Context, cfg config.Tracing, service string) 
 	), nil
 }
 
+// spanNames holds the request span names of the standard methods on
+// each side ("ingress GET"), so that naming a span allocates nothing.
+var spanNames = func() (names [3]map[string]string) {
+	for _, side := range []pipeline.Side{pipeline.Ingress, pipeline.Egress} {
+		names[side] = map[string]string{}
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+			http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace} {
+			names[side][m] = side.String() + " " + m
+		}
+	}
+	return names
+}()
+
+// spanName is the name of the request span of a method on a side.
+func spanName(side pipeline.Side, method string) string {
+	if int(side) < len(spanNames) {
+		if name, ok := spanNames[side][method]; ok {
+			return name
+		}
+	}
+	return side.String() + " " + method
+}
+
 // endRequestSpan records the exchange's outcome on its request span.
 func endRequestSpan(span trace.Span, x *pipeline.Exchange, err error) {
 	if !span.IsRecording() { // unsampled: nothing to record

@@ -74,6 +74,22 @@ func TestOneTraceAcrossTheTunnel(t *testing.T) {
 	require.Equal(t, "rev", attrs["qtunnel.rule_id"])
 	require.Equal(t, clientID, attrs["qtunnel.client_id"])
 	require.Equal(t, "http1", attrs["qtunnel.protocol"])
+	require.Equal(t, "egress", attrs["qtunnel.side"])
+	require.Equal(t, "200", attrs["http.response.status_code"])
+	// The ingress request span is the root, on the server, and says the same.
+	require.False(t, ingress.Parent().IsValid(), "the ingress span starts the trace")
+	for _, s := range []sdktrace.ReadOnlySpan{ingress, egress} {
+		require.Equal(t, trace.SpanKindServer, s.SpanKind(), "span %q", s.Name())
+	}
+	in := map[string]string{}
+	for _, kv := range ingress.Attributes() {
+		in[string(kv.Key)] = kv.Value.String()
+	}
+	require.Equal(t, id, in["qtunnel.request_id"])
+	require.Equal(t, "rev", in["qtunnel.rule_id"])
+	require.Equal(t, clientID, in["qtunnel.client_id"])
+	require.Equal(t, "ingress", in["qtunnel.side"])
+	require.Equal(t, "200", in["http.response.status_code"])
 	mu.Lock()
 	tp0 := upstreamTraceparent
 	mu.Unlock()
