@@ -91,14 +91,7 @@ func (h *recordKeeper) accessOf(id string) []logRecord {
 // server only. Nothing else is logged at info meanwhile.
 func TestAccessLogOneRecordPerRequestEachSide(t *testing.T) {
 	t.Parallel()
-	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		if r.URL.Path == "/missing" {
-			http.NotFound(w, r)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	}))
+	up := upstream(t, okOrMissing)
 	srvLog, cliLog := newRecordKeeper(slog.LevelInfo), newRecordKeeper(slog.LevelInfo)
 	access := func(c *config.Log) { c.Level, c.Access = "info", true }
 	p := startPair(t, pairOpts{

@@ -268,24 +268,31 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 	revIn, revOut := float64(revOK*revReq), float64(revOK*len(okBody)+revMissing*len(missingBody))
 	fwdIn, fwdOut := float64(fwdOK*fwdReq), float64(fwdOK*len(fwdBody))
 
-	server := []want{
-		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress", "code_class", "2xx"), revOK},
-		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress", "code_class", "4xx"), revMissing},
-		{"qtunnel_requests_total", lbl("rule", "rev"), revOK + revMissing},
-		{"qtunnel_requests_total", lbl("rule", "fwd", "direction", "forward", "side", "egress", "code_class", "2xx"), fwdOK},
-		{"qtunnel_requests_total", lbl("rule", "fwd"), fwdOK},
+	// What both sides count of the traffic that crossed both: revSide is
+	// the side the reverse rule's requests cross on this process, fwdSide
+	// the forward rule's.
+	traffic := func(revSide, fwdSide string) []want {
+		return []want{
+			{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", revSide, "code_class", "2xx"), revOK},
+			{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", revSide, "code_class", "4xx"), revMissing},
+			{"qtunnel_requests_total", lbl("rule", "rev"), revOK + revMissing},
+			{"qtunnel_requests_total", lbl("rule", "fwd", "direction", "forward", "side", fwdSide, "code_class", "2xx"), fwdOK},
+			{"qtunnel_requests_total", lbl("rule", "fwd"), fwdOK},
+			{"qtunnel_request_duration_seconds", lbl("rule", "rev", "side", revSide), revOK + revMissing},
+			{"qtunnel_request_duration_seconds", lbl("rule", "fwd", "side", fwdSide), fwdOK},
+			{"qtunnel_bytes_received_total", lbl("rule", "rev", "direction", "reverse", "side", revSide), revIn},
+			{"qtunnel_bytes_sent_total", lbl("rule", "rev", "direction", "reverse", "side", revSide), revOut},
+			{"qtunnel_bytes_received_total", lbl("rule", "fwd", "direction", "forward", "side", fwdSide), fwdIn},
+			{"qtunnel_bytes_sent_total", lbl("rule", "fwd", "direction", "forward", "side", fwdSide), fwdOut},
+			{"qtunnel_bytes_received_total", nil, revIn + fwdIn},
+			{"qtunnel_bytes_sent_total", nil, revOut + fwdOut},
+			{"qtunnel_requests_in_flight", nil, 0},
+		}
+	}
+	server := append(traffic("ingress", "egress"), []want{
 		{"qtunnel_requests_total", lbl("rule", "none", "direction", "none", "side", "ingress", "code_class", "4xx"), noRoute},
 		{"qtunnel_requests_total", lbl("rule", "down", "side", "ingress", "code_class", "5xx"), 6},
 		{"qtunnel_requests_total", nil, revOK + revMissing + fwdOK + noRoute + 6},
-		{"qtunnel_request_duration_seconds", lbl("rule", "rev", "side", "ingress"), revOK + revMissing},
-		{"qtunnel_request_duration_seconds", lbl("rule", "fwd", "side", "egress"), fwdOK},
-		{"qtunnel_bytes_received_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress"), revIn},
-		{"qtunnel_bytes_sent_total", lbl("rule", "rev", "direction", "reverse", "side", "ingress"), revOut},
-		{"qtunnel_bytes_received_total", lbl("rule", "fwd", "direction", "forward", "side", "egress"), fwdIn},
-		{"qtunnel_bytes_sent_total", lbl("rule", "fwd", "direction", "forward", "side", "egress"), fwdOut},
-		{"qtunnel_bytes_received_total", nil, revIn + fwdIn},
-		{"qtunnel_bytes_sent_total", nil, revOut + fwdOut},
-		{"qtunnel_requests_in_flight", nil, 0},
 		// The route stage refused the unknown host; the far side's ERROR
 		// frames are upstream errors here, the breaker's 503 overload.
 		{"qtunnel_stage_rejects_total", lbl("stage", "route", "reason", "404"), noRoute},
@@ -303,24 +310,10 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 		{"qtunnel_sessions", nil, 1},
 		{"qtunnel_reconnects_total", nil, 0},
 		{"qtunnel_info", lbl("role", "server"), 1},
-	}
-	client := []want{
-		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "egress", "code_class", "2xx"), revOK},
-		{"qtunnel_requests_total", lbl("rule", "rev", "direction", "reverse", "side", "egress", "code_class", "4xx"), revMissing},
-		{"qtunnel_requests_total", lbl("rule", "rev"), revOK + revMissing},
-		{"qtunnel_requests_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress", "code_class", "2xx"), fwdOK},
-		{"qtunnel_requests_total", lbl("rule", "fwd"), fwdOK},
+	}...)
+	client := append(traffic("egress", "ingress"), []want{
 		{"qtunnel_requests_total", lbl("rule", "down", "side", "egress", "code_class", "5xx"), 6},
 		{"qtunnel_requests_total", nil, revOK + revMissing + fwdOK + 6},
-		{"qtunnel_request_duration_seconds", lbl("rule", "rev", "side", "egress"), revOK + revMissing},
-		{"qtunnel_request_duration_seconds", lbl("rule", "fwd", "side", "ingress"), fwdOK},
-		{"qtunnel_bytes_received_total", lbl("rule", "rev", "direction", "reverse", "side", "egress"), revIn},
-		{"qtunnel_bytes_sent_total", lbl("rule", "rev", "direction", "reverse", "side", "egress"), revOut},
-		{"qtunnel_bytes_received_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress"), fwdIn},
-		{"qtunnel_bytes_sent_total", lbl("rule", "fwd", "direction", "forward", "side", "ingress"), fwdOut},
-		{"qtunnel_bytes_received_total", nil, revIn + fwdIn},
-		{"qtunnel_bytes_sent_total", nil, revOut + fwdOut},
-		{"qtunnel_requests_in_flight", nil, 0},
 		{"qtunnel_stage_rejects_total", lbl("stage", "egress", "reason", "502"), 5},
 		{"qtunnel_stage_rejects_total", lbl("stage", "breaker", "reason", "503"), 1},
 		{"qtunnel_stage_rejects_total", nil, 6},
@@ -336,7 +329,7 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 		{"qtunnel_tunnel_streams_active", nil, 0},
 		{"qtunnel_reconnects_total", nil, 0},
 		{"qtunnel_info", lbl("role", "client"), 1},
-	}
+	}...)
 	smfs := settle(t, "server", p.Server.AdminAddr(), server)
 	cmfs := settle(t, "client", p.Client.AdminAddr(), client)
 	// The wire carries at least the bodies: the server sends the reverse
@@ -633,14 +626,7 @@ func TestObservabilityQuietLogs(t *testing.T) {
 		total   = 10000
 		workers = 32
 	)
-	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		if r.URL.Path == "/missing" {
-			http.NotFound(w, r)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	}))
+	up := upstream(t, okOrMissing)
 	srvLog, cliLog := newRecordCounter(slog.LevelInfo), newRecordCounter(slog.LevelInfo)
 	p := startPair(t, pairOpts{
 		rules: []rules.Rule{

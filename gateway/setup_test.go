@@ -59,6 +59,17 @@ func upstream(t *testing.T, h http.Handler) *httptest.Server {
 	return s
 }
 
+// okOrMissing is an upstream's handler that reads the request body and
+// answers "ok", or 404 for the path /missing.
+var okOrMissing = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	if r.URL.Path == "/missing" {
+		http.NotFound(w, r)
+		return
+	}
+	_, _ = w.Write([]byte("ok"))
+})
+
 // pair is a running server and client on loopback.
 type pair struct {
 	Server   *gateway.Server
