@@ -2,7 +2,6 @@ package metrics_test
 
 import (
 	"encoding/json"
-	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -11,9 +10,6 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
-
-	"github.com/qtunnel/qtunnel/metrics"
-	"github.com/qtunnel/qtunnel/pipeline"
 )
 
 // dashboardFile is the Grafana dashboard shipped in docs/.
@@ -24,24 +20,9 @@ const dashboardFile = "../docs/grafana-dashboard.json"
 // the registry exports it.
 func everyFamily(t *testing.T) map[string]dto.MetricType {
 	t.Helper()
-	m := metrics.New("server")
-	c := newChain(t, m, func(*pipeline.Exchange) error { return nil })
-	drive(t, c, pipeline.Ingress, webRule, http.StatusOK, nil)
-	x := pipeline.Acquire(pipeline.Ingress)
-	x.Rule = webRule
-	m.AddBytes(x, 1, 1)
-	x.Release()
-	m.StageReject("s", "r")
-	m.SetBreakerState("web", metrics.BreakerClosed)
-	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web"}} })
-	m.SetConnStats(func() []metrics.ConnStats { return []metrics.ConnStats{{ClientID: "laptop"}} })
-	mfs, err := m.Registry().Gather()
-	require.NoError(t, err)
 	out := map[string]dto.MetricType{}
-	for _, mf := range mfs {
-		if strings.HasPrefix(mf.GetName(), metrics.Namespace+"_") {
-			out[mf.GetName()] = mf.GetType()
-		}
+	for _, mf := range ourFamilies(t, withEveryFamily(t)) {
+		out[mf.GetName()] = mf.GetType()
 	}
 	return out
 }

@@ -280,16 +280,21 @@ func TestConnStatsCollectorReportsWhatTheFuncReturns(t *testing.T) {
 	mfs := scrape(t, m)
 	laptop := map[string]string{"client": "laptop"}
 	desktop := map[string]string{"client": "desktop"}
-	require.Equal(t, 0.002, value(t, mfs, "qtunnel_quic_smoothed_rtt_seconds", laptop))
-	require.Equal(t, 4.0, value(t, mfs, "qtunnel_quic_packets_lost", laptop))
-	require.Equal(t, 1005.0, value(t, mfs, "qtunnel_quic_bytes_sent_total", laptop))
-	require.Equal(t, 2007.0, value(t, mfs, "qtunnel_quic_bytes_received_total", laptop))
-	require.Equal(t, 14000.0, value(t, mfs, "qtunnel_quic_congestion_window_bytes", laptop))
-	require.Equal(t, 0.001, value(t, mfs, "qtunnel_quic_smoothed_rtt_seconds", desktop))
-	require.Equal(t, 0.0, value(t, mfs, "qtunnel_quic_packets_lost", desktop))
-	require.Equal(t, 10.0, value(t, mfs, "qtunnel_quic_bytes_sent_total", desktop))
-	require.Equal(t, 20.0, value(t, mfs, "qtunnel_quic_bytes_received_total", desktop))
-	require.Equal(t, 32000.0, value(t, mfs, "qtunnel_quic_congestion_window_bytes", desktop))
+	for _, c := range []struct {
+		labels                              map[string]string
+		rtt, lost, sent, received, cwndSize float64
+	}{
+		{laptop, 0.002, 4, 1005, 2007, 14000},
+		{desktop, 0.001, 0, 10, 20, 32000},
+	} {
+		requireValues(t, mfs, c.labels, []familyValue{
+			{"qtunnel_quic_smoothed_rtt_seconds", c.rtt},
+			{"qtunnel_quic_packets_lost", c.lost},
+			{"qtunnel_quic_bytes_sent_total", c.sent},
+			{"qtunnel_quic_bytes_received_total", c.received},
+			{"qtunnel_quic_congestion_window_bytes", c.cwndSize},
+		})
+	}
 	require.Equal(t, dto.MetricType_COUNTER, mfs["qtunnel_quic_bytes_sent_total"].GetType())
 	require.Equal(t, dto.MetricType_GAUGE, mfs["qtunnel_quic_packets_lost"].GetType())
 	require.Len(t, mfs["qtunnel_quic_smoothed_rtt_seconds"].GetMetric(), 2)
@@ -311,12 +316,19 @@ func TestPoolStatsCollectorReportsWhatTheFuncReturns(t *testing.T) {
 	}
 	mfs := scrape(t, m)
 	web, db := map[string]string{"rule": "web"}, map[string]string{"rule": "db"}
-	require.Equal(t, 4.0, value(t, mfs, "qtunnel_egress_pool_idle", web))
-	require.Equal(t, 2.0, value(t, mfs, "qtunnel_egress_pool_active", web))
-	require.Equal(t, 11.0, value(t, mfs, "qtunnel_egress_pool_dials_total", web))
-	require.Equal(t, 0.0, value(t, mfs, "qtunnel_egress_pool_idle", db))
-	require.Equal(t, 2.0, value(t, mfs, "qtunnel_egress_pool_active", db))
-	require.Equal(t, 5.0, value(t, mfs, "qtunnel_egress_pool_dials_total", db))
+	for _, c := range []struct {
+		labels              map[string]string
+		idle, active, dials float64
+	}{
+		{web, 4, 2, 11},
+		{db, 0, 2, 5},
+	} {
+		requireValues(t, mfs, c.labels, []familyValue{
+			{"qtunnel_egress_pool_idle", c.idle},
+			{"qtunnel_egress_pool_active", c.active},
+			{"qtunnel_egress_pool_dials_total", c.dials},
+		})
+	}
 	require.Equal(t, dto.MetricType_COUNTER, mfs["qtunnel_egress_pool_dials_total"].GetType())
 	require.Equal(t, dto.MetricType_GAUGE, mfs["qtunnel_egress_pool_active"].GetType())
 	require.Len(t, mfs["qtunnel_egress_pool_idle"].GetMetric(), 2)
@@ -472,27 +484,7 @@ func TestTwoMetricsDoNotCollide(t *testing.T) {
 
 func TestMetricNamesFollowPrometheusConventions(t *testing.T) {
 	t.Parallel()
-	m := metrics.New("server")
-	// Make every labelled family appear.
-	c := newChain(t, m, func(*pipeline.Exchange) error { return nil })
-	drive(t, c, pipeline.Ingress, webRule, http.StatusOK, nil)
-	x := pipeline.Acquire(pipeline.Ingress)
-	x.Rule = webRule
-	m.AddBytes(x, 1, 1)
-	x.Release()
-	m.StageReject("s", "r")
-	m.SetBreakerState("web", metrics.BreakerClosed)
-	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web"}} })
-	m.SetConnStats(func() []metrics.ConnStats { return []metrics.ConnStats{{ClientID: "laptop"}} })
-
-	mfs, err := m.Registry().Gather()
-	require.NoError(t, err)
-	var ours []*dto.MetricFamily
-	for _, mf := range mfs {
-		if strings.HasPrefix(mf.GetName(), metrics.Namespace+"_") {
-			ours = append(ours, mf)
-		}
-	}
+	ours := ourFamilies(t, withEveryFamily(t))
 	require.Len(t, ours, 24)
 	problems, err := promlint.NewWithMetricFamilies(ours).Lint()
 	require.NoError(t, err)
@@ -529,5 +521,53 @@ func TestStageAllocatesNothingOnceWarm(t *testing.T) {
 			})
 			require.Zero(t, allocs)
 		})
+	}
+}
+
+// withEveryFamily returns a Metrics in which every labelled family has a
+// series, so that its registry exports every family.
+func withEveryFamily(t *testing.T) *metrics.Metrics {
+	t.Helper()
+	m := metrics.New("server")
+	c := newChain(t, m, func(*pipeline.Exchange) error { return nil })
+	drive(t, c, pipeline.Ingress, webRule, http.StatusOK, nil)
+	x := pipeline.Acquire(pipeline.Ingress)
+	x.Rule = webRule
+	m.AddBytes(x, 1, 1)
+	x.Release()
+	m.StageReject("s", "r")
+	m.SetBreakerState("web", metrics.BreakerClosed)
+	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web"}} })
+	m.SetConnStats(func() []metrics.ConnStats { return []metrics.ConnStats{{ClientID: "laptop"}} })
+	return m
+}
+
+// ourFamilies gathers m's registry and returns the families of this
+// package (named qtunnel_...), leaving out the Go and process collectors'.
+func ourFamilies(t *testing.T, m *metrics.Metrics) []*dto.MetricFamily {
+	t.Helper()
+	mfs, err := m.Registry().Gather()
+	require.NoError(t, err)
+	var ours []*dto.MetricFamily
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), metrics.Namespace+"_") {
+			ours = append(ours, mf)
+		}
+	}
+	return ours
+}
+
+// familyValue is the value a family's series should have.
+type familyValue struct {
+	family string
+	want   float64
+}
+
+// requireValues checks the value of the series with labels in each family
+// of want.
+func requireValues(t *testing.T, mfs map[string]*dto.MetricFamily, labels map[string]string, want []familyValue) {
+	t.Helper()
+	for _, w := range want {
+		require.Equal(t, w.want, value(t, mfs, w.family, labels), "%s%v", w.family, labels)
 	}
 }
