@@ -38,12 +38,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/encode"
+	"github.com/qtunnel/qtunnel/stages/internal/clock"
 )
 
 // State is the state of one circuit.
@@ -190,15 +190,14 @@ func OnStateChange(fn func(upstream string, from, to State)) Option {
 type Breaker struct {
 	cfg      Config
 	width    int64 // one window slice, ns
-	clock    func() time.Time
+	clock    clock.Clock
 	log      *slog.Logger
 	onChange func(upstream string, from, to State)
-	epoch    time.Time // offsets are measured from it (monotonic)
 
 	mu       sync.RWMutex
 	circuits map[string]*circuit // by upstream; idle closed circuits are swept
 
-	nextSweep atomic.Int64 // offset at which the next sweep is due
+	sweep clock.Sweep // once per Window
 }
 
 // New returns a breaker stage, or an error naming every invalid setting.
@@ -207,12 +206,9 @@ func New(cfg Config, opts ...Option) (*Breaker, error) {
 		return nil, fmt.Errorf("breaker: %w", err)
 	}
 	cfg.SetDefaults()
-	o := options{clock: time.Now}
+	var o options
 	for _, opt := range opts {
 		opt(&o)
-	}
-	if o.clock == nil {
-		o.clock = time.Now
 	}
 	if o.log == nil {
 		o.log = slog.Default()
@@ -220,13 +216,12 @@ func New(cfg Config, opts ...Option) (*Breaker, error) {
 	b := &Breaker{
 		cfg:      cfg,
 		width:    int64(cfg.Window / slices),
-		clock:    o.clock,
+		clock:    clock.New(o.clock),
 		log:      o.log,
 		onChange: o.onChange,
 		circuits: make(map[string]*circuit),
 	}
-	b.epoch = b.clock()
-	b.nextSweep.Store(int64(cfg.Window))
+	b.sweep.Start(cfg.Window)
 	return b, nil
 }
 
@@ -250,9 +245,9 @@ func (b *Breaker) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	if x.Rule == nil {
 		return next.Handle(ctx, x)
 	}
-	off := b.offset(b.clock())
-	if off >= b.nextSweep.Load() {
-		b.maybeSweep(off)
+	off := b.clock.Offset()
+	if b.sweep.Due(off) {
+		b.forgetIdle(off)
 	}
 	c := b.acquire(Key(x.Rule))
 	gen, probe, ref, tr := c.admit(b, off)
@@ -262,7 +257,7 @@ func (b *Breaker) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 		return ref.reject(b, x.Rule.ID, off)
 	}
 	err := next.Handle(ctx, x)
-	tr = c.done(b, gen, probe, b.judge(ctx, x, err), b.offset(b.clock()))
+	tr = c.done(b, gen, probe, b.judge(ctx, x, err), b.clock.Offset())
 	c.inflight.Add(-1)
 	b.report(tr)
 	return err
@@ -349,18 +344,14 @@ func (b *Breaker) acquire(upstream string) *circuit {
 	return c
 }
 
-// maybeSweep forgets circuits nobody used for a whole window, at most once
-// per window: the request that wins the race to move nextSweep does the
-// work. A forgotten circuit comes back as a fresh closed one, so a circuit
-// goes only when that loses nothing that matters: no request in flight,
-// and either closed with no result (so no failure, and no run of
-// consecutive failures) within the window, or open with its cool-down over
-// for a window (nobody is asking for that upstream any more).
-func (b *Breaker) maybeSweep(off int64) {
-	due := b.nextSweep.Load()
-	if off < due || !b.nextSweep.CompareAndSwap(due, off+int64(b.cfg.Window)) {
-		return
-	}
+// forgetIdle forgets circuits nobody used for a whole window; it runs at
+// most once per window, on the request that finds the sweep due. A
+// forgotten circuit comes back as a fresh closed one, so a circuit goes
+// only when that loses nothing that matters: no request in flight, and
+// either closed with no result (so no failure, and no run of consecutive
+// failures) within the window, or open with its cool-down over for a
+// window (nobody is asking for that upstream any more).
+func (b *Breaker) forgetIdle(off int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for k, c := range b.circuits {
@@ -368,12 +359,6 @@ func (b *Breaker) maybeSweep(off int64) {
 			delete(b.circuits, k)
 		}
 	}
-}
-
-// offset is now as nanoseconds since New, monotonic when the clock's
-// readings are; never negative.
-func (b *Breaker) offset(now time.Time) int64 {
-	return max(int64(now.Sub(b.epoch)), 0)
 }
 
 // transition is a state change to report once the locks are released.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/stages/internal/clock"
 )
 
 // slices is how many parts the rolling window is cut into: memory per
@@ -71,18 +72,12 @@ func (r refusal) reject(b *Breaker, ruleID string, off int64) error {
 			RetryAfter: time.Second,
 		}
 	}
-	remaining := ceilSecond(time.Duration(r.info.until - off))
+	remaining := clock.RetryAfter(time.Duration(r.info.until - off))
 	return &pipeline.Reject{
 		Status:     http.StatusServiceUnavailable,
 		Message:    "circuit breaker open for upstream of rule " + strconv.Quote(ruleID) + ": " + r.info.why + "; retrying in " + remaining.String(),
 		RetryAfter: remaining,
 	}
-}
-
-// ceilSecond rounds d up to whole seconds, at least one: Retry-After has no
-// finer unit, and earlier would be refused again.
-func ceilSecond(d time.Duration) time.Duration {
-	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
 }
 
 // admit decides whether a request may pass. A closed circuit, and an open
@@ -202,7 +197,7 @@ func (c *circuit) set(b *Breaker, to State, off int64, why string) *transition {
 }
 
 // idle reports whether the circuit holds nothing worth keeping at off (see
-// Breaker.maybeSweep).
+// Breaker.forgetIdle).
 func (c *circuit) idle(b *Breaker, off int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

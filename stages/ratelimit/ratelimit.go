@@ -37,6 +37,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/stages/internal/clock"
 )
 
 // Limit is one token bucket: Rate requests per second on average, with
@@ -171,17 +172,18 @@ type Limiter struct {
 	perRule, perClient, perIP Limit // normalized
 	idle                      int64 // IPIdle in ns
 	v6bits                    int
-	clock                     func() time.Time
+	clock                     clock.Clock
 	log                       *slog.Logger
-	epoch                     time.Time // offsets are measured from it (monotonic)
+	sweep                     clock.Sweep  // once per IPIdle/2
+	nOverride                 atomic.Int32 // len(overrides): 0 skips the rule map when PerRule is off
+	ips                       ipTable
+	// The maps' locks are written by every request: keep the fields
+	// above, read by every request, off their cache lines.
+	_ [64]byte
 
 	rules     bucketMap // by rule id
 	overrides map[string]Limit
-	nOverride atomic.Int32 // len(overrides): 0 skips the rule map when PerRule is off
-	clients   bucketMap    // by client id
-	ips       ipTable
-
-	nextSweep atomic.Int64 // offset at which the next sweep is due
+	clients   bucketMap // by client id
 }
 
 // New returns a rate-limit stage, or an error naming every invalid setting.
@@ -190,12 +192,9 @@ func New(cfg Config, opts ...Option) (*Limiter, error) {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
 	cfg.SetDefaults()
-	o := options{clock: time.Now}
+	var o options
 	for _, opt := range opts {
 		opt(&o)
-	}
-	if o.clock == nil {
-		o.clock = time.Now
 	}
 	if o.log == nil {
 		o.log = slog.Default()
@@ -206,15 +205,14 @@ func New(cfg Config, opts ...Option) (*Limiter, error) {
 		perIP:     cfg.PerIP.normalized(),
 		idle:      int64(cfg.IPIdle),
 		v6bits:    cfg.IPv6Prefix,
-		clock:     o.clock,
+		clock:     clock.New(o.clock),
 		log:       o.log,
 		rules:     bucketMap{m: make(map[string]*bucket)},
 		overrides: make(map[string]Limit),
 		clients:   bucketMap{m: make(map[string]*bucket)},
 	}
-	l.epoch = l.clock()
 	l.ips.init(cfg.MaxIPs)
-	l.nextSweep.Store(max(l.idle/2, 1))
+	l.sweep.Start(cfg.IPIdle / 2)
 	return l, nil
 }
 
@@ -226,10 +224,9 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	if x.Rule == nil {
 		return next.Handle(ctx, x)
 	}
-	now := l.clock()
-	off := l.offset(now)
-	if off >= l.nextSweep.Load() {
-		l.maybeSweep(now, off)
+	now, off := l.clock.Now()
+	if l.sweep.Due(off) {
+		l.forgetIdle(now, off)
 	}
 
 	var ip *rate.Limiter
@@ -241,9 +238,10 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 		}
 	}
 	var client *bucket
+	var cid string
 	if !l.perClient.unlimited() {
-		if id := clientID(x); id != "" {
-			client = l.clients.get(id, off, l.limitFor)
+		if cid = clientID(x); cid != "" {
+			client = l.clients.get(cid, off, l.limitFor)
 		}
 	}
 	var rule *bucket
@@ -257,20 +255,26 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	// Look before taking: a request refused by one limit spends no token
 	// of another. Two requests racing for the last tokens may still spend
 	// a narrower token each; that errs on the strict side.
-	if ip != nil && delay(ip, now) > 0 {
-		return l.rejectIP(addr, delay(ip, now))
+	if ip != nil {
+		if d := delay(ip, now); d > 0 {
+			return l.rejectIP(addr, d)
+		}
 	}
-	if client != nil && delay(client.rl, now) > 0 {
-		return l.reject("client", clientID(x), client.lim, delay(client.rl, now))
+	if client != nil {
+		if d := delay(client.rl, now); d > 0 {
+			return l.reject("client", cid, client.lim, d)
+		}
 	}
-	if rule != nil && delay(rule.rl, now) > 0 {
-		return l.reject("rule", x.Rule.ID, rule.lim, delay(rule.rl, now))
+	if rule != nil {
+		if d := delay(rule.rl, now); d > 0 {
+			return l.reject("rule", x.Rule.ID, rule.lim, d)
+		}
 	}
 	if ip != nil && !ip.AllowN(now, 1) {
 		return l.rejectIP(addr, delay(ip, now))
 	}
 	if client != nil && !client.rl.AllowN(now, 1) {
-		return l.reject("client", clientID(x), client.lim, delay(client.rl, now))
+		return l.reject("client", cid, client.lim, delay(client.rl, now))
 	}
 	if rule != nil && !rule.rl.AllowN(now, 1) {
 		return l.reject("rule", x.Rule.ID, rule.lim, delay(rule.rl, now))
@@ -335,12 +339,6 @@ func clientID(x *pipeline.Exchange) string {
 	return x.Rule.Client
 }
 
-// offset is now as nanoseconds since New, monotonic when the clock's
-// readings are; never negative.
-func (l *Limiter) offset(now time.Time) int64 {
-	return max(int64(now.Sub(l.epoch)), 0)
-}
-
 // addrKey returns the bucket key of a RemoteAddr ("ip:port"): the address,
 // unmapped, without zone, IPv6 cut to its prefix.
 func (l *Limiter) addrKey(remote string) (netip.Addr, bool) {
@@ -368,17 +366,11 @@ func delay(rl *rate.Limiter, now time.Time) time.Duration {
 	return time.Duration((1 - t) / float64(rl.Limit()) * float64(time.Second))
 }
 
-// retryAfter rounds d up to whole seconds, at least one: Retry-After has
-// no finer unit, and earlier would be refused again.
-func retryAfter(d time.Duration) time.Duration {
-	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
-}
-
 func (l *Limiter) reject(kind, key string, lim Limit, d time.Duration) error {
 	return &pipeline.Reject{
 		Status:     http.StatusTooManyRequests,
 		Message:    "rate limit of " + kind + " " + strconv.Quote(key) + " exceeded (" + formatRate(lim.Rate) + " requests/s)",
-		RetryAfter: retryAfter(d),
+		RetryAfter: clock.RetryAfter(d),
 	}
 }
 
@@ -390,19 +382,15 @@ func (l *Limiter) rejectIP(addr netip.Addr, d time.Duration) error {
 	return &pipeline.Reject{
 		Status:     http.StatusTooManyRequests,
 		Message:    "rate limit of address " + who + " exceeded (" + formatRate(l.perIP.Rate) + " requests/s)",
-		RetryAfter: retryAfter(d),
+		RetryAfter: clock.RetryAfter(d),
 	}
 }
 
 func formatRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
 
-// maybeSweep forgets idle buckets, at most once per IPIdle/2: the request
-// that wins the race to move nextSweep does the work.
-func (l *Limiter) maybeSweep(now time.Time, off int64) {
-	due := l.nextSweep.Load()
-	if off < due || !l.nextSweep.CompareAndSwap(due, off+max(l.idle/2, 1)) {
-		return
-	}
+// forgetIdle forgets idle buckets; it runs at most once per IPIdle/2, on
+// the request that finds the sweep due.
+func (l *Limiter) forgetIdle(now time.Time, off int64) {
 	cutoff := off - l.idle
 	l.ips.sweep(cutoff)
 	l.rules.sweep(now, cutoff)
