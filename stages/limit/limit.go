@@ -349,7 +349,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	n, b.left = int(b.left), 0
-	b.err = b.reject()
+	b.err = bodyReject(b.limit)
 	b.tripped.Store(true)
 	return n, b.err
 }
@@ -362,8 +362,6 @@ func (b *limitedBody) release() {
 	b.tripped.Store(false)
 	bodyPool.Put(b)
 }
-
-func (b *limitedBody) reject() error { return bodyReject(b.limit) }
 
 // bodyReject returns a new 413: the chain names the stage on the *Reject
 // it sees, so one value must not be returned twice.
