@@ -23,28 +23,16 @@ import (
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
 	"github.com/qtunnel/qtunnel/stages/encode"
+	"github.com/qtunnel/qtunnel/stages/internal/stagetest"
 )
 
 func TestMain(m *testing.M) { pipelinetest.VerifyNoLeaks(m) }
 
 const upA, upB = "http://10.0.0.1:8080", "http://10.0.0.2:8080"
 
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	base time.Time
-	ns   atomic.Int64
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{base: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time          { return c.base.Add(time.Duration(c.ns.Load())) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
-
 var quiet = breaker.WithLogger(slog.New(slog.DiscardHandler))
 
-func newBreaker(t testing.TB, cfg breaker.Config, clk *fakeClock, opts ...breaker.Option) *breaker.Breaker {
+func newBreaker(t testing.TB, cfg breaker.Config, clk *stagetest.Clock, opts ...breaker.Option) *breaker.Breaker {
 	t.Helper()
 	opts = append([]breaker.Option{quiet, breaker.WithClock(clk.Now)}, opts...)
 	b, err := breaker.New(cfg, opts...)
@@ -113,6 +101,18 @@ func trip(t *testing.T, b *breaker.Breaker, up string) {
 	}
 }
 
+// cooledDown returns a breaker whose circuit for upA opened and whose
+// cool-down has just ended: the next request moves it to half-open.
+func cooledDown(t *testing.T, cfg breaker.Config) (*breaker.Breaker, *stagetest.Clock) {
+	t.Helper()
+	clk := stagetest.NewClock()
+	b := newBreaker(t, cfg, clk)
+	trip(t, b, upA)
+	cfg.SetDefaults()
+	clk.Advance(cfg.CoolDown)
+	return b, clk
+}
+
 func TestNew(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -136,13 +136,7 @@ func TestNew(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b, err := breaker.New(tt.cfg)
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				require.Nil(t, b)
-				return
-			}
-			require.NoError(t, err)
-			require.NotNil(t, b)
+			stagetest.CheckNew(t, "breaker", b, err, tt.wantErr)
 		})
 	}
 }
@@ -157,7 +151,7 @@ func TestStateString(t *testing.T) {
 
 func TestNoRulePasses(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, newClock())
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
 	next := answering(fail)
 	for range 20 {
 		x := pipeline.Acquire(pipeline.Egress)
@@ -169,7 +163,7 @@ func TestNoRulePasses(t *testing.T) {
 
 func TestOpensAfterThreshold(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, newClock())
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
 	next := answering(fail)
 	for i := range 5 {
 		require.Equal(t, "closed", b.State(upA), "before failure %d", i+1)
@@ -188,7 +182,7 @@ func TestOpensAfterThreshold(t *testing.T) {
 
 func TestRefusalsAreFast(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, newClock())
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
 	trip(t, b, upA)
 	next := answering(ok)
 	took := make([]time.Duration, 1000)
@@ -207,7 +201,7 @@ func TestRefusalsAreFast(t *testing.T) {
 
 func TestRetryAfterCountsDown(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{CoolDown: 30 * time.Second}, clk)
 	trip(t, b, upA)
 	clk.Advance(12500 * time.Millisecond)
@@ -219,10 +213,7 @@ func TestRetryAfterCountsDown(t *testing.T) {
 func TestHalfOpenAdmitsExactlyTheProbes(t *testing.T) {
 	t.Parallel()
 	const probes, callers = 3, 20
-	clk := newClock()
-	b := newBreaker(t, breaker.Config{HalfOpenProbes: probes}, clk)
-	trip(t, b, upA)
-	clk.Advance(10 * time.Second)
+	b, _ := cooledDown(t, breaker.Config{HalfOpenProbes: probes})
 
 	entered := make(chan struct{}, callers)
 	release := make(chan struct{})
@@ -265,7 +256,7 @@ func TestHalfOpenAdmitsExactlyTheProbes(t *testing.T) {
 
 func TestSuccessfulProbeCloses(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{}, clk)
 	trip(t, b, upA)
 	clk.Advance(9 * time.Second)
@@ -291,10 +282,7 @@ func TestSuccessfulProbeCloses(t *testing.T) {
 
 func TestFailedProbeReopens(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
-	b := newBreaker(t, breaker.Config{}, clk)
-	trip(t, b, upA)
-	clk.Advance(10 * time.Second)
+	b, clk := cooledDown(t, breaker.Config{})
 
 	next := answering(fail)
 	require.ErrorIs(t, call(b, upA, next), errUnreachable)
@@ -313,10 +301,7 @@ func TestFailedProbeReopens(t *testing.T) {
 
 func TestCancelledProbeFreesItsSlot(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
-	b := newBreaker(t, breaker.Config{}, clk)
-	trip(t, b, upA)
-	clk.Advance(10 * time.Second)
+	b, _ := cooledDown(t, breaker.Config{})
 	require.ErrorIs(t, call(b, upA, answering(func(*pipeline.Exchange) error { return context.Canceled })), context.Canceled)
 	require.Equal(t, "half-open", b.State(upA))
 	require.NoError(t, call(b, upA, answering(ok)), "the next request is the probe")
@@ -328,7 +313,7 @@ func TestOpensOnFailureRatio(t *testing.T) {
 	cfg := breaker.Config{MinRequests: 5, FailureRatio: 0.5, ConsecutiveFailures: 100}
 	t.Run("half failing opens at the fifth failure", func(t *testing.T) {
 		t.Parallel()
-		b := newBreaker(t, cfg, newClock())
+		b := newBreaker(t, cfg, stagetest.NewClock())
 		for i := range 9 {
 			next := answering(ok)
 			if i%2 == 1 {
@@ -344,7 +329,7 @@ func TestOpensOnFailureRatio(t *testing.T) {
 	})
 	t.Run("a third failing stays closed", func(t *testing.T) {
 		t.Parallel()
-		b := newBreaker(t, cfg, newClock())
+		b := newBreaker(t, cfg, stagetest.NewClock())
 		for i := range 300 {
 			next := answering(ok)
 			if i%3 == 0 {
@@ -356,7 +341,7 @@ func TestOpensOnFailureRatio(t *testing.T) {
 	})
 	t.Run("fewer than MinRequests failures stay closed", func(t *testing.T) {
 		t.Parallel()
-		b := newBreaker(t, breaker.Config{MinRequests: 10, FailureRatio: 0.5, ConsecutiveFailures: 100}, newClock())
+		b := newBreaker(t, breaker.Config{MinRequests: 10, FailureRatio: 0.5, ConsecutiveFailures: 100}, stagetest.NewClock())
 		for range 9 {
 			_ = call(b, upA, answering(fail))
 		}
@@ -368,7 +353,7 @@ func TestOpensOnFailureRatio(t *testing.T) {
 
 func TestOpensOnConsecutiveFailures(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{MinRequests: 1000, ConsecutiveFailures: 5}, newClock())
+	b := newBreaker(t, breaker.Config{MinRequests: 1000, ConsecutiveFailures: 5}, stagetest.NewClock())
 	for range 20 {
 		for range 4 {
 			_ = call(b, upA, answering(fail))
@@ -389,51 +374,51 @@ func TestWhatCountsAsFailure(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
 	tests := []struct {
-		name     string
-		cfg      breaker.Config
-		ctx      context.Context
-		answer   func(*pipeline.Exchange) error
-		wantOpen bool
+		name   string
+		cfg    breaker.Config
+		ctx    context.Context
+		answer func(*pipeline.Exchange) error
+		want   string // "failure", "success" or "neutral" (says nothing)
 	}{
-		{"502 error", breaker.Config{}, nil, fail, true},
-		{"503 error", breaker.Config{}, nil, func(*pipeline.Exchange) error { return pipeline.ErrOverloaded }, true},
-		{"504 error: deadline", breaker.Config{}, nil, func(*pipeline.Exchange) error { return context.DeadlineExceeded }, true},
-		{"any other error is a 502", breaker.Config{}, nil, func(*pipeline.Exchange) error { return errors.New("boom") }, true},
-		{"user cancelled", breaker.Config{}, nil, func(*pipeline.Exchange) error { return context.Canceled }, false},
+		{"502 error", breaker.Config{}, nil, fail, "failure"},
+		{"503 error", breaker.Config{}, nil, func(*pipeline.Exchange) error { return pipeline.ErrOverloaded }, "failure"},
+		{"504 error: deadline", breaker.Config{}, nil, func(*pipeline.Exchange) error { return context.DeadlineExceeded }, "failure"},
+		{"any other error is a 502", breaker.Config{}, nil, func(*pipeline.Exchange) error { return errors.New("boom") }, "failure"},
+		{"user cancelled", breaker.Config{}, nil, func(*pipeline.Exchange) error { return context.Canceled }, "neutral"},
 		{"wrapped cancellation", breaker.Config{}, nil, func(*pipeline.Exchange) error {
 			return &pipeline.Reject{Status: http.StatusBadGateway, Err: context.Canceled}
-		}, false},
-		{"502 after the user went away", breaker.Config{}, cancelled, fail, false},
+		}, "neutral"},
+		{"502 after the user went away", breaker.Config{}, cancelled, fail, "neutral"},
 		{"429 from a later stage", breaker.Config{}, nil, func(*pipeline.Exchange) error {
 			return pipeline.Rejectf(http.StatusTooManyRequests, "slow down")
-		}, false},
+		}, "neutral"},
 		{"413 from a later stage", breaker.Config{}, nil, func(*pipeline.Exchange) error {
 			return pipeline.Rejectf(http.StatusRequestEntityTooLarge, "too big")
-		}, false},
-		{"500 answer", breaker.Config{}, nil, status(500), true},
-		{"503 answer", breaker.Config{}, nil, status(503), true},
-		{"500 answer, ignored", breaker.Config{Ignore5xx: true}, nil, status(500), false},
-		{"502 error, 5xx answers ignored", breaker.Config{Ignore5xx: true}, nil, fail, true},
-		{"500 status without a response", breaker.Config{}, nil, func(x *pipeline.Exchange) error { x.Status = 500; return nil }, true},
-		{"404 answer", breaker.Config{}, nil, status(404), false},
+		}, "neutral"},
+		{"500 answer", breaker.Config{}, nil, status(500), "failure"},
+		{"503 answer", breaker.Config{}, nil, status(503), "failure"},
+		{"500 answer, ignored", breaker.Config{Ignore5xx: true}, nil, status(500), "success"},
+		{"502 error, 5xx answers ignored", breaker.Config{Ignore5xx: true}, nil, fail, "failure"},
+		{"500 status without a response", breaker.Config{}, nil, func(x *pipeline.Exchange) error { x.Status = 500; return nil }, "failure"},
+		{"404 answer", breaker.Config{}, nil, status(404), "success"},
 		{"200 answer, then the user went away", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 200
 			return encode.UserGoneError{Err: errors.New("write: broken pipe")}
-		}, false},
+		}, "neutral"},
 		{"500 answer, then the user went away", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 500
 			return encode.UserGoneError{Err: errors.New("write: broken pipe")}
-		}, false},
+		}, "neutral"},
 		{"200 answer, then its body broke off", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 200
 			return fmt.Errorf("encode: read answer body: %w", errors.New("unexpected EOF"))
-		}, true},
-		{"200 answer", breaker.Config{}, nil, status(200), false},
+		}, "failure"},
+		{"200 answer", breaker.Config{}, nil, status(200), "success"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := newBreaker(t, tt.cfg, newClock())
+			b := newBreaker(t, tt.cfg, stagetest.NewClock())
 			ctx := tt.ctx
 			if ctx == nil {
 				ctx = context.Background()
@@ -441,14 +426,25 @@ func TestWhatCountsAsFailure(t *testing.T) {
 			for range 50 {
 				_ = callRule(ctx, b, "web", upA, answering(tt.answer))
 			}
-			require.Equal(t, tt.wantOpen, b.State(upA) == "open")
+			require.Equal(t, tt.want == "failure", b.State(upA) == "open")
+
+			// Between two failures, with two in a row opening the
+			// circuit: a success ends the run, a neutral result does not.
+			cfg := tt.cfg
+			cfg.MinRequests, cfg.ConsecutiveFailures = 1000, 2
+			b = newBreaker(t, cfg, stagetest.NewClock())
+			require.ErrorIs(t, call(b, upA, answering(fail)), errUnreachable)
+			_ = callRule(ctx, b, "web", upA, answering(tt.answer))
+			require.Equal(t, tt.want == "failure", b.State(upA) == "open", "after the answer")
+			_ = call(b, upA, answering(fail))
+			require.Equal(t, tt.want != "success", b.State(upA) == "open", "after the next failure")
 		})
 	}
 }
 
 func TestWindowForgetsOldFailures(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{}, clk)
 	for range 4 {
 		_ = call(b, upA, answering(fail))
@@ -462,11 +458,37 @@ func TestWindowForgetsOldFailures(t *testing.T) {
 	require.Equal(t, "open", b.State(upA), "5 failures within the window")
 }
 
+// A failure counts for at least 0.9 Window and at most one Window: the
+// window moves a tenth at a time.
+func TestWindowIsOneWindowLong(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		age      time.Duration // of the first four failures at the fifth
+		wantOpen bool
+	}{
+		{9 * time.Second, true},
+		{10*time.Second - time.Nanosecond, true},
+		{10 * time.Second, false},
+	} {
+		t.Run(tt.age.String(), func(t *testing.T) {
+			t.Parallel()
+			clk := stagetest.NewClock()
+			b := newBreaker(t, breaker.Config{ConsecutiveFailures: 1000}, clk)
+			for range 4 {
+				_ = call(b, upA, answering(fail))
+			}
+			clk.Advance(tt.age)
+			_ = call(b, upA, answering(fail))
+			require.Equal(t, tt.wantOpen, b.State(upA) == "open")
+		})
+	}
+}
+
 // A run of consecutive failures ends at a gap longer than the window, even
 // if the circuit is kept alive by requests that prove nothing.
 func TestQuietGapEndsTheRun(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{}, clk)
 	for range 4 {
 		_ = call(b, upA, answering(fail))
@@ -486,7 +508,7 @@ func TestQuietGapEndsTheRun(t *testing.T) {
 
 func TestWindowSlides(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{MinRequests: 5, ConsecutiveFailures: 1000}, clk)
 	// A failure every 3s with successes between: never 5 failures in 10s.
 	for range 20 {
@@ -505,7 +527,7 @@ func TestWindowSlides(t *testing.T) {
 
 func TestUpstreamsAreIndependent(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, newClock())
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
 	trip(t, b, upA)
 	next := answering(ok)
 	for range 20 {
@@ -524,7 +546,7 @@ func TestUpstreamsAreIndependent(t *testing.T) {
 // A request that began before the circuit opened cannot close it.
 func TestStaleResultsAreIgnored(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, newClock())
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
 	entered, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
@@ -544,10 +566,7 @@ func TestStaleResultsAreIgnored(t *testing.T) {
 // A probe of an earlier half-open round cannot count in a later one.
 func TestStaleProbesAreIgnored(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
-	b := newBreaker(t, breaker.Config{HalfOpenProbes: 2}, clk)
-	trip(t, b, upA)
-	clk.Advance(10 * time.Second)
+	b, clk := cooledDown(t, breaker.Config{HalfOpenProbes: 2})
 
 	// blocked starts a request that waits for its release, and returns
 	// that release and the request's result.
@@ -583,7 +602,7 @@ func TestStateChangesAreLoggedOnce(t *testing.T) {
 	var logs bytes.Buffer
 	var mu sync.Mutex
 	var changes []string
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{}, clk,
 		breaker.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
 		breaker.OnStateChange(func(up string, from, to breaker.State) {
@@ -622,7 +641,7 @@ func TestStateChangesAreLoggedOnce(t *testing.T) {
 
 func TestIdleCircuitsAreForgotten(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	b := newBreaker(t, breaker.Config{}, clk)
 	trip(t, b, upA)
 	clk.Advance(15 * time.Second)
@@ -646,10 +665,7 @@ func TestIdleCircuitsAreForgotten(t *testing.T) {
 // request takes.
 func TestCircuitInUseIsKept(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
-	b := newBreaker(t, breaker.Config{}, clk)
-	trip(t, b, upA)
-	clk.Advance(10 * time.Second)
+	b, clk := cooledDown(t, breaker.Config{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
@@ -670,7 +686,7 @@ func TestCircuitInUseIsKept(t *testing.T) {
 
 func TestConcurrentUse(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	var changes atomic.Int64
 	b := newBreaker(t, breaker.Config{CoolDown: time.Second, HalfOpenProbes: 2}, clk,
 		breaker.OnStateChange(func(string, breaker.State, breaker.State) { changes.Add(1) }))

@@ -25,6 +25,7 @@ import (
 	"github.com/qtunnel/qtunnel/stages/decode"
 	"github.com/qtunnel/qtunnel/stages/egress"
 	"github.com/qtunnel/qtunnel/stages/encode"
+	"github.com/qtunnel/qtunnel/stages/internal/stagetest"
 	"github.com/qtunnel/qtunnel/stages/limit"
 )
 
@@ -172,14 +173,7 @@ func TestNew(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			g, err := limit.New(tt.cfg)
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				require.ErrorContains(t, err, "limit: ")
-				require.Nil(t, g)
-				return
-			}
-			require.NoError(t, err)
-			require.NotNil(t, g)
+			stagetest.CheckNew(t, "limit", g, err, tt.wantErr)
 		})
 	}
 }
@@ -465,6 +459,22 @@ func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, readErr)
 		require.Equal(t, strings.Repeat("c", 500), got.String())
+
+		// A counter that was cut once does not take a later failure for
+		// its own.
+		x = ingress(strings.Repeat("b", 50), false, "web")
+		err = small.Handle(context.Background(), x, forward(&got, &readErr))
+		x.Release()
+		require.ErrorIs(t, err, limit.ErrBodyTooLarge)
+		x = ingress("within", false, "web")
+		err = large.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+			if _, err := io.Copy(io.Discard, x.Request.Body); err != nil {
+				return err
+			}
+			return errUpstream
+		}))
+		x.Release()
+		require.ErrorIs(t, err, errUpstream)
 	}
 	x := ingress("", false, "web")
 	defer x.Release()
@@ -488,6 +498,8 @@ func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
 	})
 	require.Zero(t, allocs)
 }
+
+var errUpstream = &pipeline.Reject{Status: http.StatusBadGateway, Message: "upstream down"}
 
 // A body cut at the limit fails every later Read too, and an exchange
 // whose answer came anyway (the far side did not read the rest) stands.
@@ -691,20 +703,23 @@ func TestTimeoutReachesTheEgressRoundTrip(t *testing.T) {
 	require.NoError(t, req.Context().Err(), "the original request's context is left alone")
 }
 
+// answerStarts are the ways an answer starts: its first write on each side
+// (see startAnswer).
+var answerStarts = []struct {
+	name   string
+	side   pipeline.Side
+	hijack bool
+	how    string
+}{
+	{"ingress head", pipeline.Ingress, false, "head"},
+	{"ingress streamed head", pipeline.Ingress, false, "flush"},
+	{"ingress websocket", pipeline.Ingress, true, "hijack"},
+	{"egress head", pipeline.Egress, false, "stream"},
+}
+
 func TestTimeoutStopsOnceTheAnswerStarts(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name   string
-		side   pipeline.Side
-		hijack bool
-		how    string
-	}{
-		{"ingress head", pipeline.Ingress, false, "head"},
-		{"ingress streamed head", pipeline.Ingress, false, "flush"},
-		{"ingress websocket", pipeline.Ingress, true, "hijack"},
-		{"egress head", pipeline.Egress, false, "stream"},
-	}
-	for _, tt := range tests {
+	for _, tt := range answerStarts {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			g := newGuard(t, limit.Config{RequestTimeout: timeout})
@@ -745,18 +760,7 @@ func TestTimeoutStopsOnceTheAnswerStarts(t *testing.T) {
 // answer cut short.
 func TestTimeoutRefusesALateAnswer(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name   string
-		side   pipeline.Side
-		hijack bool
-		how    string
-	}{
-		{"ingress head", pipeline.Ingress, false, "head"},
-		{"ingress streamed head", pipeline.Ingress, false, "flush"},
-		{"ingress websocket", pipeline.Ingress, true, "hijack"},
-		{"egress head", pipeline.Egress, false, "stream"},
-	}
-	for _, tt := range tests {
+	for _, tt := range answerStarts {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			g := newGuard(t, limit.Config{RequestTimeout: timeout})
@@ -899,22 +903,25 @@ func TestAllowedPathDoesNotAllocate(t *testing.T) {
 
 // TestTimedPathAllocatesOnlyTheContext: under RequestTimeout, an exchange
 // answered in time costs the two allocations of its context
-// (context.WithCancelCause); the timer and the writer wrappers are pooled.
+// (context.WithCancelCause); the timer and the writer wrappers are pooled,
+// whether the timer was started (no body) or not yet (a body not read).
 func TestTimedPathAllocatesOnlyTheContext(t *testing.T) {
 	g := newGuard(t, limit.Config{MaxInFlight: 100, MaxBodySize: 1 << 20, RequestTimeout: time.Minute})
-	x := ingress("hello", true, "web")
-	defer x.Release()
 	ctx := context.Background()
 	answer := pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 		x.Writer.WriteHeader(http.StatusOK)
 		return nil
 	})
-	allocs := testing.AllocsPerRun(1000, func() {
-		if err := g.Handle(ctx, x, answer); err != nil {
-			panic(err)
-		}
-	})
-	require.LessOrEqual(t, allocs, 2.0)
+	for _, body := range []string{"hello", ""} {
+		x := ingress(body, true, "web")
+		allocs := testing.AllocsPerRun(1000, func() {
+			if err := g.Handle(ctx, x, answer); err != nil {
+				panic(err)
+			}
+		})
+		x.Release()
+		require.LessOrEqual(t, allocs, 2.0, "body %q", body)
+	}
 }
 
 // BenchmarkOff is the cost of the stage with every guard off.
@@ -1225,7 +1232,8 @@ func TestTimeoutStartsWhenTheBodyEnds(t *testing.T) {
 	g := newGuard(t, limit.Config{RequestTimeout: timeout})
 	for _, answers := range []bool{true, false} {
 		x, u, _ := timedExchange(pipeline.Ingress, false)
-		x.Request.Body, x.Request.ContentLength = &slowBody{chunks: 8, every: timeout / 2}, -1
+		body := &slowBody{chunks: 8, every: timeout / 2}
+		x.Request.Body, x.Request.ContentLength = body, -1
 		var bodyEnd time.Time
 		err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 			n, err := io.Copy(io.Discard, x.Request.Body)
@@ -1247,6 +1255,7 @@ func TestTimeoutStartsWhenTheBodyEnds(t *testing.T) {
 			requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
 			require.GreaterOrEqual(t, time.Since(bodyEnd), timeout, "timed from the body's end")
 		}
+		require.Same(t, body, x.Request.Body, "the original body is back")
 		x.Release()
 	}
 }

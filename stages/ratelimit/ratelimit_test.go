@@ -17,25 +17,13 @@ import (
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/internal/stagetest"
 	"github.com/qtunnel/qtunnel/stages/ratelimit"
 )
 
 func TestMain(m *testing.M) { pipelinetest.VerifyNoLeaks(m) }
 
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	base time.Time
-	ns   atomic.Int64
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{base: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time          { return c.base.Add(time.Duration(c.ns.Load())) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
-
-func newLimiter(t testing.TB, cfg ratelimit.Config, clk *fakeClock, opts ...ratelimit.Option) *ratelimit.Limiter {
+func newLimiter(t testing.TB, cfg ratelimit.Config, clk *stagetest.Clock, opts ...ratelimit.Option) *ratelimit.Limiter {
 	t.Helper()
 	opts = append(opts, ratelimit.WithClock(clk.Now))
 	l, err := ratelimit.New(cfg, opts...)
@@ -128,13 +116,7 @@ func TestNew(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			l, err := ratelimit.New(tt.cfg)
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				require.Nil(t, l)
-				return
-			}
-			require.NoError(t, err)
-			require.NotNil(t, l)
+			stagetest.CheckNew(t, "ratelimit", l, err, tt.wantErr)
 		})
 	}
 }
@@ -158,7 +140,7 @@ func TestLimitValidate(t *testing.T) {
 
 func TestBurstThenRefill(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 100, Burst: 100}}, clk)
 
 	passed, rj := count(t, l, 500, req{rule: "web"})
@@ -185,7 +167,7 @@ func TestDefaultBurst(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.rate), func(t *testing.T) {
 			t.Parallel()
-			l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: tt.rate}}, newClock())
+			l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: tt.rate}}, stagetest.NewClock())
 			passed, _ := count(t, l, 100, req{rule: "web"})
 			require.Equal(t, tt.want, passed)
 		})
@@ -194,7 +176,7 @@ func TestDefaultBurst(t *testing.T) {
 
 func TestRetryAfterIsTheWaitForTheNextToken(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 0.1, Burst: 1}}, clk)
 	_, rj := count(t, l, 2, req{rule: "slow"})
 	require.NotNil(t, rj)
@@ -214,14 +196,14 @@ func TestNoRuleIsNotLimited(t *testing.T) {
 	t.Parallel()
 	l := newLimiter(t, ratelimit.Config{
 		PerRule: ratelimit.Limit{Rate: 1}, PerClient: ratelimit.Limit{Rate: 1}, PerIP: ratelimit.Limit{Rate: 1},
-	}, newClock())
+	}, stagetest.NewClock())
 	passed, _ := count(t, l, 50, req{})
 	require.Equal(t, 50, passed)
 }
 
 func TestClientKeys(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{PerClient: ratelimit.Limit{Rate: 1, Burst: 3}}, clk)
 
 	// Ingress side: the rule's client. Two rules of one client share it.
@@ -243,7 +225,7 @@ func TestClientKeys(t *testing.T) {
 
 func TestIPKeys(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1, Burst: 2}}, newClock())
+	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1, Burst: 2}}, stagetest.NewClock())
 
 	passed, rj := count(t, l, 5, req{rule: "web", remote: "198.51.100.1:5000"})
 	require.Equal(t, 2, passed)
@@ -274,7 +256,7 @@ func TestIPKeys(t *testing.T) {
 
 func TestIPv6PrefixSetting(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1}, IPv6Prefix: 128}, newClock())
+	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1}, IPv6Prefix: 128}, stagetest.NewClock())
 	passed, rj := count(t, l, 2, req{rule: "web", remote: "[2001:db8::1]:443"})
 	require.Equal(t, 1, passed)
 	require.Contains(t, rj.Message, "address 2001:db8::1 exceeded")
@@ -287,7 +269,7 @@ func TestKeysAreIndependent(t *testing.T) {
 	l := newLimiter(t, ratelimit.Config{
 		PerRule: ratelimit.Limit{Rate: 1, Burst: 100}, PerClient: ratelimit.Limit{Rate: 1, Burst: 100},
 		PerIP: ratelimit.Limit{Rate: 1, Burst: 2},
-	}, newClock())
+	}, stagetest.NewClock())
 	for i := range 10 {
 		passed, _ := count(t, l, 5, req{rule: "web", client: "laptop", remote: fmt.Sprintf("203.0.113.%d:1000", i)})
 		require.Equal(t, 2, passed, "address %d gets its own burst", i)
@@ -298,7 +280,7 @@ func TestKeysAreIndependent(t *testing.T) {
 // refused by the rule limit spends no address token.
 func TestRefusedRequestsSpendNothing(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{
 		PerRule: ratelimit.Limit{Rate: 10, Burst: 10},
 		PerIP:   ratelimit.Limit{Rate: 0.1, Burst: 1},
@@ -321,7 +303,7 @@ func TestRefusedRequestsSpendNothing(t *testing.T) {
 func TestRuleOverride(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 1, Burst: 1}}, clk,
 		ratelimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 
@@ -358,7 +340,7 @@ func TestRuleOverride(t *testing.T) {
 
 func TestOverrideWithoutDefault(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(t, ratelimit.Config{}, newClock())
+	l := newLimiter(t, ratelimit.Config{}, stagetest.NewClock())
 	l.SetRuleLimit("limited", ratelimit.Limit{Rate: 1, Burst: 3})
 	passed, _ := count(t, l, 10, req{rule: "limited"})
 	require.Equal(t, 3, passed)
@@ -372,7 +354,7 @@ func TestOverrideWithoutDefault(t *testing.T) {
 func TestIPTableIsBoundedLRU(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
-	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 0.001, Burst: 1}, MaxIPs: 10}, newClock(),
+	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 0.001, Burst: 1}, MaxIPs: 10}, stagetest.NewClock(),
 		ratelimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	hot := req{rule: "web", remote: "198.51.100.1:1"}
 	cold := req{rule: "web", remote: "198.51.100.2:1"}
@@ -396,7 +378,7 @@ func TestIPTableIsBoundedLRU(t *testing.T) {
 func TestIPTableIsBoundedWhenSharded(t *testing.T) {
 	t.Parallel()
 	const maxIPs = 5000
-	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1}, MaxIPs: maxIPs}, newClock(),
+	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 1}, MaxIPs: maxIPs}, stagetest.NewClock(),
 		ratelimit.WithLogger(slog.New(slog.DiscardHandler)))
 	for i := range 20000 {
 		_, err := run(l, req{rule: "web", remote: fmt.Sprintf("10.%d.%d.%d:1", i>>16, (i>>8)&255, i&255)})
@@ -411,7 +393,7 @@ func TestIPTableIsBoundedWhenSharded(t *testing.T) {
 
 func TestIdleIPsAreForgotten(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 0.001, Burst: 1}, IPIdle: 10 * time.Minute}, clk)
 	for i := range 10 {
 		_, _ = run(l, req{rule: "web", remote: fmt.Sprintf("10.0.0.%d:1", i)})
@@ -432,12 +414,63 @@ func TestIdleIPsAreForgotten(t *testing.T) {
 	require.Zero(t, passed, "an address seen within IPIdle keeps its bucket")
 }
 
+// An address seen within IPIdle keeps its bucket, however long ago it was
+// first seen.
+func TestIPInUseIsKept(t *testing.T) {
+	t.Parallel()
+	clk := stagetest.NewClock()
+	l := newLimiter(t, ratelimit.Config{PerIP: ratelimit.Limit{Rate: 0.001, Burst: 1}, IPIdle: 10 * time.Minute}, clk)
+	busy := req{rule: "web", remote: "10.0.0.1:1"}
+	passed, _ := count(t, l, 1, busy)
+	require.Equal(t, 1, passed)
+	clk.Advance(4 * time.Minute)
+	passed, _ = count(t, l, 1, busy)
+	require.Zero(t, passed)
+
+	clk.Advance(7 * time.Minute)                          // 11m: first seen 11m ago, last seen 7m ago
+	_, _ = run(l, req{rule: "web", remote: "10.0.0.2:1"}) // runs the sweep
+	require.Equal(t, 2, l.TrackedIPs())
+	passed, _ = count(t, l, 1, busy)
+	require.Zero(t, passed, "its bucket was kept, still empty")
+}
+
+// Rule and client buckets idle for IPIdle are forgotten only when full
+// again: an emptied bucket is kept however long it is idle, so a quiet
+// spell does not hand out a fresh burst early.
+func TestIdleBucketsAreForgottenOnlyWhenFull(t *testing.T) {
+	t.Parallel()
+	slow := ratelimit.Limit{Rate: 0.001, Burst: 1} // refills in 1000s
+	for _, tt := range []struct {
+		name string
+		cfg  ratelimit.Config
+	}{
+		{"rule", ratelimit.Config{PerRule: slow, IPIdle: 10 * time.Minute}},
+		{"client", ratelimit.Config{PerClient: slow, IPIdle: 10 * time.Minute}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			clk := stagetest.NewClock()
+			l := newLimiter(t, tt.cfg, clk)
+			r := req{rule: "web", client: "laptop"}
+			passed, _ := count(t, l, 2, r)
+			require.Equal(t, 1, passed)
+			clk.Advance(11 * time.Minute)                        // idle past IPIdle, the sweep due
+			_, _ = run(l, req{rule: "other", client: "desktop"}) // runs the sweep
+			passed, _ = count(t, l, 1, r)
+			require.Zero(t, passed, "0.66 tokens after 11m: the bucket was kept")
+			clk.Advance(6 * time.Minute)
+			passed, _ = count(t, l, 1, r)
+			require.Equal(t, 1, passed, "refilled after 1000s")
+		})
+	}
+}
+
 func TestConcurrentBurstIsExact(t *testing.T) {
 	t.Parallel()
 	l := newLimiter(t, ratelimit.Config{
 		PerRule: ratelimit.Limit{Rate: 100, Burst: 100},
 		PerIP:   ratelimit.Limit{Rate: 1, Burst: 1000}, MaxIPs: 8,
-	}, newClock(), ratelimit.WithLogger(slog.New(slog.DiscardHandler)))
+	}, stagetest.NewClock(), ratelimit.WithLogger(slog.New(slog.DiscardHandler)))
 	var passed atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 50 {
@@ -457,7 +490,7 @@ func TestConcurrentBurstIsExact(t *testing.T) {
 
 func TestConcurrentChurn(t *testing.T) {
 	t.Parallel()
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(t, ratelimit.Config{
 		PerRule: ratelimit.Limit{Rate: 1000}, PerClient: ratelimit.Limit{Rate: 1000},
 		PerIP: ratelimit.Limit{Rate: 5}, MaxIPs: 16, IPIdle: time.Second,
@@ -552,7 +585,7 @@ func BenchmarkAllowedParallel(b *testing.B) {
 
 // BenchmarkRefused is the 429 path, which builds the message.
 func BenchmarkRefused(b *testing.B) {
-	clk := newClock()
+	clk := stagetest.NewClock()
 	l := newLimiter(b, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 1}}, clk)
 	x := pipeline.Acquire(pipeline.Ingress)
 	defer x.Release()
