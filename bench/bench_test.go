@@ -46,6 +46,7 @@ func TestHarnessSmoke(t *testing.T) {
 			require.Positive(t, r.Load.RPS, "%s %s", s, target)
 			require.Zero(t, r.Load.Errors, "%s %s: %s", s, target, r.Load.FirstError)
 			require.Positive(t, r.Load.P50)
+			require.Positive(t, r.HarnessCPUPer1k, "%s %s: the load generator and upstream spent CPU", s, target)
 			if target != "direct" {
 				require.Positive(t, r.Ratio)
 				require.Positive(t, r.ServerPeakRSS)
@@ -65,6 +66,7 @@ func TestHarnessSmoke(t *testing.T) {
 	require.Positive(t, find("quic-bulk", "quic").MiBps)
 	require.Positive(t, find("quic-echo", "quic").Load.RPS)
 	require.Zero(t, find("quic-echo", "quic").Load.Errors, find("quic-echo", "quic").Load.FirstError)
+	require.Positive(t, find("quic-echo", "quic").HarnessCPUPer1k, "both raw QUIC ends run in the harness")
 	require.NotZero(t, find("idle", "reverse").ServerPeakRSS)
 	require.NotEmpty(t, rep.Bars)
 	require.Contains(t, progress.String(), "h1-c64")

@@ -100,7 +100,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.RmemMax, r.Machine.WmemMax, r.Machine.QUICRcvBuf, r.Machine.QUICSndBuf)
 	fmt.Fprintf(w, "options: %s; took %.0fs\n\n", r.Options, r.Duration)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\ttarget\tthroughput\tvs direct\tp50 µs\tp99 µs\tp99.9 µs\terrors\tsrv CPU s/1k\tcli CPU s/1k\tsrv peak MiB\tcli peak MiB\t")
+	fmt.Fprintln(tw, "scenario\ttarget\tthroughput\tvs direct\tp50 µs\tp99 µs\tp99.9 µs\terrors\tsrv CPU s/1k\tcli CPU s/1k\tload CPU s/1k\tsrv peak MiB\tcli peak MiB\t")
 	for _, row := range r.Rows {
 		tput := fmt.Sprintf("%.0f req/s", row.Load.RPS)
 		lat := [3]string{fmt.Sprintf("%.0f", row.Load.P50), fmt.Sprintf("%.0f", row.Load.P99), fmt.Sprintf("%.0f", row.Load.P999)}
@@ -124,12 +124,16 @@ func (r *Report) WriteTable(w io.Writer) {
 		if row.ServerCPUPer1k > 0 || row.ClientCPUPer1k > 0 {
 			cpu = [2]string{fmt.Sprintf("%.3f", row.ServerCPUPer1k), fmt.Sprintf("%.3f", row.ClientCPUPer1k)}
 		}
+		load := "-"
+		if row.HarnessCPUPer1k > 0 {
+			load = fmt.Sprintf("%.3f", row.HarnessCPUPer1k)
+		}
 		rss := [2]string{"-", "-"}
 		if row.ServerPeakRSS > 0 {
 			rss = [2]string{fmt.Sprintf("%.1f", mib(row.ServerPeakRSS)), fmt.Sprintf("%.1f", mib(row.ClientPeakRSS))}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", row.Scenario, row.Target, tput, ratio,
-			lat[0], lat[1], lat[2], errs, cpu[0], cpu[1], rss[0], rss[1])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", row.Scenario, row.Target, tput, ratio,
+			lat[0], lat[1], lat[2], errs, cpu[0], cpu[1], load, rss[0], rss[1])
 	}
 	_ = tw.Flush()
 	if len(r.Bars) > 0 {
