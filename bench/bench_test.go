@@ -47,6 +47,11 @@ func TestHarnessSmoke(t *testing.T) {
 			require.Zero(t, r.Load.Errors, "%s %s: %s", s, target, r.Load.FirstError)
 			require.Positive(t, r.Load.P50)
 			require.Positive(t, r.HarnessCPUPer1k, "%s %s: the load generator and upstream spent CPU", s, target)
+			require.NotNil(t, r.IO, "%s %s", s, target)
+			require.Positive(t, r.IO.Harness.Reads+r.IO.Harness.Writes, "%s %s: the harness read and wrote TCP", s, target)
+			if target != "direct" {
+				require.Positive(t, r.IO.Server.Reads+r.IO.Client.Reads, "%s %s: the tunnel read TCP", s, target)
+			}
 			if target != "direct" {
 				require.Positive(t, r.Ratio)
 				require.Positive(t, r.ServerPeakRSS)

@@ -69,12 +69,31 @@ func (p proc) resetPeak() error {
 type usage struct {
 	CPU     time.Duration
 	PeakRSS int64
+	// Reads and Writes count the process's read(2)- and write(2)-family
+	// system calls (/proc/<pid>/io syscr, syscw): here its TCP reads and
+	// writes. quic-go's UDP calls (recvmmsg, sendmsg) are not among them.
+	Reads, Writes int64
+}
+
+// io returns the process's read and write system call counts so far.
+func (p proc) io() (r, w int64) {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid))
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			r, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			w, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return
 }
 
 // meter measures a set of processes between start and stop.
 type meter struct {
-	procs []proc
-	cpu0  []time.Duration
+	procs  []proc
+	cpu0   []time.Duration
+	r0, w0 []int64
 }
 
 func newMeter(pids ...int) *meter {
@@ -87,7 +106,10 @@ func newMeter(pids ...int) *meter {
 
 func (m *meter) start() {
 	m.cpu0 = m.cpu0[:0]
+	m.r0, m.w0 = m.r0[:0], m.w0[:0]
 	for _, p := range m.procs {
+		r, w := p.io()
+		m.r0, m.w0 = append(m.r0, r), append(m.w0, w)
 		_ = p.resetPeak()
 		c, _ := p.cpu()
 		m.cpu0 = append(m.cpu0, c)
@@ -99,6 +121,8 @@ func (m *meter) stop() []usage {
 	for i, p := range m.procs {
 		c, _ := p.cpu()
 		out[i].CPU = c - m.cpu0[i]
+		r, w := p.io()
+		out[i].Reads, out[i].Writes = r-m.r0[i], w-m.w0[i]
 		out[i].PeakRSS, _ = p.peakRSS()
 	}
 	return out

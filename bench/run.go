@@ -108,11 +108,39 @@ type Row struct {
 	// both ends of the raw quic-go rows). With the tunnel's two columns it
 	// accounts for a closed-loop run's whole CPU.
 	HarnessCPUPer1k float64 `json:"harness_cpu_s_per_1k,omitempty"`
-	ServerPeakRSS   int64   `json:"server_peak_rss,omitempty"`
-	ClientPeakRSS   int64   `json:"client_peak_rss,omitempty"`
+	// IO is the read and write system calls per request of each process
+	// (closed and open loops): TCP only, see usage.
+	IO            *IOPerRequest `json:"syscalls_per_request,omitempty"`
+	ServerPeakRSS int64         `json:"server_peak_rss,omitempty"`
+	ClientPeakRSS int64         `json:"client_peak_rss,omitempty"`
 	// PerConnBytes is the memory one idle connection costs each side.
 	ServerPerConn float64 `json:"server_bytes_per_idle_conn,omitempty"`
 	ClientPerConn float64 `json:"client_bytes_per_idle_conn,omitempty"`
+}
+
+// IOPerRequest is the read and write system calls per request of the
+// tunnel server, the tunnel client and the harness (load and upstream).
+type IOPerRequest struct {
+	Server  IOCalls `json:"server"`
+	Client  IOCalls `json:"client"`
+	Harness IOCalls `json:"harness"`
+}
+
+// IOCalls is a count of read and write system calls per request.
+type IOCalls struct {
+	Reads  float64 `json:"reads"`
+	Writes float64 `json:"writes"`
+}
+
+// ioPerRequest divides the server, client and harness usage by requests.
+func ioPerRequest(u []usage, requests int64) IOPerRequest {
+	per := func(x usage) IOCalls {
+		if requests <= 0 {
+			return IOCalls{}
+		}
+		return IOCalls{float64(x.Reads) / float64(requests), float64(x.Writes) / float64(requests)}
+	}
+	return IOPerRequest{Server: per(u[0]), Client: per(u[1]), Harness: per(u[2])}
 }
 
 // Report is a whole harness run.
@@ -170,9 +198,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				if err != nil {
 					res.Errors, res.FirstError = res.Errors+1, err.Error()
 				}
-				runs[ti] = append(runs[ti], run{res, m.stop()})
-				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d %s",
-					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors, res.FirstError)
+				u := m.stop()
+				runs[ti] = append(runs[ti], run{res, u})
+				io := ioPerRequest(u, res.Requests)
+				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d  TCP reads/writes per request: server %.2f/%.2f client %.2f/%.2f harness %.2f/%.2f %s",
+					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors,
+					io.Server.Reads, io.Server.Writes, io.Client.Reads, io.Client.Writes, io.Harness.Reads, io.Harness.Writes, res.FirstError)
 			}
 		}
 		rows := make([]Row, len(ts))
@@ -184,6 +215,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			k := float64(mid.res.Requests) / 1000
 			if k > 0 {
 				row.HarnessCPUPer1k = mid.use[2].CPU.Seconds() / k
+				io := ioPerRequest(mid.use, mid.res.Requests)
+				row.IO = &io
 			}
 			if t.Name != "direct" {
 				if k > 0 {
