@@ -43,6 +43,9 @@ type httpListener struct {
 
 func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, tracer trace.Tracer, log *slog.Logger, access bool) *httpListener {
 	h := &ingressHandler{chain: chain, listener: key, log: log, access: access, tracer: tracer}
+	if certs == nil {
+		ln = withReadAhead(ln) // over TLS, the TLS layer reads ahead
+	}
 	l := &httpListener{ln: ln, handler: h, srv: newIngressServer(h, lim, log), done: make(chan struct{})}
 	if certs != nil {
 		l.tls = true
