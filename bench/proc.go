@@ -71,7 +71,8 @@ type usage struct {
 	PeakRSS int64
 	// Reads and Writes count the process's read(2)- and write(2)-family
 	// system calls (/proc/<pid>/io syscr, syscw): here its TCP reads and
-	// writes. quic-go's UDP calls (recvmmsg, sendmsg) are not among them.
+	// writes, and the Go runtime's eventfd wake-ups. quic-go's UDP calls
+	// (recvmmsg, sendmsg) are not among them.
 	Reads, Writes int64
 }
 

@@ -109,7 +109,7 @@ type Row struct {
 	// accounts for a closed-loop run's whole CPU.
 	HarnessCPUPer1k float64 `json:"harness_cpu_s_per_1k,omitempty"`
 	// IO is the read and write system calls per request of each process
-	// (closed and open loops): TCP only, see usage.
+	// (closed and open loops): TCP and eventfd, not UDP; see usage.
 	IO            *IOPerRequest `json:"syscalls_per_request,omitempty"`
 	ServerPeakRSS int64         `json:"server_peak_rss,omitempty"`
 	ClientPeakRSS int64         `json:"client_peak_rss,omitempty"`
@@ -201,7 +201,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				u := m.stop()
 				runs[ti] = append(runs[ti], run{res, u})
 				io := ioPerRequest(u, res.Requests)
-				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d  TCP reads/writes per request: server %.2f/%.2f client %.2f/%.2f harness %.2f/%.2f %s",
+				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d  reads/writes per request: server %.2f/%.2f client %.2f/%.2f harness %.2f/%.2f %s",
 					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors,
 					io.Server.Reads, io.Server.Writes, io.Client.Reads, io.Client.Writes, io.Harness.Reads, io.Harness.Writes, res.FirstError)
 			}
