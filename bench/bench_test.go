@@ -27,7 +27,7 @@ func TestHarnessSmoke(t *testing.T) {
 	rep, err := bench.Run(ctx, bench.Options{
 		Binary: binary, Duration: 300 * time.Millisecond, Runs: 1, BulkSize: 8 << 20, IdleConns: 20,
 		Scenarios: []string{"h1-c1", "h1-c64", "h2-mux64", "grpc-unary-c64", "grpc-stream-c64", "ws-echo-c64",
-			"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-bulk"},
+			"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-stream-echo", "quic-bulk"},
 		Progress: &progress,
 	})
 	require.NoError(t, err, progress.String())
@@ -72,6 +72,8 @@ func TestHarnessSmoke(t *testing.T) {
 	require.Positive(t, find("quic-echo", "quic").Load.RPS)
 	require.Zero(t, find("quic-echo", "quic").Load.Errors, find("quic-echo", "quic").Load.FirstError)
 	require.Positive(t, find("quic-echo", "quic").HarnessCPUPer1k, "both raw QUIC ends run in the harness")
+	require.Positive(t, find("quic-stream-echo", "quic").Load.RPS)
+	require.Zero(t, find("quic-stream-echo", "quic").Load.Errors, find("quic-stream-echo", "quic").Load.FirstError)
 	require.NotZero(t, find("idle", "reverse").ServerPeakRSS)
 	require.NotEmpty(t, rep.Bars)
 	require.Contains(t, progress.String(), "h1-c64")

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/transport"
 )
@@ -113,6 +115,41 @@ func (r *rawQUIC) oneEcho(ctx context.Context, msg, buf []byte) error {
 		return fmt.Errorf("echo: want EOF after 1 KiB, got %v", err)
 	}
 	return nil
+}
+
+// streamEcho runs workers that each open one stream and then, as fast as
+// they go for d, send 1 KiB on it and read the 1 KiB echo: the exchanges of
+// quic-echo without a stream each, what calls carried on long-lived
+// streams would cost QUIC.
+func (r *rawQUIC) streamEcho(ctx context.Context, workers int, d time.Duration) LoadResult {
+	msg := make([]byte, 1024)
+	bufs := make([][]byte, workers)
+	streams := make([]*quic.Stream, workers)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1024)
+	}
+	defer func() {
+		for _, s := range streams {
+			if s != nil {
+				_ = s.Close()
+				_, _ = io.Copy(io.Discard, s) // the echo ends with FIN
+			}
+		}
+	}()
+	return closedLoop(ctx, workers, d, func(ctx context.Context, w int) error {
+		if streams[w] == nil {
+			s, err := r.conn.OpenStreamSync(ctx)
+			if err != nil {
+				return err
+			}
+			streams[w] = s
+		}
+		if _, err := streams[w].Write(msg); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(streams[w], bufs[w])
+		return err
+	})
 }
 
 // bulk sends size bytes on one stream and reads them back: MiB/s one way.

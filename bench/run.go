@@ -84,7 +84,7 @@ func (o *Options) defaults() error {
 var ScenarioNames = []string{
 	"h1-c1", "h1-c64", "h1-open50", "h1-open80", "h1-rate1000", "h2-mux64",
 	"grpc-unary-c64", "grpc-stream-c64", "ws-echo-c64",
-	"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-echo-c1", "quic-bulk",
+	"bulk-up", "bulk-down", "tcp-up", "tcp-down", "idle", "quic-echo", "quic-echo-c1", "quic-stream-echo", "quic-bulk",
 }
 
 // Row is one measurement: one scenario, one way of reaching the upstream.
@@ -294,7 +294,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 
 	var quic *rawQUIC
-	if want("quic-echo") || want("quic-echo-c1") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
+	if want("quic-echo") || want("quic-echo-c1") || want("quic-stream-echo") || want("quic-bulk") || want("bulk-up") || want("bulk-down") {
 		if quic, err = startRawQUIC(ctx); err != nil {
 			return nil, fmt.Errorf("raw QUIC ceiling: %w", err)
 		}
@@ -387,11 +387,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		name    string
 		workers int
 		vs      string
-	}{{"quic-echo", 64, "h1-c64"}, {"quic-echo-c1", 1, "h1-c1"}} {
+		echo    func(ctx context.Context, workers int, d time.Duration) LoadResult
+		what    string
+	}{
+		{"quic-echo", 64, "h1-c64", quic.echo, "one raw quic-go stream per 1 KiB echo"},
+		{"quic-echo-c1", 1, "h1-c1", quic.echo, "one raw quic-go stream per 1 KiB echo"},
+		{"quic-stream-echo", 64, "grpc-stream-c64", quic.streamEcho, "1 KiB echoes on one long-lived raw quic-go stream each"},
+	} {
 		if !want(q.name) {
 			continue
 		}
-		say("%s: %d workers, one raw quic-go stream per 1 KiB echo", q.name, q.workers)
+		say("%s: %d workers, %s", q.name, q.workers, q.what)
 		type echoRun struct {
 			res LoadResult
 			cpu time.Duration
@@ -399,7 +405,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		var rs []echoRun
 		for i := range o.Runs {
 			m.start()
-			r := quic.echo(ctx, q.workers, o.Duration)
+			r := q.echo(ctx, q.workers, o.Duration)
 			rs = append(rs, echoRun{r, m.stop()[2].CPU})
 			say("  %-12s quic     run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs", q.name, i+1, o.Runs, r.RPS, r.P50, r.P99)
 		}
