@@ -7,14 +7,16 @@ package gateway
 // are copies; over h2c nothing does, and every frame costs two system calls
 // (a gRPC call's HEADERS and DATA: 4.3 reads per call on the ingress side
 // of the grpc-unary-c64 benchmark; 0.2 with reading ahead). A plain
-// listener's connections therefore read ahead where the platform lets us
-// wait for readability without a buffer (readahead_unix.go): a small read
-// fills a pooled buffer with whatever the socket has, and the next reads
-// are served from it. Reads of readAheadMin bytes or more (net/http's
-// HTTP/1.1 buffer, large body reads) go straight to the socket as before,
-// and the buffer is taken only once the socket has bytes and given back as
-// soon as they are read, so an idle connection, even one parked in a read,
-// holds none.
+// listener's TCP connections therefore read ahead where the platform lets a
+// read wait for the socket without a buffer (readahead_unix.go): a small
+// read fills a 16 KiB buffer with whatever the socket has, and the next
+// reads are served from it. Reads of readAheadMin bytes or more with
+// nothing buffered (large body reads, net/http's HTTP/1.1 buffer when it is
+// empty) go straight to the socket. A buffer is held only while a read is
+// running or while it has unread bytes: a read parked waiting for the
+// socket holds none, so idle connections cost nothing more. The buffers
+// have a pool of their own, apart from pipeline's, whose size calibration
+// they would otherwise skew towards 16 KiB.
 const (
 	readAheadSize = 16 << 10
 	readAheadMin  = 4 << 10

@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -96,6 +98,82 @@ func TestReadAheadServesSmallReadsFromOneSocketRead(t *testing.T) {
 	require.True(t, errors.Is(err, os.ErrDeadlineExceeded))
 }
 
+// A deadline that passes while the read waits ends it as net/http expects:
+// a timeout, of an operation named "read".
+func TestReadAheadDeadlinePassingWhileParked(t *testing.T) {
+	c, _ := readAheadPair(t)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
+	_, err := c.Read(make([]byte, 9))
+	var oe *net.OpError
+	require.True(t, errors.As(err, &oe), "%T %v", err, err)
+	require.Equal(t, "read", oe.Op)
+	require.True(t, oe.Timeout())
+	// A later deadline lets the next read wait again.
+	require.NoError(t, c.SetReadDeadline(time.Time{}))
+}
+
+func TestReadAheadWriteToSendsBufferedBytesFirst(t *testing.T) {
+	c, peer := readAheadPair(t)
+	_, err := peer.Write([]byte("0123456789"))
+	require.NoError(t, err)
+	head := make([]byte, 3)
+	_, err = io.ReadFull(c, head)
+	require.NoError(t, err)
+	require.NoError(t, peer.Close())
+	var rest bytes.Buffer
+	_, err = c.WriteTo(&rest)
+	require.NoError(t, err)
+	require.Equal(t, "3456789", rest.String())
+}
+
+// The wrapper under net/http's own server, over h2c: bodies of every size
+// echo whole, on one connection, with several streams at once.
+func TestReadAheadUnderAnH2CServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(w, r.Body)
+	})}
+	go func() { _ = srv.Serve(withReadAhead(ln)) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	var cp http.Protocols
+	cp.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &cp}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	sizes := []int{0, 1, 9, 1029, 4095, 4096, 16383, 16384, 70000, 1 << 20}
+	errs := make(chan error, len(sizes))
+	for _, n := range sizes {
+		go func() {
+			body := bytes.Repeat([]byte{byte(n)}, n)
+			res, err := client.Post("http://"+ln.Addr().String()+"/", "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer res.Body.Close()
+			got, err := io.ReadAll(res.Body)
+			switch {
+			case err != nil:
+				errs <- err
+			case res.ProtoMajor != 2:
+				errs <- errors.New("not HTTP/2: " + res.Proto)
+			case !bytes.Equal(body, got):
+				errs <- errors.New("body of " + strconv.Itoa(n) + " bytes came back different")
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range sizes {
+		require.NoError(t, <-errs)
+	}
+}
+
 func TestReadAheadLargeReadsGoStraightToTheSocket(t *testing.T) {
 	c, peer := readAheadPair(t)
 	_, err := peer.Write([]byte("hello"))
@@ -137,6 +215,8 @@ func TestReadAheadParkedReadEndsOnCloseAndHalfCloseWorks(t *testing.T) {
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, net.ErrClosed)
+		var oe *net.OpError
+		require.True(t, errors.As(err, &oe) && oe.Op == "read", "net/http tells a closed connection by Op read: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("read did not end on close")
 	}

@@ -7,12 +7,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
-
-	"github.com/qtunnel/qtunnel/pipeline"
 )
 
-// withReadAhead makes ln's connections read ahead (see readahead.go).
+// withReadAhead makes ln's TCP connections read ahead (see readahead.go).
 func withReadAhead(ln net.Listener) net.Listener { return readAheadListener{ln} }
 
 type readAheadListener struct{ net.Listener }
@@ -22,92 +21,104 @@ func (l readAheadListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := c.(syscall.Conn)
+	// Only a plain TCP connection: fill reads its descriptor directly,
+	// which would skip whatever a wrapping type does in its own Read.
+	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c, nil
 	}
-	raw, err := sc.SyscallConn()
+	raw, err := tc.SyscallConn()
 	if err != nil {
 		return c, nil
 	}
-	return &readAheadConn{Conn: c, raw: raw}, nil
+	return &readAheadConn{TCPConn: tc, raw: raw}, nil
 }
 
-// readAheadConn is a net.Conn that reads ahead. Like any net.Conn it is
-// read by one goroutine at a time.
+var readAheadBufs = sync.Pool{New: func() any { return new([readAheadSize]byte) }}
+
+// readAheadConn is a TCP connection that reads ahead. Its reads must not
+// run concurrently (net/http never does: one goroutine reads each
+// connection at a time). Hiding the *net.TCPConn costs its ReadFrom fast
+// path when net/http copies a file into a response; the gateway's own
+// copies do not use it. A connection closed with unread bytes leaves its
+// buffer to the garbage collector.
 type readAheadConn struct {
-	net.Conn
+	*net.TCPConn
 	raw syscall.RawConn
-	buf *pipeline.Buffer // unread bytes in buf.B[r:]; nil when none
+	buf *[readAheadSize]byte // unread bytes in buf[r:w]; nil when none
 	r   int
+	w   int
 }
 
 func (c *readAheadConn) Read(p []byte) (int, error) {
 	if c.buf == nil {
 		if len(p) == 0 || len(p) >= readAheadMin {
-			return c.Conn.Read(p)
+			return c.TCPConn.Read(p)
 		}
 		if err := c.fill(); err != nil {
 			return 0, err
 		}
 	}
-	n := copy(p, c.buf.B[c.r:])
+	n := copy(p, c.buf[c.r:c.w])
 	c.r += n
-	if c.r == len(c.buf.B) {
-		pipeline.PutBuffer(c.buf)
+	if c.r == c.w {
+		readAheadBufs.Put(c.buf)
 		c.buf = nil
 	}
 	return n, nil
 }
 
 // fill waits until the socket is readable (or the read deadline passes, or
-// the connection closes) and reads what it has into a pooled buffer, taken
-// only once there is something to read.
+// the connection closes) and reads what it has into a buffer, which it
+// takes for each attempt and gives back when the socket has nothing yet.
 func (c *readAheadConn) fill() error {
 	var (
-		b    *pipeline.Buffer
+		b    *[readAheadSize]byte
 		n    int
 		rerr error
 	)
 	err := c.raw.Read(func(fd uintptr) bool {
-		b = pipeline.GetBuffer(readAheadSize)
+		b = readAheadBufs.Get().(*[readAheadSize]byte)
 		for {
-			n, rerr = syscall.Read(int(fd), b.B[:readAheadSize])
+			n, rerr = syscall.Read(int(fd), b[:])
 			if rerr != syscall.EINTR {
 				break
 			}
 		}
 		if errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK) {
-			pipeline.PutBuffer(b)
+			readAheadBufs.Put(b)
 			b = nil
 			return false // park until readable, holding no buffer
 		}
 		return true
 	})
 	switch {
-	case err != nil: // deadline or closed, as net.OpError
+	case err != nil:
+		// A deadline or a closed connection. The error says "raw-read";
+		// net/http tells ordinary read failures by Op "read" (a closed
+		// connection would otherwise get a 400 written to it).
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			oe.Op = "read"
+		}
 		rerr = err
 	case rerr != nil:
-		rerr = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		rerr = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 	case n <= 0:
 		rerr = io.EOF
 	}
 	if rerr != nil {
 		if b != nil {
-			pipeline.PutBuffer(b)
+			readAheadBufs.Put(b)
 		}
 		return rerr
 	}
-	b.B = b.B[:n]
-	c.buf, c.r = b, 0
+	c.buf, c.r, c.w = b, 0, n
 	return nil
 }
 
-// CloseWrite half-closes the connection (a spliced upgrade or TCP stream
-// ending one way) when the connection underneath can.
-func (c *readAheadConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
+// WriteTo copies through Read, so that buffered bytes go first; the
+// embedded TCPConn's WriteTo would read the socket past them.
+func (c *readAheadConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
 }
