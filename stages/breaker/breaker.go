@@ -1,8 +1,9 @@
 // Package breaker is the circuit-breaker stage (S11): one circuit per
-// upstream (Rule.Upstream, shared by every rule that points there) that
-// stops sending requests to an upstream that keeps failing, answers them
-// 503 at once instead, and lets a few probe requests through after a
-// cool-down to find out whether it is back.
+// upstream (Rule.Upstream, shared by every rule that points there; a rule
+// with several upstreams has its own, see Key) that stops sending requests
+// to an upstream that keeps failing, answers them 503 at once instead, and
+// lets a few probe requests through after a cool-down to find out whether
+// it is back.
 //
 // A circuit is closed (requests pass) until, within the rolling Window,
 // failures reach MinRequests and make up at least FailureRatio of the
@@ -26,8 +27,9 @@
 //
 // Its place is the egress side, next to the upstream; on the ingress side
 // the peer's own refusals (its breaker's 503s) would count against the
-// upstream too. Requests without a rule pass unjudged. The stage starts no goroutines and
-// holds no timers: the cool-down ends on the first request after it.
+// upstream too. Requests without a rule pass unjudged. The stage starts no
+// goroutines and holds no timers: the cool-down ends on the first request
+// after it.
 package breaker
 
 import (
@@ -195,7 +197,7 @@ type Breaker struct {
 	onChange func(upstream string, from, to State)
 
 	mu       sync.RWMutex
-	circuits map[string]*circuit // by upstream; idle closed circuits are swept
+	circuits map[string]*circuit // by Key; idle closed circuits are swept
 
 	sweep clock.Sweep // once per Window
 }
@@ -263,8 +265,8 @@ func (b *Breaker) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	return err
 }
 
-// State returns the state of upstream's circuit ("closed", "open",
-// "half-open"), for metrics and tests. An upstream never seen, or whose
+// State returns the state of the circuit of upstream, a Key ("closed",
+// "open", "half-open"), for metrics and tests. An upstream never seen, or whose
 // circuit was idle and forgotten, is closed. An open circuit whose
 // cool-down is over stays open until the next request moves it to
 // half-open.

@@ -543,6 +543,36 @@ func TestUpstreamsAreIndependent(t *testing.T) {
 	require.Contains(t, rj.Message, `upstream of rule "api"`)
 }
 
+// A rule with several upstreams has a circuit of its own, keyed by its id:
+// two such rules do not share one, and neither shares an upstream's.
+func TestRulesWithSeveralUpstreamsAreIndependent(t *testing.T) {
+	t.Parallel()
+	spread := func(id string) *rules.Rule { return &rules.Rule{ID: id, Upstreams: []string{upA, upB}} }
+	require.Equal(t, upA, breaker.Key(&rules.Rule{ID: "web", Upstream: upA}))
+	require.Equal(t, "a", breaker.Key(spread("a")))
+
+	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
+	send := func(r *rules.Rule, next pipeline.Handler) error {
+		x := pipeline.Acquire(pipeline.Egress)
+		defer x.Release()
+		x.Request = httptest.NewRequest(http.MethodGet, "/", nil)
+		x.Rule = r
+		return b.Handle(context.Background(), x, next)
+	}
+	for range 5 {
+		require.ErrorIs(t, send(spread("a"), answering(fail)), errUnreachable)
+	}
+	require.Equal(t, "open", b.State("a"))
+	refusal(t, send(spread("a"), answering(ok)))
+
+	next := answering(ok)
+	require.NoError(t, send(spread("b"), next))
+	require.NoError(t, call(b, upA, next))
+	require.EqualValues(t, 2, next.calls.Load())
+	require.Equal(t, "closed", b.State("b"))
+	require.Equal(t, "closed", b.State(upA))
+}
+
 // A request that began before the circuit opened cannot close it.
 func TestStaleResultsAreIgnored(t *testing.T) {
 	t.Parallel()
