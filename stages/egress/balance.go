@@ -46,6 +46,16 @@ type memberKey struct {
 	active bool
 }
 
+// memberKeyOf is the key of upstream, one of r's upstreams, under r's
+// health-check settings.
+func memberKeyOf(r *rules.Rule, upstream string) memberKey {
+	k := memberKey{target: keyOf(r, upstream)}
+	if r.HealthCheck != nil {
+		k.hc, k.active = r.HealthCheck.WithDefaults(), true
+	}
+	return k
+}
+
 // ejectedUntilCheck in member.ejected: until the next good health check.
 const ejectedUntilCheck = math.MaxInt64
 
@@ -341,10 +351,7 @@ func (p *Pool) group(r *rules.Rule) (*group, error) {
 		if err != nil {
 			return nil, err
 		}
-		k := memberKey{target: keyOf(r, up)}
-		if r.HealthCheck != nil {
-			k.hc, k.active = r.HealthCheck.WithDefaults(), true
-		}
+		k := memberKeyOf(r, up)
 		m := p.members[k]
 		if m == nil {
 			m = p.newMember(k, t)
@@ -378,11 +385,8 @@ func (p *Pool) Retain(rs []rules.Rule) {
 		}
 		needG[r.ID] = r
 		for j := range r.UpstreamCount() {
-			k := memberKey{target: keyOf(r, r.UpstreamAt(j))}
+			k := memberKeyOf(r, r.UpstreamAt(j))
 			needT[k.target] = true
-			if r.HealthCheck != nil {
-				k.hc, k.active = r.HealthCheck.WithDefaults(), true
-			}
 			needM[k] = true
 		}
 	}
