@@ -287,20 +287,11 @@ func (b *h1Body) finish(atEOF bool) {
 	// connection.
 	reuse := b.stop() && atEOF && b.reusable
 	if b.wrote != nil {
-		select {
-		case err := <-b.wrote:
-			reuse = reuse && err == nil
-		default:
-			// The answer is complete and the writer has not reported yet:
-			// most often it has flushed the last bytes and is about to (the
-			// upstream read the whole body before it answered). Wait for it
-			// a little, as net/http's Transport does, rather than lose the
-			// connection. If it cannot be reused, the writer ends on its
-			// own once the closed connection or the body (which the
-			// exchange cancels when it ends) fails it; its result goes to
-			// the buffered channel nobody reads.
-			reuse = reuse && writeDone(b.wrote)
-		}
+		// If the connection cannot be reused, the writer ends on its own
+		// once the closed connection or the body (which the exchange
+		// cancels when it ends) fails it; its result goes to the buffered
+		// channel nobody reads.
+		reuse = reuse && writeDone(b.wrote)
 	}
 	if !reuse {
 		_ = b.pc.c.Close()
@@ -319,6 +310,15 @@ const maxWriteWait = 50 * time.Millisecond
 
 // writeDone reports whether the writer reports success within maxWriteWait.
 func writeDone(wrote <-chan error) bool {
+	select {
+	case err := <-wrote:
+		return err == nil
+	default:
+		// The answer is complete and the writer has not reported yet: most
+		// often it has flushed the last bytes and is about to (the upstream
+		// read the whole body before it answered). Wait for it a little, as
+		// net/http's Transport does, rather than lose the connection.
+	}
 	t := time.NewTimer(maxWriteWait)
 	defer t.Stop()
 	select {
