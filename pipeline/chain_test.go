@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -148,6 +149,52 @@ func TestChainTracesOneSpanPerStage(t *testing.T) {
 	require.Equal(t, "decode", spans[1].Name())
 	require.Equal(t, spans[1].SpanContext().SpanID(), spans[0].Parent().SpanID())
 	require.Equal(t, root.SpanContext().SpanID(), spans[1].Parent().SpanID())
+}
+
+// startCounter is a tracer that counts the spans started through it.
+type startCounter struct {
+	trace.Tracer
+	n atomic.Int32
+}
+
+func (s *startCounter) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	s.n.Add(1)
+	return s.Tracer.Start(ctx, name, opts...)
+}
+
+// Under no request span, or under one that does not record (unsampled),
+// the chain starts no stage span at all: it would not be recorded, and
+// starting it costs allocations on every request.
+func TestChainStartsStageSpansUnderARecordingSpanOnly(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { require.NoError(t, tp.Shutdown(context.Background())) }()
+	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	defer func() { require.NoError(t, never.Shutdown(context.Background())) }()
+	tracer := &startCounter{Tracer: tp.Tracer("test")}
+	c, err := pipeline.New(context.Background(), recorders(&pipelinetest.Log{}, "decode", "route"), pipeline.WithTracer(tracer))
+	require.NoError(t, err)
+	handle := func(ctx context.Context) {
+		x := pipeline.Acquire(pipeline.Ingress)
+		defer x.Release()
+		require.NoError(t, c.Handle(ctx, x))
+	}
+
+	handle(context.Background())
+	require.Zero(t, tracer.n.Load(), "no request span: no stage spans")
+	unsampled, span := never.Tracer("test").Start(context.Background(), "request")
+	require.False(t, span.IsRecording())
+	handle(unsampled)
+	span.End()
+	require.Zero(t, tracer.n.Load(), "an unsampled request span: no stage spans")
+	require.Empty(t, rec.Ended())
+
+	sampled, root := tp.Tracer("test").Start(context.Background(), "request")
+	handle(sampled)
+	root.End()
+	require.EqualValues(t, 2, tracer.n.Load(), "a recording request span: one per stage")
+	require.Len(t, rec.Ended(), 3)
 }
 
 func TestAnswer(t *testing.T) {
