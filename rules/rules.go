@@ -235,16 +235,6 @@ func (r *Rule) UpstreamAt(i int) string {
 	return r.Upstream
 }
 
-// UpstreamKey names the set of upstreams of r in one string, for the
-// stages that keep state per upstream (such as the breaker): Upstream, or
-// the Upstreams joined with ",". It allocates only for several upstreams.
-func (r *Rule) UpstreamKey() string {
-	if len(r.Upstreams) > 0 {
-		return strings.Join(r.Upstreams, ",")
-	}
-	return r.Upstream
-}
-
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // FieldError is a validation failure of one field of one rule. Field is the

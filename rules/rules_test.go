@@ -318,11 +318,9 @@ func TestUpstreamAccessors(t *testing.T) {
 	one := rev("a", "c", "h", "")
 	require.Equal(t, 1, one.UpstreamCount())
 	require.Equal(t, "http://127.0.0.1:3000", one.UpstreamAt(0))
-	require.Equal(t, "http://127.0.0.1:3000", one.UpstreamKey())
 	many := multi("http://x:1", "http://x:2")
 	require.Equal(t, 2, many.UpstreamCount())
 	require.Equal(t, "http://x:2", many.UpstreamAt(1))
-	require.Equal(t, "http://x:1,http://x:2", many.UpstreamKey())
 }
 
 func TestHealthCheckDefaults(t *testing.T) {
