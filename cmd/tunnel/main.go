@@ -125,7 +125,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // shutdownContext is cancelled by the first SIGINT or SIGTERM; a second one
-// exits the process at once. The returned stop may be called more than once.
+// exits the process at once.
 func shutdownContext(log *slog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
@@ -143,8 +143,27 @@ func shutdownContext(log *slog.Logger) (context.Context, func()) {
 			os.Exit(130)
 		}
 	}()
-	var once sync.Once
-	return ctx, func() { once.Do(func() { signal.Stop(sigs); cancel(); close(sigs) }) }
+	return ctx, func() { signal.Stop(sigs); cancel(); close(sigs) }
+}
+
+// onHangup calls fn on each SIGHUP, one call at a time, until the returned
+// stop is called; stop waits for a call in progress to end.
+func onHangup(fn func()) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-hup:
+				fn()
+			case <-done:
+				return
+			}
+		}
+	})
+	return func() { signal.Stop(hup); close(done); wg.Wait() }
 }
 
 // tracingOptions builds the tracer provider the configuration asks for;
@@ -201,21 +220,11 @@ func runServer(args []string, stderr io.Writer) error {
 	ctx, stop := shutdownContext(log)
 	defer stop()
 	// SIGHUP reloads clients and rules (the file is also watched).
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if err := srv.Reload(); err == nil {
-					log.Info("configuration reloaded on SIGHUP", "file", path)
-				}
-			}
+	defer onHangup(func() {
+		if err := srv.Reload(); err == nil {
+			log.Info("configuration reloaded on SIGHUP", "file", path)
 		}
-	}()
+	})()
 	return srv.Run(ctx)
 }
 
@@ -246,22 +255,9 @@ func runClient(args []string, stderr io.Writer) error {
 	defer stop()
 	// SIGHUP would otherwise end the process without a drain. The client's
 	// rules come from the server, so there is nothing to reload: say so.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() {
-		for {
-			select {
-			case <-hup:
-				log.Info("SIGHUP ignored: the client's rules come from the server; restart the client to change its own settings")
-			case <-ctx.Done():
-				return
-			}
-		}
-	})
-	defer stop() // ends the goroutine above before wg.Wait
+	defer onHangup(func() {
+		log.Info("SIGHUP ignored: the client's rules come from the server; restart the client to change its own settings")
+	})()
 	return cl.Run(ctx)
 }
 
