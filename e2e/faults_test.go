@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 )
 
 // TestServerKilledAndRestarted kills the server with SIGKILL twice: once
@@ -95,7 +97,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 //	/chunked  200 chunked, dies after a 64 KiB chunk
 func dyingUpstream(t *testing.T) string {
 	t.Helper()
-	return "http://" + tcpUpstream(t, 30*time.Second, func(c net.Conn) {
+	return "http://" + e2etest.TCPUpstream(t, 30*time.Second, func(c net.Conn) {
 		req, err := http.ReadRequest(bufio.NewReader(c))
 		if err != nil {
 			return

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -159,32 +158,6 @@ func (p *proc) peakRSS() int64 {
 	return 0
 }
 
-// tcpUpstream serves raw TCP on a loopback port until the test ends: each
-// connection is handed to serve in a goroutine of its own, with a deadline
-// of d for the whole connection, and closed when serve returns. It returns
-// the address.
-func tcpUpstream(t *testing.T, d time.Duration, serve func(c net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(d))
-				serve(c)
-			})
-		}
-	})
-	return ln.Addr().String()
-}
-
 // env is a server and a client process with their addresses.
 type env struct {
 	dir                     string
@@ -217,6 +190,19 @@ func writeFile(t *testing.T, path, content string) {
 	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 }
 
+// writeCert writes a self-signed certificate for host and its key into dir
+// and returns the two files and the certificate's pin.
+func writeCert(t *testing.T, dir, host string) (certFile, keyFile, pin string) {
+	t.Helper()
+	cert, err := transport.SelfSigned(host)
+	require.NoError(t, err)
+	pin, err = transport.CertificatePin(cert)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, transport.WritePEM(cert, certFile, keyFile))
+	return certFile, keyFile, pin
+}
+
 // startEnv writes the configs, starts the server and the client processes,
 // and waits until the client applied its rules.
 func startEnv(t *testing.T, o envOpts) *env {
@@ -225,14 +211,9 @@ func startEnv(t *testing.T, o envOpts) *env {
 	if o.grace == "" {
 		o.grace = "10s"
 	}
-	cert, err := transport.SelfSigned("127.0.0.1")
-	require.NoError(t, err)
-	e.pin, err = transport.CertificatePin(cert)
-	require.NoError(t, err)
-	certFile, keyFile := filepath.Join(e.dir, "cert.pem"), filepath.Join(e.dir, "key.pem")
-	require.NoError(t, transport.WritePEM(cert, certFile, keyFile))
+	e.certFile, e.keyFile, e.pin = writeCert(t, e.dir, "127.0.0.1")
 	e.serverConf = filepath.Join(e.dir, "server.yaml")
-	e.o, e.certFile, e.keyFile = o, certFile, keyFile
+	e.o = o
 	e.writeServerConfig(t, o.extraRules)
 	token, pin := theToken, e.pin
 	if o.token != "" {

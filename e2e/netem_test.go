@@ -31,7 +31,6 @@ import (
 
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/internal/e2etest"
-	"github.com/qtunnel/qtunnel/transport"
 )
 
 // netnsPair makes two network namespaces joined by a veth pair whose both
@@ -93,8 +92,12 @@ func netnsPair(t *testing.T, netem string) (a, b string) {
 
 // inNetns runs fn on a thread moved into the network namespace ns: the
 // sockets fn creates (listeners, dialled connections) belong to ns for
-// their whole life, whatever thread later serves them.
+// their whole life, whatever thread later serves them. With ns "" (the
+// test's own namespace) it just runs fn.
 func inNetns(ns string, fn func() error) error {
+	if ns == "" {
+		return fn()
+	}
 	runtime.LockOSThread()
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
@@ -125,9 +128,6 @@ func inNetns(ns string, fn func() error) error {
 // nsDialer dials from inside ns ("" is the test's own namespace).
 func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if ns == "" {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}
 		var c net.Conn
 		err := inNetns(ns, func() error {
 			var err error
@@ -140,11 +140,6 @@ func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Co
 
 func nsListen(t *testing.T, ns string) net.Listener {
 	t.Helper()
-	if ns == "" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		return ln
-	}
 	var ln net.Listener
 	require.NoError(t, inNetns(ns, func() error {
 		var err error
@@ -227,12 +222,7 @@ func checkLossyTunnel(t *testing.T, n lossyNet) {
 	dir := t.TempDir()
 	host, _, err := net.SplitHostPort(n.tunnelListen)
 	require.NoError(t, err)
-	cert, err := transport.SelfSigned(host)
-	require.NoError(t, err)
-	pin, err := transport.CertificatePin(cert)
-	require.NoError(t, err)
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	require.NoError(t, transport.WritePEM(cert, certFile, keyFile))
+	certFile, keyFile, pin := writeCert(t, dir, host)
 	serverConf, clientConf := filepath.Join(dir, "server.yaml"), filepath.Join(dir, "client.yaml")
 	writeFile(t, serverConf, fmt.Sprintf(`listen: %q
 public_http: %q

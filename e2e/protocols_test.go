@@ -61,7 +61,7 @@ func tcpRules(rev, fwd, upstream string) string {
 // downEOF.
 func gigaTCPUpstream(t *testing.T, size int64, downEOF *atomic.Int32) string {
 	t.Helper()
-	return tcpUpstream(t, 2*time.Minute, func(c net.Conn) {
+	return e2etest.TCPUpstream(t, 2*time.Minute, func(c net.Conn) {
 		var mode [1]byte
 		if _, err := io.ReadFull(c, mode[:]); err != nil {
 			return

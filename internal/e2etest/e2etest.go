@@ -1,6 +1,6 @@
 // Package e2etest holds helpers for tests that run the tunnel as real
 // processes or on real sockets: a TestMain that builds the tunnel binary,
-// and free loopback addresses.
+// free loopback addresses, and a raw TCP upstream.
 package e2etest
 
 import (
@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -63,5 +65,32 @@ func FreeAddr(t testing.TB, network string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TCPUpstream serves raw TCP on a loopback port until the test ends: each
+// connection is handed to serve in a goroutine of its own, with a deadline
+// of d for the whole connection, and closed when serve returns. The
+// cleanup waits for every connection's serve to return. It returns the
+// address.
+func TCPUpstream(t testing.TB, d time.Duration, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(d))
+				serve(c)
+			})
+		}
+	})
 	return ln.Addr().String()
 }
