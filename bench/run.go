@@ -303,20 +303,34 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Machine.QUICRcvBuf, rep.Machine.QUICSndBuf = rcv, snd
 		}
 	}
+	// transfers runs one transfer o.Runs times and returns a row with the
+	// median MiB/s, and the usage of the first run.
+	transfers := func(scenario, target string, one func() (float64, error)) (Row, []usage, error) {
+		var rates []float64
+		var first []usage
+		for i := range o.Runs {
+			m.start()
+			r, err := one()
+			if u := m.stop(); i == 0 {
+				first = u
+			}
+			if err != nil {
+				return Row{}, nil, fmt.Errorf("%s %s: %w", scenario, target, err)
+			}
+			say("  %-12s %-8s run %d/%d: %8.1f MiB/s", scenario, target, i+1, o.Runs, r)
+			rates = append(rates, r)
+		}
+		return Row{Scenario: scenario, Target: target, MiBps: median(rates)}, first, nil
+	}
 	var quicBulk float64
 	if want("quic-bulk") || want("bulk-up") || want("bulk-down") {
 		say("quic-bulk: %d MiB on one raw quic-go stream, echoed", o.BulkSize>>20)
-		var rates []float64
-		for i := range o.Runs {
-			r, err := quic.bulk(ctx, o.BulkSize)
-			if err != nil {
-				return nil, fmt.Errorf("quic-bulk: %w", err)
-			}
-			say("  quic-bulk    quic     run %d/%d: %8.1f MiB/s", i+1, o.Runs, r)
-			rates = append(rates, r)
+		row, _, err := transfers("quic-bulk", "quic", func() (float64, error) { return quic.bulk(ctx, o.BulkSize) })
+		if err != nil {
+			return nil, err
 		}
-		quicBulk = median(rates)
-		rep.Rows = append(rep.Rows, Row{Scenario: "quic-bulk", Target: "quic", MiBps: quicBulk})
+		quicBulk = row.MiBps
+		rep.Rows = append(rep.Rows, row)
 	}
 	for _, up := range []bool{true, false} {
 		name := map[bool]string{true: "bulk-up", false: "bulk-down"}[up]
@@ -324,30 +338,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			continue
 		}
 		say("%s: %d MiB in one request", name, o.BulkSize>>20)
-		var rows []Row
 		for _, t := range targets {
-			var rates []float64
-			var uses [][]usage
-			for i := range o.Runs {
-				m.start()
-				r, err := Transfer(ctx, t.Base, t.Host, o.BulkSize, up)
-				uses = append(uses, m.stop())
-				if err != nil {
-					return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
-				}
-				say("  %-12s %-8s run %d/%d: %8.1f MiB/s", name, t.Name, i+1, o.Runs, r)
-				rates = append(rates, r)
+			row, use, err := transfers(name, t.Name, func() (float64, error) { return Transfer(ctx, t.Base, t.Host, o.BulkSize, up) })
+			if err != nil {
+				return nil, err
 			}
-			row := Row{Scenario: name, Target: t.Name, MiBps: median(rates)}
 			if t.Name != "direct" {
-				row.ServerPeakRSS, row.ClientPeakRSS = uses[0][0].PeakRSS, uses[0][1].PeakRSS
+				row.ServerPeakRSS, row.ClientPeakRSS = use[0].PeakRSS, use[1].PeakRSS
 				if quicBulk > 0 {
 					row.Ratio = row.MiBps / quicBulk
 				}
 			}
-			rows = append(rows, row)
+			rep.Rows = append(rep.Rows, row)
 		}
-		rep.Rows = append(rep.Rows, rows...)
 	}
 	for _, up := range []bool{true, false} {
 		name := map[bool]string{true: "tcp-up", false: "tcp-down"}[up]
@@ -356,16 +359,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		say("%s: %d MiB over one TCP connection (rules of protocol tcp)", name, o.BulkSize>>20)
 		for _, t := range e.tcpTargets() {
-			var rates []float64
-			for i := range o.Runs {
-				r, err := tcpTransfer(ctx, t.Base, o.BulkSize, up)
-				if err != nil {
-					return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
-				}
-				say("  %-12s %-8s run %d/%d: %8.1f MiB/s", name, t.Name, i+1, o.Runs, r)
-				rates = append(rates, r)
+			row, _, err := transfers(name, t.Name, func() (float64, error) { return tcpTransfer(ctx, t.Base, o.BulkSize, up) })
+			if err != nil {
+				return nil, err
 			}
-			row := Row{Scenario: name, Target: t.Name, MiBps: median(rates)}
 			if d := rep.find(name, "direct"); d != nil && t.Name != "direct" && d.MiBps > 0 {
 				row.Ratio = row.MiBps / d.MiBps
 			}
