@@ -65,7 +65,10 @@ type serverConn struct {
 	session *control.Session
 	changed chan struct{} // the rules changed: push (capacity 1, never blocks)
 
-	syncMu      sync.Mutex // one sync at a time; guards what was sent last
+	// syncMu makes one sync at a time and guards what the client holds
+	// as far as the server knows: its hello's rules, then what was sent
+	// last.
+	syncMu      sync.Mutex
 	sentVersion uint64
 	sentHash    []byte
 }
@@ -296,7 +299,8 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		s.log.Info("client reconnected; closing its previous connection", "client", id)
 		_ = replaced.Close(codec.ConnReplaced, "replaced by a newer connection")
 	}
-	sc := &serverConn{qc: qc, info: info, peer: peer, session: session, changed: make(chan struct{}, 1)}
+	sc := &serverConn{qc: qc, info: info, peer: peer, session: session, changed: make(chan struct{}, 1),
+		sentVersion: peer.Hello.AppliedVersion, sentHash: peer.Hello.Hash}
 	if !s.track(sc) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutting down")
 		s.sessions.Detach(session, info, time.Now())
@@ -308,7 +312,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		HashCheckInterval: s.cfg.Sync.HashCheckInterval, FullSyncInterval: s.cfg.Sync.FullSyncInterval}
 	err = peer.Accept(ack)
 	if err == nil {
-		err = s.syncClient(sc, peer.Hello.AppliedVersion, peer.Hello.Hash)
+		err = s.syncClient(sc, false)
 	}
 	if err != nil {
 		s.log.Warn("client handshake failed", "client", id, "err", err)
@@ -369,22 +373,17 @@ func (e *serverEvents) Applied(m *codec.Applied) {
 // without a hash (the client's periodic full sync), gets a snapshot.
 func (e *serverEvents) HashCheck(m *codec.HashCheck) {
 	e.conn.session.Touch(time.Now())
-	t := e.s.store.Table()
 	id := e.conn.info.ClientID
-	want := rules.Hash(t.ForClient(id))
-	if m.Hash != nil && string(want[:]) == string(m.Hash) {
-		return
-	}
 	if m.Hash != nil {
+		t := e.s.store.Table()
+		if want := rules.Hash(t.ForClient(id)); string(want[:]) == string(m.Hash) {
+			return
+		}
 		e.s.log.Info("client rules out of date; sending a snapshot", "client", id, "client_version", m.Version, "version", t.Version())
 	}
-	e.conn.syncMu.Lock()
-	defer e.conn.syncMu.Unlock()
-	if err := e.conn.peer.SendSnapshot(t, id); err != nil {
+	if err := e.s.syncClient(e.conn, true); err != nil {
 		e.s.log.Debug("snapshot send failed", "client", id, "err", err)
-		return
 	}
-	e.conn.sentVersion, e.conn.sentHash = t.Version(), want[:]
 }
 
 func (e *serverEvents) GoAway(reason string) {

@@ -15,30 +15,33 @@ import (
 	"github.com/qtunnel/qtunnel/rules"
 )
 
-// syncClient brings a client that holds version have (with hash haveHash)
-// up to the rules in force: nothing if it has them, an incremental update
-// if the store still has its version, else a full snapshot.
-func (s *Server) syncClient(sc *serverConn, have uint64, haveHash []byte) error {
+// syncClient brings sc's client up to the rules in force from what it
+// holds (sc.sentVersion, sc.sentHash): nothing if it has them, an
+// incremental update if the store still has its version, else a full
+// snapshot. full sends a snapshot whatever the client holds.
+func (s *Server) syncClient(sc *serverConn, full bool) error {
 	sc.syncMu.Lock()
 	defer sc.syncMu.Unlock()
 	t := s.store.Table()
 	id := sc.info.ClientID
 	want := rules.Hash(t.ForClient(id))
-	switch {
-	case have == t.Version() && string(haveHash) == string(want[:]):
-		// Up to date (a reconnect within the same server's life).
-	case have != 0:
-		if d, ok := s.store.DeltaFor(id, have, haveHash, t); ok {
-			if err := sc.peer.SendDelta(have, t, id, d); err != nil {
-				return err
-			}
-			break
-		}
-		fallthrough
-	default:
-		if err := sc.peer.SendSnapshot(t, id); err != nil {
-			return err
-		}
+	have, haveHash := sc.sentVersion, sc.sentHash
+	if !full && have == t.Version() && string(haveHash) == string(want[:]) {
+		return nil // up to date (a reconnect within the same server's life)
+	}
+	var d control.ClientDelta
+	delta := !full && have != 0
+	if delta {
+		d, delta = s.store.DeltaFor(id, have, haveHash, t)
+	}
+	var err error
+	if delta {
+		err = sc.peer.SendDelta(have, t, id, d)
+	} else {
+		err = sc.peer.SendSnapshot(t, id)
+	}
+	if err != nil {
+		return err
 	}
 	sc.sentVersion, sc.sentHash = t.Version(), want[:]
 	return nil
@@ -53,10 +56,7 @@ func (s *Server) push(ctx context.Context, sc *serverConn) {
 			return
 		case <-sc.changed:
 		}
-		sc.syncMu.Lock()
-		have, haveHash := sc.sentVersion, sc.sentHash
-		sc.syncMu.Unlock()
-		if err := s.syncClient(sc, have, haveHash); err != nil {
+		if err := s.syncClient(sc, false); err != nil {
 			s.log.Debug("rule push failed", "client", sc.info.ClientID, "err", err)
 			return // the connection is going; the reconnect syncs
 		}
@@ -127,18 +127,12 @@ func (s *Server) Reload() error {
 	// A client that was removed, or whose token changed, is disconnected.
 	s.mu.Lock()
 	for sc := range s.conns {
-		id := sc.info.ClientID
-		if prev, now := (*old)[id], tokens[id]; !hasClient(tokens, id) || prev != now {
+		if now, ok := tokens[sc.info.ClientID]; !ok || (*old)[sc.info.ClientID] != now {
 			_ = sc.qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnAuthFailed), "client removed or its token changed")
 		}
 	}
 	s.mu.Unlock()
 	return nil
-}
-
-func hasClient(t control.Tokens, id string) bool {
-	_, ok := t[id]
-	return ok
 }
 
 // watchConfig reloads the configuration file when it changes (polled at
