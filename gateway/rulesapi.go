@@ -31,8 +31,19 @@ type rulesAPI struct {
 func (a *rulesAPI) register(with func(pattern string, h http.Handler)) {
 	with("GET /rules", http.HandlerFunc(a.list))
 	with("GET /rules/{id}", http.HandlerFunc(a.get))
-	with("PUT /rules/{id}", http.HandlerFunc(a.put))
-	with("DELETE /rules/{id}", http.HandlerFunc(a.del))
+	with("PUT /rules/{id}", a.change(a.put))
+	with("DELETE /rules/{id}", a.change(a.del))
+}
+
+// change refuses h's change when the API is read-only.
+func (a *rulesAPI) change(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.writable {
+			writeErr(w, http.StatusForbidden, "the rules API is read-only: set admin.token to change rules over it")
+			return
+		}
+		h(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -61,10 +72,6 @@ func (a *rulesAPI) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *rulesAPI) put(w http.ResponseWriter, r *http.Request) {
-	if !a.writable {
-		writeErr(w, http.StatusForbidden, "the rules API is read-only: set admin.token to change rules over it")
-		return
-	}
 	id := r.PathValue("id")
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
@@ -85,23 +92,17 @@ func (a *rulesAPI) put(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *rulesAPI) del(w http.ResponseWriter, r *http.Request) {
-	if !a.writable {
-		writeErr(w, http.StatusForbidden, "the rules API is read-only: set admin.token to change rules over it")
-		return
-	}
 	t, err := a.store.Delete(r.PathValue("id"))
 	a.answer(w, t, err)
 }
 
 func (a *rulesAPI) answer(w http.ResponseWriter, t *rules.Table, err error) {
 	switch {
-	case errors.Is(err, control.ErrUnchanged):
-		writeJSON(w, http.StatusOK, map[string]any{"version": t.Version(), "hash": t.HashHex(), "changed": false})
 	case errors.Is(err, control.ErrNoRule):
 		writeErr(w, http.StatusNotFound, "%v", err)
-	case err != nil:
+	case err != nil && !errors.Is(err, control.ErrUnchanged):
 		writeErr(w, http.StatusBadRequest, "%v", err)
 	default:
-		writeJSON(w, http.StatusOK, map[string]any{"version": t.Version(), "hash": t.HashHex(), "changed": true})
+		writeJSON(w, http.StatusOK, map[string]any{"version": t.Version(), "hash": t.HashHex(), "changed": err == nil})
 	}
 }
