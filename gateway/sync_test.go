@@ -71,9 +71,15 @@ func TestAdminAPIChangesRulesLiveAndRefusesBadOnes(t *testing.T) {
 	c := h1Client(t)
 	v0 := p.Server.Rules().Table().Version()
 
-	code, out := apiCall(t, http.MethodPut, api+"/rules/new", rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "new.test", Upstream: up.URL})
+	added := rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "new.test", Upstream: up.URL}
+	code, out := apiCall(t, http.MethodPut, api+"/rules/new", added)
 	require.Equal(t, 200, code, out)
 	require.EqualValues(t, v0+1, out["version"])
+	require.Equal(t, true, out["changed"])
+	code, out = apiCall(t, http.MethodPut, api+"/rules/new", added)
+	require.Equal(t, 200, code, out)
+	require.EqualValues(t, v0+1, out["version"], "the same rule again is no new version")
+	require.Equal(t, false, out["changed"])
 	eventually(t, time.Second, func() bool { return statusOf(t, c, p.publicURL("/"), "new.test") == 200 }, "a new rule serves within a second")
 
 	code, out = apiCall(t, http.MethodGet, api+"/rules/new", nil)
@@ -129,14 +135,42 @@ func TestAdminAPIChangesRulesLiveAndRefusesBadOnes(t *testing.T) {
 	require.NotEmpty(t, mine["applied_hash"], "with its hash")
 }
 
+func TestAdminAPIWithoutATokenIsReadOnly(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, echoInfo("u"))
+	p := startPair(t, pairOpts{
+		rules:        []rules.Rule{reverseRule("a", "a.test", up.URL)},
+		serverMutate: func(c *config.Server) { c.Admin = admin.Config{Listen: "127.0.0.1:0"} },
+	})
+	api := "http://" + p.Server.AdminAddr().String()
+	v := p.Server.Rules().Table().Version()
+	code, out := apiCall(t, http.MethodGet, api+"/rules/a", nil)
+	require.Equal(t, 200, code, out)
+	require.Equal(t, "a.test", out["host"])
+	for _, c := range []struct {
+		method string
+		body   any
+	}{
+		{http.MethodPut, rules.Rule{Client: clientID, Direction: rules.Reverse, Host: "b.test", Upstream: up.URL}},
+		{http.MethodDelete, nil},
+	} {
+		code, out = apiCall(t, c.method, api+"/rules/a", c.body)
+		require.Equal(t, http.StatusForbidden, code, c.method)
+		require.Contains(t, out["error"], "read-only", c.method)
+	}
+	require.Equal(t, v, p.Server.Rules().Table().Version(), "nothing changed")
+	require.Equal(t, "a.test", p.Server.Rules().Table().ByID("a").Host)
+}
+
 func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, echoInfo("u"))
 	dir := t.TempDir()
 	file := filepath.Join(dir, "server.yaml")
+	tok := token // the client's token in the file
 	write := func(rulesYAML string) {
 		doc := fmt.Sprintf("listen: \"127.0.0.1:0\"\npublic_http: \"127.0.0.1:0\"\nclients:\n  - id: %s\n    token_sha256: %s\nsync:\n  config_poll_interval: 20ms\nrules:\n%s",
-			clientID, control.HashToken(token), rulesYAML)
+			clientID, control.HashToken(tok), rulesYAML)
 		require.NoError(t, os.WriteFile(file, []byte(doc), 0o600))
 	}
 	rule := func(id, host string) string {
@@ -160,6 +194,14 @@ func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
 	require.Contains(t, ps.Error(), "server.yaml:17: field hots not found", "the reason names the file and line")
 	require.Equal(t, v, p.Server.Rules().Table().Version(), "a bad file changes nothing")
 	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "b.test"), "the previous rules keep serving")
+
+	// A file that changes a connected client's token disconnects it; its
+	// old token no longer gets it in, so it stops.
+	p.clientMayFail = true
+	tok = "rotated"
+	write(rule("a", "a.test"))
+	require.Error(t, p.clientResult(t, 5*time.Second), "the client is refused")
+	eventually(t, 2*time.Second, func() bool { return p.Server.Sessions().Conn(clientID) == nil }, "the connection is gone")
 }
 
 func TestCorruptedClientTableIsRepairedWithinAHashInterval(t *testing.T) {
