@@ -45,13 +45,19 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
-	// Each chain has its own limit stages, so that requests from users
+	// Each chain has its own in-flight limit, so that requests from users
 	// and requests from the tunnel are counted apart.
-	ingFlight, ingReq, err := limitStages(c.Limits, c.Limits.MaxBodySize.Bytes())
+	ingFlight, err := limit.New(limit.Config{MaxInFlight: c.Limits.MaxInFlight})
 	if err != nil {
 		return nil, err
 	}
-	// The egress side has only the in-flight limit. No body limit: it
+	egrFlight, err := limit.New(limit.Config{MaxInFlight: c.Limits.MaxInFlight})
+	if err != nil {
+		return nil, err
+	}
+	// The ingress side's request limit bounds the request body and the
+	// time to the answer's head; it is named "request_limit" apart from
+	// the in-flight "limit". The egress side has none. No body limit: it
 	// would protect nothing of this side, since bodies stream through
 	// bounded buffers (the egress side never holds a body, whatever its
 	// size), and every request it takes has crossed the peer's ingress
@@ -62,7 +68,7 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// (egress.response_header_timeout, a 504 the breaker counts), so a
 	// second timer would only cost a context and a request copy per
 	// request (3 allocations).
-	egrFlight, err := limit.New(limit.Config{MaxInFlight: c.Limits.MaxInFlight})
+	ingReq, err := limit.New(limit.Config{MaxBodySize: c.Limits.MaxBodySize.Bytes(), RequestTimeout: c.Limits.RequestTimeout})
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +82,7 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// last before egress, so that it times the whole trip through the
 	// tunnel.
 	obs := k.m.Stage()
-	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, ingReq, tun, enc}
+	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, renamed{ingReq, "request_limit"}, tun, enc}
 	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
@@ -101,20 +107,6 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 		return nil, errors.Join(err, ic.Close(ctx))
 	}
 	return &chains{ingress: ic, egress: ec}, nil
-}
-
-// limitStages returns one chain's two limit stages: "limit", which bounds
-// the requests in flight, and "request_limit", which bounds the request
-// body (maxBody bytes, 0 for none) and the time to the answer's head.
-func limitStages(l config.Limits, maxBody int64) (flight *limit.Guard, req pipeline.Stage, err error) {
-	if flight, err = limit.New(limit.Config{MaxInFlight: l.MaxInFlight}); err != nil {
-		return nil, nil, err
-	}
-	g, err := limit.New(limit.Config{MaxBodySize: maxBody, RequestTimeout: l.RequestTimeout})
-	if err != nil {
-		return nil, nil, err
-	}
-	return flight, renamed{g, "request_limit"}, nil
 }
 
 // renamed gives a stage that has no lifecycle methods another name (for
