@@ -66,30 +66,22 @@ func TestOneTraceAcrossTheTunnel(t *testing.T) {
 	}
 	require.Len(t, byName["breaker"], 1, "the breaker guards the upstream side only")
 	require.True(t, egress.Parent().IsRemote(), "the egress span's parent came across the tunnel")
-	attrs := map[string]string{}
-	for _, kv := range egress.Attributes() {
-		attrs[string(kv.Key)] = kv.Value.String()
-	}
-	require.Equal(t, id, attrs["qtunnel.request_id"])
-	require.Equal(t, "rev", attrs["qtunnel.rule_id"])
-	require.Equal(t, clientID, attrs["qtunnel.client_id"])
-	require.Equal(t, "http1", attrs["qtunnel.protocol"])
-	require.Equal(t, "egress", attrs["qtunnel.side"])
-	require.Equal(t, "200", attrs["http.response.status_code"])
-	// The ingress request span is the root, on the server, and says the same.
+	// The ingress request span is the root, on the server; both request
+	// spans say the same of the request, and which side they are.
 	require.False(t, ingress.Parent().IsValid(), "the ingress span starts the trace")
-	for _, s := range []sdktrace.ReadOnlySpan{ingress, egress} {
+	for side, s := range map[string]sdktrace.ReadOnlySpan{"ingress": ingress, "egress": egress} {
 		require.Equal(t, trace.SpanKindServer, s.SpanKind(), "span %q", s.Name())
+		attrs := map[string]string{}
+		for _, kv := range s.Attributes() {
+			attrs[string(kv.Key)] = kv.Value.String()
+		}
+		require.Equal(t, id, attrs["qtunnel.request_id"], side)
+		require.Equal(t, "rev", attrs["qtunnel.rule_id"], side)
+		require.Equal(t, clientID, attrs["qtunnel.client_id"], side)
+		require.Equal(t, "http1", attrs["qtunnel.protocol"], side)
+		require.Equal(t, side, attrs["qtunnel.side"])
+		require.Equal(t, "200", attrs["http.response.status_code"], side)
 	}
-	in := map[string]string{}
-	for _, kv := range ingress.Attributes() {
-		in[string(kv.Key)] = kv.Value.String()
-	}
-	require.Equal(t, id, in["qtunnel.request_id"])
-	require.Equal(t, "rev", in["qtunnel.rule_id"])
-	require.Equal(t, clientID, in["qtunnel.client_id"])
-	require.Equal(t, "ingress", in["qtunnel.side"])
-	require.Equal(t, "200", in["http.response.status_code"])
 	mu.Lock()
 	tp0 := upstreamTraceparent
 	mu.Unlock()
