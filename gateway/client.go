@@ -326,9 +326,7 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithTimeout(context.Background(), c.cfg.Egress.DialTimeout)
-	c.pool.Warm(wctx, rs, rules.Reverse)
-	cancel()
+	c.pool.Warm(context.Background(), rs, rules.Reverse)
 	old := c.rules.Swap(t)
 	c.applied.Store(version)
 	c.listeners.commit(pend)

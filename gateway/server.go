@@ -202,9 +202,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	// Forward rules' balancers and health checks start with the server.
-	wctx, wcancel := context.WithTimeout(ctx, s.cfg.Egress.DialTimeout)
-	s.pool.Warm(wctx, s.store.Table().Rules(), rules.Forward)
-	wcancel()
+	s.pool.Warm(ctx, s.store.Table().Rules(), rules.Forward)
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
 	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.kit.m, s.log, s.cfg.Log.Access); err != nil {

@@ -76,9 +76,7 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 	}
 	// Build the balancers of forward rules now, so that their health
 	// checks start with the rules rather than at their first request.
-	wctx, cancel := context.WithTimeout(context.Background(), s.cfg.Egress.DialTimeout)
-	s.pool.Warm(wctx, t.Rules(), rules.Forward)
-	cancel()
+	s.pool.Warm(context.Background(), t.Rules(), rules.Forward)
 	return func() {
 		s.listeners.commit(pend)
 		s.pool.Retain(t.Rules())

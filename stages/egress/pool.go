@@ -389,8 +389,10 @@ func (t *Target) warmUp(ctx context.Context, n int) error {
 // is dir: it builds the rule's balancer, which starts its health checks,
 // and opens WarmConns connections to each upstream. Failures are logged,
 // not returned: an upstream that is down now may be up by its first
-// request.
+// request. It returns within the pool's DialTimeout, or when ctx ends.
 func (p *Pool) Warm(ctx context.Context, rs []rules.Rule, dir rules.Direction) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
 	var wg sync.WaitGroup
 	seen := make(map[*Target]bool)
 	for i := range rs {
