@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -27,6 +26,8 @@ type logRecord struct {
 	msg   string
 	attrs map[string]string
 }
+
+func (r logRecord) String() string { return fmt.Sprintf("%s %q %v", r.level, r.msg, r.attrs) }
 
 // recordKeeper is a slog handler that keeps the records at or above its
 // level, with their attributes, for all the loggers derived from it.
@@ -72,6 +73,11 @@ func (h *recordKeeper) records() []logRecord {
 	return slices.Clone(*h.recs)
 }
 
+// has says whether a record with message msg was kept.
+func (h *recordKeeper) has(msg string) bool {
+	return slices.ContainsFunc(h.records(), func(r logRecord) bool { return r.msg == msg })
+}
+
 // accessOf returns the access records of request id.
 func (h *recordKeeper) accessOf(id string) []logRecord {
 	var out []logRecord
@@ -104,9 +110,7 @@ func TestAccessLogOneRecordPerRequestEachSide(t *testing.T) {
 		serverOpts:   []gateway.Option{gateway.WithLogger(slog.New(srvLog))},
 		clientOpts:   []gateway.Option{gateway.WithLogger(slog.New(cliLog))},
 	})
-	eventually(t, 10*time.Second, func() bool {
-		return slices.ContainsFunc(srvLog.records(), func(r logRecord) bool { return r.msg == "client applied rules" })
-	}, "server logs the client's first apply")
+	eventually(t, 10*time.Second, func() bool { return srvLog.has("client applied rules") }, "server logs the client's first apply")
 	srvBefore, cliBefore := len(srvLog.records()), len(cliLog.records())
 
 	hc := h1Client(t)
@@ -136,18 +140,7 @@ func TestAccessLogOneRecordPerRequestEachSide(t *testing.T) {
 	}
 	ids := make([]string, len(cases))
 	for i, c := range cases {
-		req, err := http.NewRequest(c.method, c.url, bytes.NewReader(c.body))
-		require.NoError(t, err)
-		if c.body == nil {
-			req.Body, req.ContentLength = nil, 0
-		}
-		if c.host != "" {
-			req.Host = c.host
-		}
-		resp, err := hc.Do(req)
-		require.NoError(t, err)
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
+		resp, _ := do(t, hc, newRequest(t, c.method, c.url, c.host, bytes.NewReader(c.body)))
 		require.Equal(t, c.status, resp.StatusCode, c.name)
 		ids[i] = resp.Header.Get("X-Request-Id")
 		require.NotEmpty(t, ids[i], c.name)

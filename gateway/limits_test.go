@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,43 +56,6 @@ func limitPair(t *testing.T, upURL string, lim func(*config.Limits)) *pair {
 		serverMutate: func(c *config.Server) { lim(&c.Limits) },
 		clientMutate: func(c *config.Client) { lim(&c.Limits) },
 	})
-}
-
-// direction is one way through a pair: its base URL and the Host to send.
-type direction struct {
-	name string
-	url  func(path string) string
-	host string
-}
-
-// directions are the reverse way (the server's public listener, the
-// server's ingress limits) and the forward way (the client's listener, the
-// client's ingress limits).
-func directions(t *testing.T, p *pair) []direction {
-	return []direction{
-		{"reverse", p.publicURL, appHost},
-		{"forward", func(path string) string { return p.forwardURL(t, "127.0.0.1:0", path) }, ""},
-	}
-}
-
-func newRequest(t *testing.T, method, url, host string, body io.Reader) *http.Request {
-	t.Helper()
-	req, err := http.NewRequest(method, url, body)
-	require.NoError(t, err)
-	if host != "" {
-		req.Host = host
-	}
-	return req
-}
-
-func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
-	t.Helper()
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, string(b)
 }
 
 // TestLimitHeaderTooLarge431: a request head over limits.max_header_bytes
@@ -181,20 +143,6 @@ func TestLimitBodyTooLarge413(t *testing.T) {
 			t.Logf("%s: the chunked oversized request's head reached the upstream %d time(s), its body never whole", d.name, reached)
 		})
 	}
-}
-
-// raceBuild says the test binary was built with -race.
-func raceBuild() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // needFiles raises the soft limit on open files to at least n, or skips
@@ -310,7 +258,7 @@ func TestLimitOverload503(t *testing.T) {
 		heapBound   = 256 << 20
 	)
 	users := total
-	if raceBuild() {
+	if gateway.RaceDetector {
 		users = 1000
 	}
 	needFiles(t, uint64(2*users+1000))
@@ -388,7 +336,7 @@ func TestLimitOverload503(t *testing.T) {
 	t.Logf("%d requests, at most %d at a time, in %v: %d answered 200, %d refused 503 + Retry-After: 1, %d other; upstream held %d",
 		total, users, took.Round(time.Millisecond), ok.Load(), busy.Load(), len(others), held.Load())
 	t.Logf("peak heap in use %.1f MiB (bound %d MiB), peak RSS %.1f MiB (race detector: %v)",
-		float64(heap)/(1<<20), heapBound>>20, float64(peakRSS)/(1<<20), raceBuild())
+		float64(heap)/(1<<20), heapBound>>20, float64(peakRSS)/(1<<20), gateway.RaceDetector)
 	require.Empty(t, others, "every request is answered 200 or 503 with Retry-After")
 	require.EqualValues(t, total, ok.Load()+busy.Load())
 	require.Positive(t, ok.Load())

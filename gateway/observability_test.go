@@ -217,18 +217,8 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 	hc := h1Client(t)
 	send := func(method, url, host string, body []byte) (int, string) {
 		t.Helper()
-		req, err := http.NewRequest(method, url, bytes.NewReader(body))
-		require.NoError(t, err)
-		req.Host = host
-		if body == nil {
-			req.Body, req.ContentLength = nil, 0
-		}
-		resp, err := hc.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return resp.StatusCode, string(b)
+		resp, b := do(t, hc, newRequest(t, method, url, host, bytes.NewReader(body)))
+		return resp.StatusCode, b
 	}
 	const (
 		revOK, revMissing, fwdOK, noRoute = 7, 3, 5, 2
@@ -563,58 +553,6 @@ func TestObservabilityReadyz(t *testing.T) {
 	c2.stop(t)
 }
 
-// recordCounter is a slog handler that keeps every record at or above its
-// level, for all the loggers derived from it.
-type recordCounter struct {
-	level slog.Level
-	store *recordStore
-	attrs []slog.Attr
-}
-
-type recordStore struct {
-	mu   sync.Mutex
-	recs []string
-}
-
-func newRecordCounter(level slog.Level) *recordCounter {
-	return &recordCounter{level: level, store: &recordStore{}}
-}
-
-func (h *recordCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
-
-func (h *recordCounter) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %q", r.Level, r.Message)
-	for _, a := range h.attrs {
-		fmt.Fprintf(&b, " %s", a)
-	}
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s", a)
-		return true
-	})
-	h.store.mu.Lock()
-	h.store.recs = append(h.store.recs, b.String())
-	h.store.mu.Unlock()
-	return nil
-}
-
-func (h *recordCounter) WithAttrs(as []slog.Attr) slog.Handler {
-	return &recordCounter{level: h.level, store: h.store, attrs: append(slices.Clip(h.attrs), as...)}
-}
-
-func (h *recordCounter) WithGroup(string) slog.Handler { return h }
-
-// records returns a copy of the records so far.
-func (h *recordCounter) records() []string {
-	h.store.mu.Lock()
-	defer h.store.mu.Unlock()
-	return slices.Clone(h.store.recs)
-}
-
-func (h *recordCounter) has(msg string) bool {
-	return slices.ContainsFunc(h.records(), func(r string) bool { return strings.Contains(r, fmt.Sprintf("%q", msg)) })
-}
-
 // TestObservabilityQuietLogs proxies 10,000 requests, half through each
 // tunnel, one in ten of them answered 404 (by the upstream, or by the
 // server's route stage for an unknown host), with both sides logging at
@@ -627,7 +565,7 @@ func TestObservabilityQuietLogs(t *testing.T) {
 		workers = 32
 	)
 	up := upstream(t, okOrMissing)
-	srvLog, cliLog := newRecordCounter(slog.LevelInfo), newRecordCounter(slog.LevelInfo)
+	srvLog, cliLog := newRecordKeeper(slog.LevelInfo), newRecordKeeper(slog.LevelInfo)
 	p := startPair(t, pairOpts{
 		rules: []rules.Rule{
 			reverseRule("rev", appHost, up.URL),
@@ -715,7 +653,7 @@ func TestObservabilityQuietLogs(t *testing.T) {
 func TestObservabilityQuietAcrossFullSyncs(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	srvLog, cliLog := newRecordCounter(slog.LevelDebug), newRecordCounter(slog.LevelDebug)
+	srvLog, cliLog := newRecordKeeper(slog.LevelDebug), newRecordKeeper(slog.LevelDebug)
 	startPair(t, pairOpts{
 		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
 		serverMutate: func(c *config.Server) { c.Sync.FullSyncInterval = 50 * time.Millisecond },
@@ -723,10 +661,10 @@ func TestObservabilityQuietAcrossFullSyncs(t *testing.T) {
 		clientOpts:   []gateway.Option{gateway.WithLogger(slog.New(cliLog))},
 	})
 	eventually(t, 10*time.Second, func() bool { return srvLog.has("client applied rules") }, "server logs the client's first apply")
-	info := func(h *recordCounter) []string {
-		var out []string
+	info := func(h *recordKeeper) []logRecord {
+		var out []logRecord
 		for _, r := range h.records() {
-			if strings.HasPrefix(r, "INFO ") || strings.HasPrefix(r, "WARN ") || strings.HasPrefix(r, "ERROR ") {
+			if r.level >= slog.LevelInfo {
 				out = append(out, r)
 			}
 		}
@@ -736,7 +674,7 @@ func TestObservabilityQuietAcrossFullSyncs(t *testing.T) {
 	syncs := func() int {
 		n := 0
 		for _, r := range cliLog.records() {
-			if strings.HasPrefix(r, `DEBUG "rules applied"`) {
+			if r.level == slog.LevelDebug && r.msg == "rules applied" {
 				n++
 			}
 		}

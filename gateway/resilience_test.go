@@ -39,13 +39,11 @@ func TestRateLimitBurstGetsExactlyTheAllowance(t *testing.T) {
 		serverMutate: func(c *config.Server) { c.RateLimit.PerRule = lim },
 		clientMutate: func(c *config.Client) { c.RateLimit.PerRule = lim },
 	})
-	for _, d := range []struct{ name, url, host string }{
-		{"reverse", p.publicURL("/"), appHost},
-		{"forward", p.forwardURL(t, "127.0.0.1:0", "/"), ""},
-	} {
+	for _, d := range directions(t, p) {
 		t.Run(d.name, func(t *testing.T) {
 			const total, workers = 600, 32
 			c := h1Client(t)
+			url := d.url("/")
 			before := seen.Load()
 			var ok, limited, other, noRetryAfter atomic.Int64
 			jobs := make(chan struct{}, total)
@@ -58,7 +56,7 @@ func TestRateLimitBurstGetsExactlyTheAllowance(t *testing.T) {
 			for range workers {
 				wg.Go(func() {
 					for range jobs {
-						req, _ := http.NewRequest(http.MethodGet, d.url, nil)
+						req, _ := http.NewRequest(http.MethodGet, url, nil)
 						req.Host = d.host
 						resp, err := c.Do(req)
 						if err != nil {
@@ -158,9 +156,9 @@ func TestBreakerOpensFailsFastProbesAndCloses(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, len(lat), 20, "enough fast-fails measured before the cool-down ended")
 	slices.Sort(lat)
-	p99 := lat[len(lat)*99/100]
-	t.Logf("open breaker: %d fast-fails, p50 %v, p99 %v, max %v", len(lat), lat[len(lat)/2], p99, lat[len(lat)-1])
-	assert.Less(t, p99, 5*time.Millisecond, "fast-fail p99")
+	fast := p99(lat)
+	t.Logf("open breaker: %d fast-fails, p50 %v, p99 %v, max %v", len(lat), lat[len(lat)/2], fast, lat[len(lat)-1])
+	assert.Less(t, fast, 5*time.Millisecond, "fast-fail p99")
 	assert.EqualValues(t, 5, hits.Load(), "an open breaker sends nothing upstream")
 
 	// Half-open after the cool-down: one probe goes through; it succeeds
@@ -204,15 +202,12 @@ func TestSeveralUpstreamsSpreadAndSkipTheDeadOne(t *testing.T) {
 		multi(forwardRule("fwd", "127.0.0.1:0", "")),
 	}})
 	c := h1Client(t)
-	for _, d := range []struct{ name, url, host string }{
-		{"reverse", p.publicURL("/"), appHost},
-		{"forward", p.forwardURL(t, "127.0.0.1:0", "/"), ""},
-	} {
+	for _, d := range directions(t, p) {
 		a.Store(0)
 		b.Store(0)
 		const n = 60
 		for i := range n {
-			resp, body := get(t, c, d.url, d.host)
+			resp, body := get(t, c, d.url("/"), d.host)
 			require.Equal(t, http.StatusOK, resp.StatusCode, "%s request %d: %s", d.name, i, body)
 		}
 		t.Logf("%s: upstream a %d, upstream b %d, dead one skipped", d.name, a.Load(), b.Load())

@@ -224,17 +224,47 @@ func h2cClient(t *testing.T) *http.Client {
 
 func get(t *testing.T, c *http.Client, url, host string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+	return do(t, c, newRequest(t, http.MethodGet, url, host, nil))
+}
+
+// newRequest makes a request to url, sent with host as its Host unless
+// host is empty.
+func newRequest(t *testing.T, method, url, host string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	require.NoError(t, err)
 	if host != "" {
 		req.Host = host
 	}
+	return req
+}
+
+// do sends req and returns the answer with its whole body.
+func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
+	t.Helper()
 	resp, err := c.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return resp, string(b)
+}
+
+// direction is one way through a pair: its base URL and the Host to send.
+type direction struct {
+	name string
+	url  func(path string) string
+	host string
+}
+
+// directions are the reverse way (the server's public listener, the
+// server's ingress side) and the forward way (the client's listener, the
+// client's ingress side).
+func directions(t *testing.T, p *pair) []direction {
+	return []direction{
+		{"reverse", p.publicURL, appHost},
+		{"forward", func(path string) string { return p.forwardURL(t, "127.0.0.1:0", path) }, ""},
+	}
 }
 
 // closedPort returns a loopback address nothing listens on.
