@@ -331,13 +331,17 @@ func obsEgress(tb testing.TB, v obsVariant) func() {
 	}
 }
 
+// obsSides are the two sides whose chains the benchmark and the test
+// below run.
+var obsSides = []struct {
+	name string
+	make func(testing.TB, obsVariant) func()
+}{{"ingress", obsIngress}, {"egress", obsEgress}}
+
 // BenchmarkChainObservability: per-request cost of each side's chain with
 // metrics and tracing off and on (see obsVariants).
 func BenchmarkChainObservability(b *testing.B) {
-	for _, side := range []struct {
-		name string
-		make func(testing.TB, obsVariant) func()
-	}{{"ingress", obsIngress}, {"egress", obsEgress}} {
+	for _, side := range obsSides {
 		for _, v := range obsVariants {
 			b.Run(side.name+"/"+v.name, func(b *testing.B) {
 				run := side.make(b, v)
@@ -358,10 +362,7 @@ func TestObservabilityAllocations(t *testing.T) {
 	if raceDetector {
 		t.Skip("the race detector makes sync.Pool drop items at random: allocation counts vary")
 	}
-	for _, side := range []struct {
-		name string
-		make func(testing.TB, obsVariant) func()
-	}{{"ingress", obsIngress}, {"egress", obsEgress}} {
+	for _, side := range obsSides {
 		t.Run(side.name, func(t *testing.T) {
 			allocs := map[string]float64{}
 			for _, v := range obsVariants {
