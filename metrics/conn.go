@@ -76,22 +76,12 @@ func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 	if f == nil {
 		return
 	}
-	list := (*f)()
-	merged := make([]ConnStats, 0, len(list))
-	index := make(map[string]int, len(list))
-	for _, s := range list {
-		i, seen := index[s.ClientID]
-		if !seen {
-			index[s.ClientID] = len(merged)
-			merged = append(merged, s)
-			continue
-		}
-		m := &merged[i]
+	merged := mergeBy((*f)(), func(s *ConnStats) string { return s.ClientID }, func(m *ConnStats, s ConnStats) {
 		m.SmoothedRTT, m.CongestionWindow = s.SmoothedRTT, s.CongestionWindow
 		m.PacketsLost += s.PacketsLost
 		m.BytesSent += s.BytesSent
 		m.BytesReceived += s.BytesReceived
-	}
+	})
 	for _, s := range merged {
 		send(ch, c.rtt, prometheus.GaugeValue, s.SmoothedRTT.Seconds(), s.ClientID)
 		send(ch, c.lost, prometheus.GaugeValue, float64(s.PacketsLost), s.ClientID)
@@ -99,6 +89,23 @@ func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 		send(ch, c.sent, prometheus.CounterValue, float64(s.BytesSent), s.ClientID)
 		send(ch, c.recv, prometheus.CounterValue, float64(s.BytesReceived), s.ClientID)
 	}
+}
+
+// mergeBy returns list with the entries of the same key merged, by merge,
+// into the first of them, in the order of their first appearance.
+func mergeBy[T any](list []T, key func(*T) string, merge func(into *T, s T)) []T {
+	merged := make([]T, 0, len(list))
+	index := make(map[string]int, len(list))
+	for _, s := range list {
+		k := key(&s)
+		if i, seen := index[k]; seen {
+			merge(&merged[i], s)
+			continue
+		}
+		index[k] = len(merged)
+		merged = append(merged, s)
+	}
+	return merged
 }
 
 // send reports a bad label value (not UTF-8) as a scrape error rather than

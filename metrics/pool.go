@@ -64,21 +64,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	if f == nil {
 		return
 	}
-	list := (*f)()
-	merged := make([]PoolStats, 0, len(list))
-	index := make(map[string]int, len(list))
-	for _, s := range list {
-		i, seen := index[s.Rule]
-		if !seen {
-			index[s.Rule] = len(merged)
-			merged = append(merged, s)
-			continue
-		}
-		m := &merged[i]
+	merged := mergeBy((*f)(), func(s *PoolStats) string { return s.Rule }, func(m *PoolStats, s PoolStats) {
 		m.Idle += s.Idle
 		m.Active += s.Active
 		m.Dials += s.Dials
-	}
+	})
 	for _, s := range merged {
 		send(ch, c.idle, prometheus.GaugeValue, float64(s.Idle), s.Rule)
 		send(ch, c.active, prometheus.GaugeValue, float64(s.Active), s.Rule)
