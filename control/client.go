@@ -90,7 +90,6 @@ var ErrOutOfSequence = errors.New("delta does not start from the version in forc
 // full-sync interval.
 func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	stop := context.AfterFunc(ctx, func() { _ = p.w.s.SetReadDeadline(time.Now()) })
 	defer stop()
 	var checks sync.WaitGroup
@@ -114,32 +113,24 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 			if err != nil {
 				return err
 			}
-			applied := &codec.Applied{Version: m.Version, Hash: m.Hash}
 			rs, err := rules.Decode(m.Rules)
 			if err == nil {
 				err = ev.Snapshot(m.Version, m.Hash, rs)
 			}
-			if err != nil {
-				applied.Error = err.Error()
-			}
-			if err := p.w.send(func(b []byte) []byte { return codec.AppendApplied(b, applied) }); err != nil {
-				return err
+			if serr := p.sendApplied(m.Version, m.Hash, err); serr != nil {
+				return serr
 			}
 		case codec.MsgDelta:
 			m, err := codec.ParseDelta(payload)
 			if err != nil {
 				return err
 			}
-			applied := &codec.Applied{Version: m.To, Hash: m.Hash}
 			up, err := rules.Decode(m.Upsert)
 			if err == nil {
 				err = ev.Delta(m.From, m.To, m.Hash, ClientDelta{Upsert: up, Delete: m.Delete})
 			}
-			if err != nil {
-				applied.Error = err.Error()
-			}
-			if err := p.w.send(func(b []byte) []byte { return codec.AppendApplied(b, applied) }); err != nil {
-				return err
+			if serr := p.sendApplied(m.To, m.Hash, err); serr != nil {
+				return serr
 			}
 			if errors.Is(err, ErrOutOfSequence) {
 				if err := p.requestSnapshot(ev); err != nil {
@@ -165,6 +156,16 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 			return fmt.Errorf("%w: unexpected %s from server", codec.ErrMalformed, t)
 		}
 	}
+}
+
+// sendApplied reports to the server the outcome of applying version: err,
+// if not nil, is why the rules were not applied.
+func (p *ClientPeer) sendApplied(version uint64, hash []byte, err error) error {
+	applied := &codec.Applied{Version: version, Hash: hash}
+	if err != nil {
+		applied.Error = err.Error()
+	}
+	return p.w.send(func(b []byte) []byte { return codec.AppendApplied(b, applied) })
 }
 
 // check sends a hash check every hash-check interval, asks for a full
