@@ -446,6 +446,70 @@ func TestSnapshotApplied(t *testing.T) {
 	}
 }
 
+// A delta reaches ClientEvents.Delta as the server made it, its outcome
+// goes back as APPLIED, and a client that does not hold the version the
+// delta starts from asks for a full snapshot (a hash check without a hash)
+// right after.
+func TestDeltaApplied(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		deltaErr error
+		resync   bool
+	}{
+		{name: "applied"},
+		{name: "refused", deltaErr: errors.New("listen 127.0.0.1:9000: address already in use")},
+		{name: "out of sequence", deltaErr: fmt.Errorf("%w: have version 40", control.ErrOutOfSequence), resync: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			l := connect(t)
+			cev, sev := newClientEvents(nil), newServerEvents()
+			cev.deltaErr, cev.version, cev.hash = tt.deltaErr, 40, []byte{4, 0}
+			start(t, func(ctx context.Context) error { return l.client.Run(ctx, cev) })
+			start(t, func(ctx context.Context) error { return l.server.Run(ctx, sev) })
+
+			tab := twoClientTable(t)
+			want := tab.ForClient("c1")
+			old := []rules.Rule{want[0], {ID: "gone", Client: "c1", Direction: rules.Reverse, Host: "gone.test", Upstream: "http://127.0.0.1:3002"}}
+			old[0].Upstream = "http://127.0.0.1:3999"
+			d := control.Diff(old, want)
+			require.Len(t, d.Upsert, 2, "the changed rule and the new one")
+			require.Equal(t, []string{"gone"}, d.Delete)
+			require.NoError(t, l.server.SendDelta(41, tab, "c1", d))
+
+			wantHash := rules.Hash(want)
+			got := recv(t, cev.deltas, "Delta")
+			require.Equal(t, uint64(41), got.from)
+			require.Equal(t, uint64(42), got.to)
+			require.Equal(t, wantHash[:], got.hash)
+			require.Equal(t, d.Delete, got.d.Delete)
+			require.ElementsMatch(t, d.Upsert, got.d.Upsert)
+			require.Equal(t, wantHash, rules.Hash(control.ApplyDelta(old, got.d)), "the delta turns the old rules into the new")
+
+			wantError := ""
+			if tt.deltaErr != nil {
+				wantError = tt.deltaErr.Error()
+			}
+			require.Equal(t, &codec.Applied{Version: 42, Hash: wantHash[:], Error: wantError}, recv(t, sev.applied, "APPLIED"))
+
+			// Run handles one message at a time: once the next message's
+			// APPLIED is in, whatever the delta made the client send is too.
+			require.NoError(t, l.server.SendSnapshot(tab, "c1"))
+			recv(t, cev.snapshots, "Snapshot")
+			require.Equal(t, "", recv(t, sev.applied, "APPLIED of the snapshot").Error)
+			if !tt.resync {
+				require.Len(t, sev.hashChecks, 0, "no snapshot asked for")
+				return
+			}
+			hc := recv(t, sev.hashChecks, "the request for a snapshot")
+			require.Equal(t, uint64(40), hc.Version, "the version the client holds")
+			require.Empty(t, hc.Hash, "no hash: a request for a full snapshot")
+		})
+	}
+}
+
 func TestSnapshotForClientWithoutRules(t *testing.T) {
 	t.Parallel()
 	l := connect(t)
