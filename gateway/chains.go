@@ -68,7 +68,7 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// (egress.response_header_timeout, a 504 the breaker counts), so a
 	// second timer would only cost a context and a request copy per
 	// request (3 allocations).
-	ingReq, err := limit.New(limit.Config{MaxBodySize: c.Limits.MaxBodySize.Bytes(), RequestTimeout: c.Limits.RequestTimeout})
+	ingReq, err := limit.New(limit.Config{MaxBodySize: c.Limits.MaxBodySize.Bytes(), RequestTimeout: c.Limits.RequestTimeout, Name: "request_limit"})
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// last before egress, so that it times the whole trip through the
 	// tunnel.
 	obs := k.m.Stage()
-	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, renamed{ingReq, "request_limit"}, tun, enc}
+	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, ingReq, tun, enc}
 	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
@@ -108,15 +108,6 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	}
 	return &chains{ingress: ic, egress: ec}, nil
 }
-
-// renamed gives a stage that has no lifecycle methods another name (for
-// spans, errors and the stage label of its rejects).
-type renamed struct {
-	pipeline.Stage
-	name string
-}
-
-func (r renamed) Name() string { return r.name }
 
 func (c *chains) close(ctx context.Context) error {
 	return errors.Join(c.ingress.Close(ctx), c.egress.Close(ctx))

@@ -71,6 +71,7 @@ package limit
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -111,6 +112,9 @@ type Config struct {
 	// Once the answer has started it no longer applies. At least 1ms; if
 	// zero, no limit.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// Name is the stage's name in spans, errors and the stage label of its
+	// refusals; two guards in one chain need two names. If empty, "limit".
+	Name string `yaml:"-"`
 }
 
 // SetDefaults does nothing: every zero setting already means "no limit". It
@@ -149,6 +153,7 @@ type Guard struct {
 	inflight atomic.Int64 // exchanges past the stage, counted when maxInFlight > 0
 	_        [56]byte     // keeps the hot counter off the read-only fields' cache line
 
+	name        string
 	maxInFlight int64
 	maxBody     int64
 	timeout     time.Duration
@@ -166,6 +171,7 @@ func New(cfg Config) (*Guard, error) {
 	}
 	cfg.SetDefaults()
 	return &Guard{
+		name:        cmp.Or(cfg.Name, "limit"),
 		maxInFlight: int64(cfg.MaxInFlight),
 		maxBody:     cfg.MaxBodySize,
 		timeout:     cfg.RequestTimeout,
@@ -182,7 +188,7 @@ func plural(n int, noun string) string {
 }
 
 // Name implements pipeline.Namer.
-func (g *Guard) Name() string { return "limit" }
+func (g *Guard) Name() string { return g.name }
 
 // InFlight returns how many exchanges are past the stage now, for metrics.
 // It counts only when MaxInFlight is set (it is 0 otherwise).

@@ -3,6 +3,7 @@ package limit_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,7 +40,7 @@ func newGuard(t testing.TB, cfg limit.Config) *limit.Guard {
 	t.Helper()
 	g, err := limit.New(cfg)
 	require.NoError(t, err)
-	require.Equal(t, "limit", g.Name())
+	require.Equal(t, cmp.Or(cfg.Name, "limit"), g.Name())
 	return g
 }
 
@@ -1068,26 +1069,29 @@ type openerFunc func(context.Context) (pipeline.Stream, error)
 func (f openerFunc) OpenStream(ctx context.Context) (pipeline.Stream, error) { return f(ctx) }
 
 // With the real Tunnel, which turns a failed body read into a 502 of its
-// own after aborting the stream, the user still gets the 413.
+// own after aborting the stream, the user still gets the 413, from the
+// stage by its name (the default, or the one the config gives it).
 func TestChainStreamedBodyTooLarge(t *testing.T) {
 	t.Parallel()
-	s := pipelinetest.NewStream()
-	defer s.Shutdown()
-	drained := make(chan struct{})
-	go func() { // the far side reads until the stream is aborted
-		_, _ = io.Copy(io.Discard, s.Peer())
-		close(drained)
-	}()
-	c := ingressChain(t, newGuard(t, limit.Config{MaxBodySize: 100}), s)
-	x := ingress(strings.Repeat("b", 64<<10), false, "")
-	defer x.Release()
-	u := x.Writer.(*user)
-	err := c.Handle(context.Background(), x)
-	<-drained
-	rj := requireReject(t, err, http.StatusRequestEntityTooLarge, "request body exceeds the limit of 100 bytes")
-	require.Equal(t, "limit", rj.Stage)
-	require.Zero(t, u.status, "nothing was written: the gateway answers 413")
-	require.NotEmpty(t, s.AbortCodes(), "the tunnel stream was aborted")
+	for _, name := range []string{"", "request_limit"} {
+		s := pipelinetest.NewStream()
+		drained := make(chan struct{})
+		go func() { // the far side reads until the stream is aborted
+			_, _ = io.Copy(io.Discard, s.Peer())
+			close(drained)
+		}()
+		c := ingressChain(t, newGuard(t, limit.Config{MaxBodySize: 100, Name: name}), s)
+		x := ingress(strings.Repeat("b", 64<<10), false, "")
+		u := x.Writer.(*user)
+		err := c.Handle(context.Background(), x)
+		<-drained
+		rj := requireReject(t, err, http.StatusRequestEntityTooLarge, "request body exceeds the limit of 100 bytes")
+		require.Equal(t, cmp.Or(name, "limit"), rj.Stage)
+		require.Zero(t, u.status, "nothing was written: the gateway answers 413")
+		require.NotEmpty(t, s.AbortCodes(), "the tunnel stream was aborted")
+		x.Release()
+		s.Shutdown()
+	}
 }
 
 func TestChainTimeout(t *testing.T) {
