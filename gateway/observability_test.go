@@ -21,6 +21,7 @@ import (
 
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/rules"
 )
 
@@ -424,15 +425,6 @@ func summary(mfs map[string]*dto.MetricFamily) []string {
 
 // freeUDPAddr returns a loopback UDP address nothing listens on, for a
 // server that starts later.
-func freeUDPAddr(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := pc.LocalAddr().String()
-	require.NoError(t, pc.Close())
-	return addr
-}
-
 // runningClient is a client whose Run is in a goroutine.
 type runningClient struct {
 	*gateway.Client
@@ -497,7 +489,7 @@ func TestObservabilityReadyz(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	sc := serverConfig([]rules.Rule{reverseRule("rev", appHost, up.URL)})
-	sc.Listen = freeUDPAddr(t)
+	sc.Listen = e2etest.FreeAddr(t, "udp")
 	withAdmin(&sc.Common)
 	sc.SetDefaults()
 	require.NoError(t, sc.Validate())

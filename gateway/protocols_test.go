@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/transport"
 )
@@ -405,33 +406,17 @@ func TestWebSocketThroughBothTunnels(t *testing.T) {
 // once the client half-closed; with a leading "sum" line it answers the
 // SHA-256 of the rest instead.
 func tcpUpstream(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { ln.Close() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				data, err := io.ReadAll(c)
-				if err != nil {
-					return
-				}
-				if rest, ok := bytes.CutPrefix(data, []byte("sum\n")); ok {
-					fmt.Fprintf(c, "%x", sha256.Sum256(rest))
-					return
-				}
-				_, _ = c.Write(append([]byte("got "), data...))
-			})
+	return e2etest.TCPUpstream(t, time.Minute, func(c net.Conn) {
+		data, err := io.ReadAll(c)
+		if err != nil {
+			return
 		}
+		if rest, ok := bytes.CutPrefix(data, []byte("sum\n")); ok {
+			fmt.Fprintf(c, "%x", sha256.Sum256(rest))
+			return
+		}
+		_, _ = c.Write(append([]byte("got "), data...))
 	})
-	return ln.Addr().String()
 }
 
 func TestTCPThroughBothTunnels(t *testing.T) {
