@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -253,37 +252,17 @@ func TestSessionsExpireAndResume(t *testing.T) {
 	c3.stop(t)
 }
 
-// lone is a client started against an existing server.
-type lone struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (l *lone) stop(t *testing.T) {
-	l.cancel()
-	select {
-	case err := <-l.done:
-		require.NoError(t, err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("client did not stop")
-	}
-}
-
-func startClientFor(t *testing.T, s *gateway.Server) *lone {
+// startClientFor starts a client against an existing server and waits
+// until it has applied its rules.
+func startClientFor(t *testing.T, s *gateway.Server) *runningClient {
 	t.Helper()
-	cc := clientConfig(s.TunnelAddr().String(), s.Pin())
-	cc.SetDefaults()
-	cl, err := gateway.NewClient(cc, gateway.WithLogger(testLogger(t)))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &lone{cancel: cancel, done: make(chan error, 1)}
-	go func() { l.done <- cl.Run(ctx) }()
+	rc := runClient(t, clientConfig(s.TunnelAddr().String(), s.Pin()))
 	select {
-	case <-cl.Ready():
-	case err := <-l.done:
+	case <-rc.Ready():
+	case err := <-rc.done:
 		t.Fatalf("client stopped: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("client not ready")
 	}
-	return l
+	return rc
 }
