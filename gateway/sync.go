@@ -108,9 +108,17 @@ func (s *Server) Reload() error {
 	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	if err := s.reload(); err != nil {
+		s.log.Error("configuration not reloaded; the rules in force keep serving", "file", s.o.configFile, "err", err)
+		return err
+	}
+	return nil
+}
+
+// reload is Reload's work, under reloadMu; what it returns, Reload logs.
+func (s *Server) reload() error {
 	cfg, err := config.LoadServer(s.o.configFile)
 	if err != nil {
-		s.log.Error("configuration not reloaded; the rules in force keep serving", "file", s.o.configFile, "err", err)
 		return err
 	}
 	tokens, err := tokensOf(cfg.Clients)
@@ -118,7 +126,6 @@ func (s *Server) Reload() error {
 		return err
 	}
 	if _, err := s.store.Replace(cfg.Rules); err != nil && !errors.Is(err, control.ErrUnchanged) {
-		s.log.Error("rules not reloaded; the rules in force keep serving", "file", s.o.configFile, "err", err)
 		return err
 	}
 	old := s.tokens.Swap(&tokens)

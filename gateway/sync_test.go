@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -178,7 +180,9 @@ func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
 	write(rule("a", "a.test"))
 	cfg, err := config.LoadServer(file)
 	require.NoError(t, err)
-	p := startPair(t, pairOpts{serverMutate: func(c *config.Server) { *c = *cfg }, serverOpts: []gateway.Option{gateway.WithConfigFile(file)}})
+	logs := newRecordKeeper(slog.LevelError)
+	p := startPair(t, pairOpts{serverMutate: func(c *config.Server) { *c = *cfg },
+		serverOpts: []gateway.Option{gateway.WithConfigFile(file), gateway.WithLogger(slog.New(logs))}})
 	c := h1Client(t)
 	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "a.test"))
 
@@ -193,6 +197,12 @@ func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
 	require.Contains(t, ps.Error(), "server.yaml:17: field hots not found", "the reason names the file and line")
 	require.Equal(t, v, p.Server.Rules().Table().Version(), "a bad file changes nothing")
 	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "b.test"), "the previous rules keep serving")
+	refused := false
+	for _, r := range logs.records() {
+		refused = refused || r.msg == "configuration not reloaded; the rules in force keep serving" &&
+			r.attrs["file"] == file && strings.Contains(r.attrs["err"], "field hots not found")
+	}
+	require.True(t, refused, "the refusal is logged at error, with the file and the reason: %v", logs.records())
 
 	// A file that changes a connected client's token disconnects it; its
 	// old token no longer gets it in, so it stops.
