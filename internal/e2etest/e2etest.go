@@ -4,6 +4,7 @@
 package e2etest
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -93,4 +94,24 @@ func TCPUpstream(t testing.TB, d time.Duration, serve func(c net.Conn)) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// SyncBuffer is a bytes.Buffer that one goroutine (a process's output, a
+// logger) may write while another reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

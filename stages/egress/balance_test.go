@@ -1,7 +1,6 @@
 package egress_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/egress"
 )
@@ -61,25 +61,8 @@ func multiRule(id, lb string, urls ...string) *rules.Rule {
 		Upstreams: urls, LoadBalance: lb}
 }
 
-// syncBuffer is a log sink that checkers can write while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(s, nil)) }
+// textLogger logs to w, a sink that checkers write while a test reads.
+func textLogger(w *e2etest.SyncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 // spread sends n GETs through u and counts the answers by body.
 func spread(t *testing.T, u *egress.Upstream, r *rules.Rule, n int) map[string]int {
@@ -185,8 +168,8 @@ func TestHealthChecksTakeUpstreamsOutAndBack(t *testing.T) {
 	steady, _ := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "steady")
 	}), false)
-	var logs syncBuffer
-	p := newPool(t, egress.PoolConfig{WarmConns: -1, Logger: logs.logger()})
+	var logs e2etest.SyncBuffer
+	p := newPool(t, egress.PoolConfig{WarmConns: -1, Logger: textLogger(&logs)})
 	u := newUpstreamStage(t, p)
 	r := multiRule("hc", "", flaky.URL+"/base", steady.URL)
 	r.HealthCheck = &rules.HealthCheck{Path: "/healthz?deep=1", Interval: rules.Duration(20 * time.Millisecond),
@@ -262,8 +245,8 @@ func TestPassiveEjection(t *testing.T) {
 
 	t.Run("out after threshold connection failures", func(t *testing.T) {
 		t.Parallel()
-		var logs syncBuffer
-		p := newPool(t, egress.PoolConfig{WarmConns: -1, EjectTime: time.Hour, Logger: logs.logger()})
+		var logs e2etest.SyncBuffer
+		p := newPool(t, egress.PoolConfig{WarmConns: -1, EjectTime: time.Hour, Logger: textLogger(&logs)})
 		u := newUpstreamStage(t, p)
 		r := multiRule("passive", "", dead, live.URL)
 		failed := 0
@@ -286,8 +269,8 @@ func TestPassiveEjection(t *testing.T) {
 	})
 	t.Run("back after eject_time", func(t *testing.T) {
 		t.Parallel()
-		var logs syncBuffer
-		p := newPool(t, egress.PoolConfig{WarmConns: -1, EjectTime: 30 * time.Millisecond, Logger: logs.logger()})
+		var logs e2etest.SyncBuffer
+		p := newPool(t, egress.PoolConfig{WarmConns: -1, EjectTime: 30 * time.Millisecond, Logger: textLogger(&logs)})
 		u := newUpstreamStage(t, p)
 		r := multiRule("passive-back", "", dead, live.URL)
 		for range 6 {
