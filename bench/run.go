@@ -132,6 +132,12 @@ type IOCalls struct {
 	Writes float64 `json:"writes"`
 }
 
+// String is the counts as the progress lines print them.
+func (c IOPerRequest) String() string {
+	return fmt.Sprintf("server %.2f/%.2f client %.2f/%.2f harness %.2f/%.2f",
+		c.Server.Reads, c.Server.Writes, c.Client.Reads, c.Client.Writes, c.Harness.Reads, c.Harness.Writes)
+}
+
 // ioPerRequest divides the server, client and harness usage by requests.
 func ioPerRequest(u []usage, requests int64) IOPerRequest {
 	per := func(x usage) IOCalls {
@@ -200,10 +206,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				}
 				u := m.stop()
 				runs[ti] = append(runs[ti], run{res, u})
-				io := ioPerRequest(u, res.Requests)
-				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d  reads/writes per request: server %.2f/%.2f client %.2f/%.2f harness %.2f/%.2f %s",
-					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors,
-					io.Server.Reads, io.Server.Writes, io.Client.Reads, io.Client.Writes, io.Harness.Reads, io.Harness.Writes, res.FirstError)
+				say("  %-12s %-8s run %d/%d: %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  errors %d  reads/writes per request: %v %s",
+					scenario, t.Name, i+1, o.Runs, res.RPS, res.P50, res.P99, res.P999, res.Errors, ioPerRequest(u, res.Requests), res.FirstError)
 			}
 		}
 		rows := make([]Row, len(ts))
@@ -212,17 +216,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			sort.Slice(rs, func(i, j int) bool { return rs[i].res.RPS < rs[j].res.RPS })
 			mid := rs[len(rs)/2]
 			row := Row{Scenario: scenario, Target: t.Name, Load: mid.res}
-			k := float64(mid.res.Requests) / 1000
-			if k > 0 {
+			if k := float64(mid.res.Requests) / 1000; k > 0 {
 				row.HarnessCPUPer1k = mid.use[2].CPU.Seconds() / k
-				io := ioPerRequest(mid.use, mid.res.Requests)
-				row.IO = &io
-			}
-			if t.Name != "direct" {
-				if k > 0 {
+				calls := ioPerRequest(mid.use, mid.res.Requests)
+				row.IO = &calls
+				if t.Name != "direct" {
 					row.ServerCPUPer1k = mid.use[0].CPU.Seconds() / k
 					row.ClientCPUPer1k = mid.use[1].CPU.Seconds() / k
 				}
+			}
+			if t.Name != "direct" {
 				row.ServerPeakRSS, row.ClientPeakRSS = mid.use[0].PeakRSS, mid.use[1].PeakRSS
 			}
 			if ts[0].Name == "direct" && t.Name != "direct" {
