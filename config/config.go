@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -171,6 +172,35 @@ type Common struct {
 	Breaker breaker.Config `yaml:"breaker"`
 	// Tracing exports OpenTelemetry spans (S12). Off by default.
 	Tracing Tracing `yaml:"tracing"`
+	// TrustedProxies lists the addresses (CIDRs or single IPs) of proxies
+	// in front of this side's listeners whose X-Forwarded-For,
+	// X-Forwarded-Proto, X-Forwarded-Host and X-Request-Id are believed:
+	// their X-Forwarded-For is appended to, and the source of a request
+	// (for per-source limits, rate limits and logs) is the last address
+	// in it that is not trusted. From anyone else those headers are
+	// replaced, never kept. Empty by default: nobody is trusted.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// AuthThrottle slows down guessing of tunnel tokens (server) and admin
+	// tokens (both sides).
+	AuthThrottle AuthThrottle `yaml:"auth_throttle"`
+}
+
+// AuthThrottle limits failed logins: tunnel handshakes with a wrong token
+// and admin requests with a wrong token. Failures are counted per source
+// address and, for tunnel logins, per client id; past the limit further
+// attempts are refused without being checked for a back-off that doubles
+// with each window that goes over, and every refusal is logged once per
+// window with counts.
+type AuthThrottle struct {
+	// MaxFailures is how many failures one source may have within Window
+	// before it is refused; a client id may have four times as many, from
+	// all sources together, before attempts for it are refused from
+	// sources it has not logged in from. Default 5.
+	MaxFailures int `yaml:"max_failures"`
+	// Window is the counting window and the first back-off. Default 1m.
+	Window time.Duration `yaml:"window"`
+	// MaxBackoff caps the back-off. Default 15m.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
 }
 
 // Tracing configures OpenTelemetry tracing.
@@ -255,6 +285,64 @@ type Limits struct {
 	// body for its whole life. Default 10MiB; "unlimited" (or -1) turns
 	// the limit off.
 	MaxBodySize SizeLimit `yaml:"max_body_size"`
+	// MaxStreamsPerSource bounds the tunnel streams that the requests of
+	// one source address may hold at once towards one client (tenant), on
+	// this side's ingress listeners: one more is answered 429 with
+	// Retry-After: 1. The source is the connection's peer, or, from a
+	// trusted proxy (trusted_proxies), the address it forwarded for. It
+	// keeps one source well under a tenant's capacity
+	// (max_concurrent_streams, 1000). Default 100; -1 turns it off.
+	MaxStreamsPerSource int `yaml:"max_streams_per_source"`
+	// MaxStreamsPerConnection bounds the concurrent requests of one
+	// downstream HTTP/2 connection (its SETTINGS_MAX_CONCURRENT_STREAMS);
+	// an HTTP/1.1 connection carries one at a time anyway. Default 100.
+	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
+	// RequestBuffer is how much of a request body the ingress side
+	// collects before it opens a tunnel stream: a body of known length up
+	// to it is read whole first, a longer one until that much has
+	// arrived, one of unknown length (chunked) until its first bytes do.
+	// A user who is slow to send holds no tunnel stream meanwhile. gRPC
+	// calls, which may wait for the answer before sending, open at once.
+	// At most max_frame_size. Default 64KiB.
+	RequestBuffer Size `yaml:"request_buffer"`
+	// BodyTimeout is the longest wait for the next bytes of a request body
+	// (nginx's client_body_timeout) until the answer starts: past it the
+	// request is answered 408 and its tunnel stream freed. Default 30s.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// MinBodyRate is the lowest average rate, in bytes per second, at which
+	// a request body must arrive, measured from its first byte once
+	// min_rate_grace has passed and only while the gateway waits for the
+	// user (not while the tunnel or the upstream pushes back), until the
+	// answer starts. A slower body is answered 408. gRPC calls, whose
+	// messages may be sparse, are held to body_timeout only. Default
+	// 1KiB; "off" turns it off.
+	MinBodyRate SizeLimit `yaml:"min_body_rate"`
+	// MinRateGrace is how long a request body may take before min_body_rate
+	// applies. Default 10s.
+	MinRateGrace time.Duration `yaml:"min_rate_grace"`
+	// SendTimeout is the longest a write of the answer to the user may make
+	// no progress (nginx's send_timeout): past it the answer is cut and its
+	// tunnel stream freed, so that a reader who stopped reading holds
+	// nothing of the tunnel. Default 30s.
+	SendTimeout time.Duration `yaml:"send_timeout"`
+	// StreamIdleTimeout ends an exchange once its answer has started and no
+	// byte has moved either way for this long (Envoy's
+	// stream_idle_timeout): HTTP answers, server-sent events and gRPC
+	// streams. Long-lived streams that may be silent longer (gRPC watches
+	// without messages) need it raised. WebSockets and TCP rules are not
+	// timed. Default 5m.
+	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout"`
+	// H2MaxResets is how many streams an HTTP/2 client may reset
+	// (RST_STREAM) on one connection within 10 seconds; past it the
+	// connection is closed with GOAWAY (ENHANCE_YOUR_CALM), which stops
+	// rapid-reset floods. Default 200.
+	H2MaxResets int `yaml:"h2_max_resets"`
+	// SNIHostMismatch is what a TLS listener (public_https, listen_tls)
+	// does with a request whose Host is not the name the client asked for
+	// in its TLS handshake (SNI): "reject" answers 421 Misdirected Request
+	// (domain fronting is refused), "allow" routes by Host. A handshake
+	// without SNI (an IP address) is not checked. Default reject.
+	SNIHostMismatch string `yaml:"sni_host_mismatch"`
 	// RequestTimeout bounds the wait for the answer's head (S19), on both
 	// chains: a request with no answer started within it is cancelled and
 	// answered 504. Once the head is out, the answer may stream for as
@@ -265,9 +353,46 @@ type Limits struct {
 	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
+// Values of Limits.SNIHostMismatch.
+const (
+	SNIReject = "reject"
+	SNIAllow  = "allow"
+)
+
+// ParsePrefix parses a trusted_proxies entry: a CIDR ("10.0.0.0/8") or a
+// single address ("192.0.2.7", which is a /32 or /128).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// TrustedPrefixes returns TrustedProxies parsed (call it on a validated
+// configuration: entries that do not parse are skipped).
+func (c *Common) TrustedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		if p, err := ParsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // SizeLimit is a Size that can be turned off: in YAML an integer or a
-// number with a unit as for Size, or "unlimited" (or any negative integer),
-// which is stored as Unlimited.
+// number with a unit as for Size, or "unlimited" or "off" (or any negative
+// integer), which is stored as Unlimited.
 type SizeLimit int64
 
 // Unlimited is the value of a SizeLimit set to "unlimited".
@@ -276,7 +401,7 @@ const Unlimited SizeLimit = -1
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (s *SizeLimit) UnmarshalYAML(n *yaml.Node) error {
 	v := strings.TrimSpace(n.Value)
-	if strings.EqualFold(v, "unlimited") {
+	if strings.EqualFold(v, "unlimited") || strings.EqualFold(v, "off") {
 		*s = Unlimited
 		return nil
 	}
@@ -354,6 +479,31 @@ func (c *Common) SetDefaults() {
 		c.Limits.MaxBodySize = 10 << 20
 	}
 	setDuration(&c.Limits.RequestTimeout, 30*time.Second)
+	if c.Limits.MaxStreamsPerSource == 0 {
+		c.Limits.MaxStreamsPerSource = 100
+	}
+	if c.Limits.MaxStreamsPerConnection == 0 {
+		c.Limits.MaxStreamsPerConnection = 100
+	}
+	if c.Limits.RequestBuffer == 0 {
+		c.Limits.RequestBuffer = min(64<<10, c.Limits.MaxFrameSize)
+	}
+	setDuration(&c.Limits.BodyTimeout, 30*time.Second)
+	if c.Limits.MinBodyRate == 0 {
+		c.Limits.MinBodyRate = 1 << 10
+	}
+	setDuration(&c.Limits.MinRateGrace, 10*time.Second)
+	setDuration(&c.Limits.SendTimeout, 30*time.Second)
+	setDuration(&c.Limits.StreamIdleTimeout, 5*time.Minute)
+	if c.Limits.H2MaxResets == 0 {
+		c.Limits.H2MaxResets = 200
+	}
+	setString(&c.Limits.SNIHostMismatch, SNIReject)
+	if c.AuthThrottle.MaxFailures == 0 {
+		c.AuthThrottle.MaxFailures = 5
+	}
+	setDuration(&c.AuthThrottle.Window, time.Minute)
+	setDuration(&c.AuthThrottle.MaxBackoff, 15*time.Minute)
 	setDuration(&c.ShutdownGrace, 10*time.Second)
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "text")
@@ -478,6 +628,35 @@ func (c *Common) check(k *checker) {
 	} else if c.Limits.RequestTimeout < time.Millisecond {
 		k.add("limits.request_timeout", "%v is shorter than 1ms", c.Limits.RequestTimeout)
 	}
+	if c.Limits.MaxStreamsPerSource < -1 {
+		k.add("limits.max_streams_per_source", "must be at least 1, or -1 for no limit")
+	}
+	if c.Limits.MaxStreamsPerConnection < 1 {
+		k.add("limits.max_streams_per_connection", "must be at least 1")
+	}
+	if c.Limits.RequestBuffer < 0 || c.Limits.RequestBuffer > c.Limits.MaxFrameSize {
+		k.add("limits.request_buffer", "%d is outside 0..max_frame_size (%d)", c.Limits.RequestBuffer, c.Limits.MaxFrameSize)
+	}
+	k.positive("limits.body_timeout", c.Limits.BodyTimeout)
+	k.positive("limits.min_rate_grace", c.Limits.MinRateGrace)
+	k.positive("limits.send_timeout", c.Limits.SendTimeout)
+	k.positive("limits.stream_idle_timeout", c.Limits.StreamIdleTimeout)
+	if c.Limits.H2MaxResets < 1 {
+		k.add("limits.h2_max_resets", "must be at least 1")
+	}
+	if c.Limits.SNIHostMismatch != SNIReject && c.Limits.SNIHostMismatch != SNIAllow {
+		k.add("limits.sni_host_mismatch", "%q is neither %s nor %s", c.Limits.SNIHostMismatch, SNIReject, SNIAllow)
+	}
+	for i, p := range c.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			k.add(fmt.Sprintf("trusted_proxies[%d]", i), "%v", err)
+		}
+	}
+	if c.AuthThrottle.MaxFailures < 1 {
+		k.add("auth_throttle.max_failures", "must be at least 1")
+	}
+	k.positive("auth_throttle.window", c.AuthThrottle.Window)
+	k.positive("auth_throttle.max_backoff", c.AuthThrottle.MaxBackoff)
 	k.positive("shutdown_grace", c.ShutdownGrace)
 	if c.Runtime.MaxProcs < 0 {
 		k.add("runtime.max_procs", "must not be negative")

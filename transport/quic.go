@@ -32,13 +32,27 @@ type Config struct {
 	// MaxStreams is how many concurrent request streams the peer may open
 	// on one connection (S3). If zero, 1000.
 	MaxStreams int64 `yaml:"max_streams"`
-	// StreamWindow is the largest per-stream receive window in bytes. If
-	// zero, 8 MiB.
+	// StreamWindow is the largest per-stream receive window in bytes: how
+	// much of one request or answer may wait unread on this side. The
+	// window starts at 512 KiB (or StreamWindow if smaller) and grows while
+	// the stream is read promptly. If zero, 1 MiB.
 	StreamWindow uint64 `yaml:"stream_window"`
-	// ConnWindow is the largest per-connection receive window in bytes. If
-	// zero, 32 MiB.
+	// ConnWindow is the per-connection receive window in bytes, granted in
+	// full from the start: what all the streams of one connection may hold
+	// unread together. Data waiting for a stalled reader (a user who stops
+	// reading an answer) holds its stream's window and this one, so it is
+	// kept far above StreamWindow: 128 stalled streams are needed to fill
+	// it, more than one source may hold (limits.max_streams_per_source),
+	// and limits.send_timeout frees stalled ones. It bounds the memory a
+	// connection's unread data can take. If zero, 128 MiB.
 	ConnWindow uint64 `yaml:"conn_window"`
 }
+
+// Default receive windows (see Config).
+const (
+	DefaultStreamWindow = 1 << 20
+	DefaultConnWindow   = 128 << 20
+)
 
 func orDuration(v, d time.Duration) time.Duration {
 	if v > 0 {
@@ -58,19 +72,26 @@ func (c Config) QUIC() *quic.Config {
 	}
 	sw, cw := c.StreamWindow, c.ConnWindow
 	if sw == 0 {
-		sw = 8 << 20
+		sw = DefaultStreamWindow
 	}
 	if cw == 0 {
-		cw = 32 << 20
+		cw = DefaultConnWindow
 	}
 	return &quic.Config{
-		HandshakeIdleTimeout:       orDuration(c.HandshakeTimeout, 10*time.Second),
-		MaxIdleTimeout:             orDuration(c.IdleTimeout, 30*time.Second),
-		KeepAlivePeriod:            c.KeepAlivePeriod(),
-		MaxIncomingStreams:         streams,
-		MaxIncomingUniStreams:      -1,
+		HandshakeIdleTimeout:  orDuration(c.HandshakeTimeout, 10*time.Second),
+		MaxIdleTimeout:        orDuration(c.IdleTimeout, 30*time.Second),
+		KeepAlivePeriod:       c.KeepAlivePeriod(),
+		MaxIncomingStreams:    streams,
+		MaxIncomingUniStreams: -1,
+		// quic-go's own starting stream window, unless ours is smaller.
+		InitialStreamReceiveWindow: min(sw, 512<<10),
 		MaxStreamReceiveWindow:     sw,
-		MaxConnectionReceiveWindow: cw,
+		// The connection window is granted whole from the start: grown
+		// only as streams are read (quic-go's auto-tuning), it would stay
+		// small exactly when some streams stall, and a few stalled
+		// streams would then hold every other stream of the connection.
+		InitialConnectionReceiveWindow: cw,
+		MaxConnectionReceiveWindow:     cw,
 	}
 }
 
@@ -229,8 +250,7 @@ func (o Opener) OpenStream(ctx context.Context) (pipeline.Stream, error) {
 	if err == nil {
 		return Stream{S: s}, nil
 	}
-	var limit quic.StreamLimitReachedError
-	if !errors.As(err, &limit) {
+	if !IsStreamLimit(err) {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, orDuration(o.Wait, 10*time.Second))
@@ -243,6 +263,17 @@ func (o Opener) OpenStream(ctx context.Context) (pipeline.Stream, error) {
 		return nil, err
 	}
 	return Stream{S: s}, nil
+}
+
+// IsStreamLimit reports whether err says that the peer's limit of
+// concurrent streams is reached. quic-go returns the error as a pointer;
+// the value form is accepted too.
+func IsStreamLimit(err error) bool {
+	if _, ok := errors.AsType[*quic.StreamLimitReachedError](err); ok {
+		return true
+	}
+	_, ok := errors.AsType[quic.StreamLimitReachedError](err)
+	return ok
 }
 
 // StreamCode returns the reset code of a stream error, if err is one.
