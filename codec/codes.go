@@ -28,4 +28,9 @@ const (
 	ConnReplaced uint64 = 0x03
 	// ConnInternal: the sender failed.
 	ConnInternal uint64 = 0x04
+	// ConnThrottled: the server refused the login without checking the
+	// credentials, because of too many failed logins from the client's
+	// address (or, from an address the client id never logged in from,
+	// for its id). Retryable: the reason says when to try again.
+	ConnThrottled uint64 = 0x05
 )
