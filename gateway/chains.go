@@ -25,7 +25,8 @@ type chains struct {
 func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egressDir rules.Direction,
 	conns egress.ConnSource, pool *egress.Pool, k *kit, o options) (*chains, error) {
 	frame := int(c.Limits.MaxFrameSize)
-	dec, err := decode.New(decode.Config{MaxFrameSize: frame})
+	dec, err := decode.New(decode.Config{MaxFrameSize: frame, TrustedProxies: c.TrustedPrefixes(),
+		AllowSNIMismatch: c.Limits.SNIHostMismatch == config.SNIAllow})
 	if err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(c.chains.ingress, cfg.Limits, certs, cfg.ShutdownGrace, o.tracer, c.log, cfg.Log.Access)
+	c.listeners = newListenerSet(newIngressConfig(c.chains.ingress, &cfg.Common, o.tracer, c.log), certs, cfg.ShutdownGrace)
 	return c, nil
 }
 

@@ -103,19 +103,35 @@ func TestBothDirectionsHTTP1AndHTTP2(t *testing.T) {
 	}
 }
 
-func TestRequestIDFromUserIsKept(t *testing.T) {
+// TestRequestIDFromTrustedProxyIsKept: the id a trusted proxy sends is the
+// request's id on both sides and upstream; from anyone else it is
+// replaced.
+func TestRequestIDFromTrustedProxyIsKept(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, echoInfo("u"))
-	p := startPair(t, pairOpts{rules: []rules.Rule{reverseRule("rev", appHost, up.URL)}})
-	req, _ := http.NewRequest(http.MethodGet, p.publicURL("/"), nil)
-	req.Host = appHost
-	req.Header.Set("X-Request-Id", "my-trace-0001")
-	resp, err := h1Client(t).Do(req)
-	require.NoError(t, err)
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Equal(t, "my-trace-0001", field(t, string(b), "request-id"))
-	require.Equal(t, "my-trace-0001", resp.Header.Get("X-Request-Id"))
+	for _, trusted := range []bool{true, false} {
+		p := startPair(t, pairOpts{rules: []rules.Rule{reverseRule("rev", appHost, up.URL)},
+			serverMutate: func(c *config.Server) {
+				if trusted {
+					c.TrustedProxies = []string{"127.0.0.0/8"}
+				}
+			}})
+		req, _ := http.NewRequest(http.MethodGet, p.publicURL("/"), nil)
+		req.Host = appHost
+		req.Header.Set("X-Request-Id", "my-trace-0001")
+		resp, err := h1Client(t).Do(req)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		id := resp.Header.Get("X-Request-Id")
+		require.Equal(t, id, field(t, string(b), "request-id"), "the upstream sees the id the user is told")
+		if trusted {
+			require.Equal(t, "my-trace-0001", id)
+		} else {
+			require.NotEqual(t, "my-trace-0001", id, "an id from an untrusted peer is replaced")
+			require.Len(t, id, 16)
+		}
+	}
 }
 
 func TestHTTP2ToUpstream(t *testing.T) {

@@ -9,8 +9,10 @@ import (
 	"sync"
 
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http2"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/edgeguard"
 	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/stages/encode"
@@ -25,11 +27,29 @@ type ingressHandler struct {
 	access   bool           // log.access: each request's record at info
 	tracer   trace.Tracer   // nil: no request spans
 	inflight sync.WaitGroup // requests being handled, so shutdown can wait for them
+	abuse    func(kind string, remote net.Addr)
 }
 
 func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.inflight.Add(1)
 	defer h.inflight.Done()
+	if gc := edgeguard.FromContext(r.Context()); gc != nil {
+		if r.TLS == nil {
+			r.TLS = gc.TLS() // the listener, not net/http, ran the handshake
+		}
+		if r.ProtoMajor == 1 {
+			if refuse, reason := gc.NextRequest(); refuse {
+				// Served as net/http framed it, the request could differ
+				// from what a proxy in front saw: refuse it, and close, so
+				// that no byte after it is read as a request.
+				if h.abuse != nil {
+					h.abuse("ambiguous framing", gc.RemoteAddr())
+				}
+				httpx.WriteErrorClose(w, http.StatusBadRequest, "request framing is ambiguous ("+reason+")", httpx.NewRequestID())
+				return
+			}
+		}
+	}
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Request, x.Writer, x.Listener = r, w, h.listener
 	ctx := r.Context()
@@ -103,12 +123,21 @@ func errAttr(err error) slog.Attr {
 // newIngressServer returns the http.Server of an ingress listener: HTTP/1.1
 // and HTTP/2 without TLS (prior knowledge), with the configured limits.
 func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http.Server {
+	// HTTP/2 comes as h2c, or as h2 by ALPN over TLS, which the listener
+	// terminates (net/http sees plain bytes either way). It is served by
+	// golang.org/x/net/http2, whose server ends a connection with GOAWAY
+	// when a read fails with an http2.ConnectionError: the guard's way of
+	// closing abusive connections.
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		Protocols:         &protos,
+		ConnContext:       edgeguard.ConnContext,
+		// OPTIONS * goes to the handler, like every request: the framing
+		// check counts every request the connection carries.
+		DisableGeneralOptionsHandler: true,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
 		// HTTP/1.1: a head over it is answered 431. HTTP/2: it is the
@@ -125,9 +154,20 @@ func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http
 		HTTP2: &http.HTTP2Config{
 			SendPingTimeout: lim.ReadHeaderTimeout,
 			PingTimeout:     lim.ReadHeaderTimeout,
+			// Per connection: what one HTTP/2 client may have at once.
+			MaxConcurrentStreams: lim.MaxStreamsPerConnection,
+			// A connection whose writes make no progress (its reader
+			// stopped reading the socket) is closed.
+			WriteByteTimeout: lim.SendTimeout,
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// ConfigureServer fails only for TLS settings that HTTP/2 forbids,
+	// which the listener never uses.
+	if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
+		panic("gateway: configure HTTP/2: " + err.Error())
+	}
+	return srv
 }
 
 // listenTCP binds a TCP listener with a clear error.

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/edgeguard"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 )
@@ -32,31 +33,51 @@ type ingressListener interface {
 	abandon()
 }
 
+// ingressConfig is what every ingress listener of one side shares.
+type ingressConfig struct {
+	chain  pipeline.Handler
+	lim    config.Limits
+	tracer trace.Tracer // nil: no request spans
+	log    *slog.Logger
+	access bool // log.access: each request's record at info
+	// abuse is told of each connection ended for abuse (HTTP/2 rapid reset,
+	// CONTINUATION flood) and each request refused for its framing; nil:
+	// nobody is.
+	abuse func(kind string, remote net.Addr)
+}
+
+func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger) *ingressConfig {
+	return &ingressConfig{chain: chain, lim: c.Limits, tracer: tracer, log: log, access: c.Log.Access,
+		abuse: func(kind string, remote net.Addr) {
+			log.Debug("connection refused for abuse", "kind", kind, "remote", remote.String())
+		}}
+}
+
 // httpListener serves HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN over TLS).
+// Its connections are guarded (internal/edgeguard): the listener
+// terminates TLS itself, so that the guard sees plain bytes either way.
 type httpListener struct {
 	ln      net.Listener
 	srv     *http.Server
 	handler *ingressHandler
-	tls     bool
 	done    chan struct{}
 }
 
-func newHTTPListener(ln net.Listener, key string, chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, tracer trace.Tracer, log *slog.Logger, access bool) *httpListener {
-	h := &ingressHandler{chain: chain, listener: key, log: log, access: access, tracer: tracer}
+func newHTTPListener(ln net.Listener, key string, certs []tls.Certificate, ic *ingressConfig) *httpListener {
+	h := &ingressHandler{chain: ic.chain, listener: key, log: ic.log, access: ic.access, tracer: ic.tracer, abuse: ic.abuse}
+	gcfg := edgeguard.Config{
+		MaxHeaderBytes: int(ic.lim.MaxHeaderBytes),
+		H2MaxResets:    ic.lim.H2MaxResets,
+		SendTimeout:    ic.lim.SendTimeout,
+		OnAbuse:        ic.abuse,
+	}
 	if certs == nil {
 		ln = withReadAhead(ln) // over TLS, the TLS layer reads ahead
-	}
-	l := &httpListener{ln: ln, handler: h, srv: newIngressServer(h, lim, log), done: make(chan struct{})}
-	if certs != nil {
-		l.tls = true
-		var protos http.Protocols
-		protos.SetHTTP1(true)
-		protos.SetHTTP2(true)
-		l.srv.Protocols = &protos
+	} else {
 		// Certificates are picked by SNI; the rule by Host, as on plain HTTP.
-		l.srv.TLSConfig = &tls.Config{Certificates: certs, MinVersion: tls.VersionTLS12}
+		gcfg.TLS = edgeguard.TLSConfig(certs)
 	}
-	return l
+	return &httpListener{ln: edgeguard.NewListener(ln, gcfg), handler: h, srv: newIngressServer(h, ic.lim, ic.log), done: make(chan struct{})}
 }
 
 func (l *httpListener) addr() net.Addr { return l.ln.Addr() }
@@ -65,13 +86,7 @@ func (l *httpListener) abandon() { _ = l.ln.Close() }
 
 func (l *httpListener) serve() {
 	defer close(l.done)
-	var err error
-	if l.tls {
-		err = l.srv.ServeTLS(l.ln, "", "")
-	} else {
-		err = l.srv.Serve(l.ln)
-	}
-	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		l.handler.log.Error("listener failed", "listen", l.ln.Addr().String(), "err", err)
 	}
 }
@@ -204,13 +219,9 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 // starts them and retires the ones no rule needs any more (they drain in the
 // background). Safe for concurrent use.
 type listenerSet struct {
-	chain  pipeline.Handler
-	tracer trace.Tracer
-	lim    config.Limits
-	certs  []tls.Certificate // for listen_tls rules
-	log    *slog.Logger
-	access bool
-	grace  time.Duration
+	ic    *ingressConfig
+	certs []tls.Certificate // for listen_tls rules
+	grace time.Duration
 
 	mu      sync.Mutex
 	live    map[rules.Listener]ingressListener
@@ -219,9 +230,8 @@ type listenerSet struct {
 	wg      sync.WaitGroup    // serve loops and drains
 }
 
-func newListenerSet(chain pipeline.Handler, lim config.Limits, certs []tls.Certificate, grace time.Duration, tracer trace.Tracer, log *slog.Logger, access bool) *listenerSet {
-	return &listenerSet{chain: chain, lim: lim, certs: certs, grace: grace, tracer: tracer, log: log, access: access,
-		live: map[rules.Listener]ingressListener{}}
+func newListenerSet(ic *ingressConfig, certs []tls.Certificate, grace time.Duration) *listenerSet {
+	return &listenerSet{ic: ic, certs: certs, grace: grace, live: map[rules.Listener]ingressListener{}}
 }
 
 // pending is a set of listeners bound by prepare and not yet serving.
@@ -268,13 +278,13 @@ func (s *listenerSet) prepare(want []rules.Listener) (*pending, error) {
 
 func (s *listenerSet) make(w rules.Listener, ln net.Listener) ingressListener {
 	if w.Protocol == rules.ProtoTCP {
-		return newTCPListener(ln, w.Key(), s.chain, s.log, s.access)
+		return newTCPListener(ln, w.Key(), s.ic.chain, s.ic.log, s.ic.access)
 	}
 	var certs []tls.Certificate
 	if w.TLS {
 		certs = s.certs
 	}
-	return newHTTPListener(ln, w.Key(), s.chain, s.lim, certs, s.tracer, s.log, s.access)
+	return newHTTPListener(ln, w.Key(), certs, s.ic)
 }
 
 func (s *listenerSet) closeBound(p *pending) {
@@ -316,7 +326,7 @@ func (s *listenerSet) retireLocked(k rules.Listener) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.grace)
 		defer cancel()
 		if err := l.stop(ctx); err != nil {
-			s.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
+			s.ic.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
 		}
 	})
 }
@@ -355,7 +365,7 @@ func (s *listenerSet) shutdown(ctx context.Context) {
 	for k, l := range live {
 		wg.Go(func() {
 			if err := l.stop(ctx); err != nil {
-				s.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
+				s.ic.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
 			}
 		})
 	}

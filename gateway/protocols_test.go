@@ -338,7 +338,7 @@ func TestWebSocketThroughBothTunnels(t *testing.T) {
 		{"reverse ws", "ws://" + p.Server.PublicAddr().String() + "/ws", appHost, nil},
 		{"reverse wss", "wss://" + p.Server.PublicTLSAddr().String() + "/ws", "ws.app.test", tlsClient("ws.app.test")},
 		{"forward ws", "ws://" + p.Client.ForwardAddr("127.0.0.1:0").String() + "/ws", "", nil},
-		{"forward wss", "wss://" + p.Client.ForwardAddr("localhost:0").String() + "/ws", "", tlsClient("localhost")},
+		{"forward wss", "wss://" + p.Client.ForwardAddr("localhost:0").String() + "/ws", "localhost", tlsClient("localhost")},
 	} {
 		t.Run(tg.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -46,6 +46,7 @@ type Server struct {
 	streams  *streamServer
 
 	tunnelLn  *transport.Listener
+	ingress   *ingressConfig    // what the public and TCP listeners share
 	public    []ingressListener // public_http, then public_https if set
 	listeners *listenerSet      // reverse TCP rules' listeners
 	publicTLS []tls.Certificate
@@ -130,7 +131,8 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
-	s.listeners = newListenerSet(s.chains.ingress, cfg.Limits, nil, cfg.ShutdownGrace, o.tracer, s.log, cfg.Log.Access)
+	s.ingress = newIngressConfig(s.chains.ingress, &cfg.Common, o.tracer, s.log)
+	s.listeners = newListenerSet(s.ingress, nil, cfg.ShutdownGrace)
 	return s, nil
 }
 
@@ -187,14 +189,14 @@ func (s *Server) Start(ctx context.Context) error {
 		abandon()
 		return fmt.Errorf("public listener: %w", err)
 	}
-	s.public = append(s.public, newHTTPListener(pub, "", s.chains.ingress, s.cfg.Limits, nil, s.o.tracer, s.log, s.cfg.Log.Access))
+	s.public = append(s.public, newHTTPListener(pub, "", nil, s.ingress))
 	if s.cfg.PublicHTTPS != "" {
 		pubTLS, err := listenTCP(s.cfg.PublicHTTPS)
 		if err != nil {
 			abandon()
 			return fmt.Errorf("public HTTPS listener: %w", err)
 		}
-		s.public = append(s.public, newHTTPListener(pubTLS, "", s.chains.ingress, s.cfg.Limits, s.publicTLS, s.o.tracer, s.log, s.cfg.Log.Access))
+		s.public = append(s.public, newHTTPListener(pubTLS, "", s.publicTLS, s.ingress))
 	}
 	pend, err := s.listeners.prepare(s.store.Table().Listeners(rules.Reverse))
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +110,11 @@ type Exchange struct {
 	Conn *Conn
 	// Start is when the exchange was accepted.
 	Start time.Time
+	// Source is the address the user's request came from (ingress side,
+	// set by decode): the connection's peer, or, when the peer is a
+	// trusted proxy, the address it forwarded for. Per-source limits key
+	// on it.
+	Source netip.Addr
 
 	// Request is the user's request (ingress) or the request rebuilt from
 	// the stream (egress, set by decode). Its Body streams.

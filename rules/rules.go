@@ -262,6 +262,20 @@ func (r *Rule) Normalize() {
 	} else if !strings.HasPrefix(r.PathPrefix, "/") {
 		r.PathPrefix = "/" + r.PathPrefix
 	}
+	// Requests are matched by their escaped, normalised path (see
+	// NormalizePath): the prefix takes the same form.
+	r.PathPrefix = NormalizePath(escapedPath(r.PathPrefix))
+}
+
+// escapedPath returns p in escaped form: as it is if it is a valid escaped
+// path, else with the characters a path cannot hold escaped.
+func escapedPath(p string) string {
+	raw, err := url.PathUnescape(p)
+	if err != nil {
+		raw = p
+	}
+	u := url.URL{Path: raw, RawPath: p}
+	return u.EscapedPath()
 }
 
 // NormalizeHost lower-cases host and drops a port and a trailing dot;

@@ -261,3 +261,95 @@ func (s *Store) Load() *Table { return s.p.Load() }
 
 // Swap installs t and returns the table it replaced.
 func (s *Store) Swap(t *Table) *Table { return s.p.Swap(t) }
+
+// NormalizePath returns the canonical form of an escaped request path
+// (RFC 3986, section 6.2.2): percent-encoded unreserved characters decoded
+// ("%2e" is "."), then dot segments removed ("/a/./b/../c" is "/a/c"; a
+// ".." at the root stays at the root). Other escapes are left as they are,
+// so "%2F" stays data within a segment, never a separator; repeated slashes
+// are kept. Rules match, and upstreams receive, the normalised path, so
+// that "/api/../secret" cannot reach what only "/secret" should. A path
+// that does not start with "/" ("*", an absolute URL) is returned as is.
+// Paths with nothing to normalise are returned without allocating.
+func NormalizePath(p string) string {
+	if p == "" || p[0] != '/' || !needsNormalizing(p) {
+		return p
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			if c, ok := unhex2(p[i+1], p[i+2]); ok && unreserved(c) {
+				b = append(b, c)
+				i += 2
+				continue
+			}
+		}
+		b = append(b, p[i])
+	}
+	return removeDotSegments(string(b))
+}
+
+// needsNormalizing reports whether p has an escape or a "." or ".." segment.
+func needsNormalizing(p string) bool {
+	if strings.IndexByte(p, '%') >= 0 {
+		return true
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		rest := p[i+1:]
+		if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
+			return true
+		}
+	}
+	return false
+}
+
+func unhex2(a, b byte) (byte, bool) {
+	x, ok1 := unhex(a)
+	y, ok2 := unhex(b)
+	return x<<4 | y, ok1 && ok2
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// removeDotSegments is RFC 3986, section 5.2.4, for a path starting with
+// "/": segments "." are dropped, ".." drops the segment before it.
+func removeDotSegments(p string) string {
+	segs := strings.Split(p[1:], "/")
+	out := make([]string, 0, len(segs))
+	for i, s := range segs {
+		last := i == len(segs)-1
+		switch s {
+		case ".":
+			if last {
+				out = append(out, "") // "/a/." is "/a/"
+			}
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			if last {
+				out = append(out, "")
+			}
+		default:
+			out = append(out, s)
+		}
+	}
+	return "/" + strings.Join(out, "/")
+}

@@ -6,6 +6,7 @@ package httpx
 import (
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -77,9 +78,23 @@ func ValidRequestID(id string) bool {
 // WriteError answers with the gateway's own error: status, Retry-After when
 // positive, the request id, and a one-line plain-text body that says why.
 func WriteError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string) {
+	writeError(w, status, msg, retryAfter, requestID, false)
+}
+
+// WriteErrorClose is WriteError for a request after which the connection
+// must close (HTTP/1.1: Connection: close; net/http closes it once the
+// answer is out).
+func WriteErrorClose(w http.ResponseWriter, status int, msg string, requestID string) {
+	writeError(w, status, msg, 0, requestID, true)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string, closeConn bool) {
 	h := w.Header()
 	for k := range h {
 		delete(h, k)
+	}
+	if closeConn {
+		h.Set("Connection", "close")
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -166,4 +181,117 @@ func grpcPercentEncode(s string) string {
 		b.WriteByte(hex[c&0xf])
 	}
 	return b.String()
+}
+
+// ValidHost reports whether host is a Host header (or an HTTP/2
+// :authority) as RFC 9110 and RFC 3986 allow: a registered name (ASCII
+// letters, digits and "-._~!$&'()*+,;=" or percent escapes) or an IP
+// literal in brackets, then optionally ":" and a port of digits. Names
+// outside ASCII are refused: clients send internationalised names in
+// their ASCII (punycode) form. The empty host is valid (HTTP/1.0 without
+// Host).
+func ValidHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	name, port := host, ""
+	if host[0] == '[' {
+		end := strings.IndexByte(host, ']')
+		if end < 0 {
+			return false
+		}
+		if _, err := netip.ParseAddr(host[1:end]); err != nil {
+			return false
+		}
+		name, port = "", host[end+1:]
+		if port != "" {
+			if port[0] != ':' {
+				return false
+			}
+			port = port[1:]
+		}
+	} else if i := strings.IndexByte(host, ':'); i >= 0 {
+		name, port = host[:i], host[i+1:]
+		if name == "" {
+			return false
+		}
+	}
+	if len(port) > 5 {
+		return false
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return false
+		}
+	}
+	if port != "" {
+		if n, _ := strconv.Atoi(port); n > 65535 {
+			return false
+		}
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~!$&'()*+,;=", c) >= 0:
+		case c == '%' && i+2 < len(name) && isHex(name[i+1]) && isHex(name[i+2]):
+			i += 2
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// AddrOf returns the IP address of a net/http RemoteAddr ("ip:port"), or
+// the zero Addr if it has none.
+func AddrOf(remoteAddr string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		return ap.Addr().Unmap()
+	}
+	a, _ := netip.ParseAddr(ClientIP(remoteAddr))
+	return a.Unmap()
+}
+
+// Trusted reports whether a is in one of the prefixes.
+func Trusted(a netip.Addr, prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ForwardedSource returns the address a request came from when its peer
+// is a trusted proxy: walking X-Forwarded-For from the right (the entry
+// the nearest proxy added), the first address that is not a trusted proxy
+// itself; if every entry is trusted, the leftmost; peer if the header has
+// no usable entry.
+func ForwardedSource(xff []string, peer netip.Addr, trusted []netip.Prefix) netip.Addr {
+	src := peer
+	for i := len(xff) - 1; i >= 0; i-- {
+		v := xff[i]
+		for v != "" {
+			var entry string
+			if j := strings.LastIndexByte(v, ','); j >= 0 {
+				entry, v = v[j+1:], v[:j]
+			} else {
+				entry, v = v, ""
+			}
+			a, err := netip.ParseAddr(textproto.TrimString(entry))
+			if err != nil {
+				return src // a malformed entry: trust nothing left of it
+			}
+			src = a.Unmap()
+			if !Trusted(src, trusted) {
+				return src
+			}
+		}
+	}
+	return src
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
 )
 
 // Config configures the decode stage. The zero value is the default.
@@ -29,11 +31,22 @@ type Config struct {
 	// MaxFrameSize is the largest frame accepted from the tunnel, in bytes
 	// (S9). If zero, 64 KiB.
 	MaxFrameSize int
+	// TrustedProxies are the peers whose X-Forwarded-For, -Proto, -Host and
+	// X-Request-Id are kept (X-Forwarded-For appended to) and whose
+	// forwarded address is the request's source. From any other peer
+	// those headers are replaced. If empty, nobody is trusted.
+	TrustedProxies []netip.Prefix
+	// AllowSNIMismatch routes a request over TLS whose Host differs from
+	// the name the client gave in its handshake (SNI). If false, such a
+	// request is answered 421 Misdirected Request.
+	AllowSNIMismatch bool
 }
 
 // Decoder is the decode stage. Safe for concurrent use.
 type Decoder struct {
-	maxFrame int
+	maxFrame      int
+	trusted       []netip.Prefix
+	allowMismatch bool
 }
 
 // New returns a decode stage.
@@ -44,7 +57,7 @@ func New(cfg Config) (*Decoder, error) {
 	if cfg.MaxFrameSize == 0 {
 		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
 	}
-	return &Decoder{maxFrame: cfg.MaxFrameSize}, nil
+	return &Decoder{maxFrame: cfg.MaxFrameSize, trusted: cfg.TrustedProxies, allowMismatch: cfg.AllowSNIMismatch}, nil
 }
 
 // Name implements pipeline.Namer.
@@ -53,7 +66,7 @@ func (d *Decoder) Name() string { return "decode" }
 // Handle implements pipeline.Stage.
 func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	if x.Side == pipeline.Ingress {
-		if err := fromHTTP(x); err != nil {
+		if err := d.fromHTTP(x); err != nil {
 			return err
 		}
 		return next.Handle(ctx, x)
@@ -75,7 +88,7 @@ func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	return err
 }
 
-func fromHTTP(x *pipeline.Exchange) error {
+func (d *Decoder) fromHTTP(x *pipeline.Exchange) error {
 	r := x.Request
 	if r == nil {
 		if x.Downstream != nil {
@@ -83,17 +96,30 @@ func fromHTTP(x *pipeline.Exchange) error {
 		}
 		return errors.New("decode: ingress exchange without a request")
 	}
+	if !httpx.ValidHost(r.Host) {
+		return pipeline.Rejectf(http.StatusBadRequest, "malformed Host %q", r.Host)
+	}
+	if r.TLS != nil && r.TLS.ServerName != "" && !d.allowMismatch && !sameHost(r.TLS.ServerName, r.Host) {
+		return pipeline.Rejectf(http.StatusMisdirectedRequest, "this connection is for %q, not %q: open one for the host you want", r.TLS.ServerName, r.Host)
+	}
 	h := r.Header
-	id := h.Get(httpx.RequestIDHeader)
+	peer := httpx.AddrOf(r.RemoteAddr)
+	trusted := len(d.trusted) > 0 && httpx.Trusted(peer, d.trusted)
+	id := ""
+	var prior, proto, fhost []string
+	if trusted {
+		// A trusted proxy's view of the request is kept: the id it gave,
+		// the chain of addresses, and the scheme and host the user asked
+		// for.
+		id = h.Get(httpx.RequestIDHeader)
+		prior, proto, fhost = h["X-Forwarded-For"], h["X-Forwarded-Proto"], h["X-Forwarded-Host"]
+		x.Source = httpx.ForwardedSource(prior, peer, d.trusted)
+	} else {
+		x.Source = peer
+	}
 	if !httpx.ValidRequestID(id) {
 		id = httpx.NewRequestID()
 	}
-	// The four fields the gateway sets share the exchange's strings: the
-	// request is sent (encoded) before the exchange ends.
-	vals := x.Strings(4)
-	// Exactly one id crosses: the one in the logs.
-	vals[0] = id
-	h[httpx.RequestIDHeader] = vals[0:1:1]
 	x.ID = id
 	x.Protocol = protocolOf(r)
 	kind := codec.KindHTTP
@@ -103,6 +129,8 @@ func fromHTTP(x *pipeline.Exchange) error {
 		// upstream for: it crosses in the head of an upgrade stream.
 		kind, upgrade = codec.KindUpgrade, h["Upgrade"]
 	}
+	// Hop-by-hop fields go first, so that a Connection header naming the
+	// gateway's own fields cannot remove them: they are set after.
 	httpx.RemoveHopByHop(h)
 	if upgrade != nil {
 		h["Upgrade"] = upgrade
@@ -121,20 +149,35 @@ func fromHTTP(x *pipeline.Exchange) error {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	ip := httpx.ClientIP(r.RemoteAddr)
-	if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
+	// The four fields the gateway sets share the exchange's strings: the
+	// request is sent (encoded) before the exchange ends.
+	vals := x.Strings(4)
+	// Exactly one id crosses: the one in the logs.
+	vals[0] = id
+	h[httpx.RequestIDHeader] = vals[0:1:1]
+	ip := peer.String()
+	if !peer.IsValid() {
+		ip = httpx.ClientIP(r.RemoteAddr)
+	}
+	if len(prior) > 0 {
 		vals[1] = strings.Join(prior, ", ") + ", " + ip
 	} else {
 		vals[1] = ip
 	}
-	vals[2], vals[3] = scheme, r.Host
 	h["X-Forwarded-For"] = vals[1:2:2]
-	h["X-Forwarded-Proto"] = vals[2:3:3]
-	h["X-Forwarded-Host"] = vals[3:4:4]
-	target := r.RequestURI
-	if target == "" {
-		target = r.URL.RequestURI()
+	if len(proto) > 0 {
+		h["X-Forwarded-Proto"] = proto
+	} else {
+		vals[2] = scheme
+		h["X-Forwarded-Proto"] = vals[2:3:3]
 	}
+	if len(fhost) > 0 {
+		h["X-Forwarded-Host"] = fhost
+	} else {
+		vals[3] = r.Host
+		h["X-Forwarded-Host"] = vals[3:4:4]
+	}
+	target := requestTarget(r)
 	x.Head = codec.RequestHead{
 		Kind:          kind,
 		RequestID:     id,
@@ -151,6 +194,41 @@ func fromHTTP(x *pipeline.Exchange) error {
 		x.Head.ContentLength = 0
 	}
 	return nil
+}
+
+// requestTarget normalises r's path (rules.NormalizePath), makes r.URL
+// match it, and returns the target that crosses the tunnel: the normalised
+// path and the query as the user sent it. Routing and the upstream see the
+// same path.
+func requestTarget(r *http.Request) string {
+	u := r.URL
+	if u.Opaque != "" || r.RequestURI == "*" {
+		return r.RequestURI
+	}
+	ep := u.EscapedPath()
+	np := rules.NormalizePath(ep)
+	if np != ep {
+		if p, err := url.PathUnescape(np); err == nil {
+			u.Path, u.RawPath = p, np
+		}
+	}
+	if u.RawQuery == "" && !u.ForceQuery {
+		if np == r.RequestURI {
+			return r.RequestURI // the common case: nothing to build
+		}
+		return np
+	}
+	return np + "?" + u.RawQuery
+}
+
+// sameHost reports whether the Host of a request names the TLS server name
+// (SNI): equal without the port, in any case, without a trailing dot.
+func sameHost(sni, host string) bool {
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		host = host[:i]
+	}
+	host = strings.TrimSuffix(host, ".")
+	return strings.EqualFold(strings.TrimSuffix(sni, "."), host)
 }
 
 // fromTCP heads an exchange for a raw TCP connection.

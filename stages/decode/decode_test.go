@@ -3,11 +3,13 @@ package decode_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
@@ -86,7 +88,16 @@ func TestNew(t *testing.T) {
 
 func runIngress(t *testing.T, r *http.Request) (*pipeline.Exchange, *capture, error) {
 	t.Helper()
-	d := newDecoder(t, decode.Config{})
+	return runIngressWith(t, decode.Config{}, r)
+}
+
+// trustLoopback trusts the peer httptest.NewRequest gives (192.0.2.1) and
+// 10.0.0.0/8 as proxies.
+var trustProxies = decode.Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("10.0.0.0/8")}}
+
+func runIngressWith(t *testing.T, cfg decode.Config, r *http.Request) (*pipeline.Exchange, *capture, error) {
+	t.Helper()
+	d := newDecoder(t, cfg)
 	x := pipeline.Acquire(pipeline.Ingress)
 	t.Cleanup(x.Release)
 	x.Request = r
@@ -102,7 +113,7 @@ func TestIngressRequestID(t *testing.T) {
 		header   []string // X-Request-Id values sent; nil for none
 		wantKept string   // "" when a new id must be assigned
 	}{
-		{"valid id kept", []string{"client-req.42:a_b"}, "client-req.42:a_b"},
+		{"valid id from a trusted proxy kept", []string{"client-req.42:a_b"}, "client-req.42:a_b"},
 		{"invalid id replaced", []string{"bad id with spaces"}, ""},
 		{"too long id replaced", []string{strings.Repeat("a", 129)}, ""},
 		{"missing id assigned", nil, ""},
@@ -115,7 +126,7 @@ func TestIngressRequestID(t *testing.T) {
 			for _, v := range tt.header {
 				r.Header.Add(httpx.RequestIDHeader, v)
 			}
-			x, next, err := runIngress(t, r)
+			x, next, err := runIngressWith(t, trustProxies, r)
 			require.NoError(t, err)
 			require.True(t, next.called)
 			if tt.wantKept != "" {
@@ -138,7 +149,7 @@ func TestIngressDuplicateRequestIDs(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r.Header.Add(httpx.RequestIDHeader, "first-id")
 	r.Header.Add(httpx.RequestIDHeader, "second-id")
-	x, _, err := runIngress(t, r)
+	x, _, err := runIngressWith(t, trustProxies, r)
 	require.NoError(t, err)
 	require.Equal(t, "first-id", x.ID)
 	require.Equal(t, []string{"first-id"}, x.Head.Header.Values(httpx.RequestIDHeader))
@@ -165,22 +176,32 @@ func TestIngressHopByHopRemoved(t *testing.T) {
 	require.Equal(t, "trailers", h.Get("Te"))
 }
 
+// TestIngressForwardedHeaders: from a trusted proxy X-Forwarded-For is
+// appended to and X-Forwarded-Proto and -Host are kept; from anyone else
+// all three are replaced, whatever the user sent.
 func TestIngressForwardedHeaders(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name      string
-		target    string
-		remote    string
-		prior     []string
-		wantFor   string
-		wantProto string
+		name       string
+		target     string
+		remote     string
+		prior      []string
+		trusted    bool
+		wantFor    string
+		wantProto  string
+		wantHost   string
+		wantSource string
 	}{
-		{"no prior", "http://app.example.test/", "192.0.2.1:1234", nil, "192.0.2.1", "http"},
-		{"appended to one prior", "http://app.example.test/", "192.0.2.1:1234", []string{"203.0.113.7"}, "203.0.113.7, 192.0.2.1", "http"},
-		{"appended to several priors", "http://app.example.test/", "192.0.2.1:1234", []string{"203.0.113.7", "198.51.100.2, 198.51.100.3"},
-			"203.0.113.7, 198.51.100.2, 198.51.100.3, 192.0.2.1", "http"},
-		{"IPv6 client", "http://app.example.test/", "[::1]:5555", nil, "::1", "http"},
-		{"TLS listener", "https://app.example.test/", "192.0.2.1:1234", nil, "192.0.2.1", "https"},
+		{"no prior", "http://app.example.test/", "192.0.2.1:1234", nil, true, "192.0.2.1", "spoofed", "spoofed.test", "192.0.2.1"},
+		{"trusted: appended to one prior", "http://app.example.test/", "192.0.2.1:1234", []string{"203.0.113.7"}, true,
+			"203.0.113.7, 192.0.2.1", "spoofed", "spoofed.test", "203.0.113.7"},
+		{"trusted: appended to several priors, source skips trusted hops", "http://app.example.test/", "192.0.2.1:1234",
+			[]string{"203.0.113.7", "198.51.100.2, 10.1.2.3"}, true,
+			"203.0.113.7, 198.51.100.2, 10.1.2.3, 192.0.2.1", "spoofed", "spoofed.test", "198.51.100.2"},
+		{"untrusted: prior replaced", "http://app.example.test/", "192.0.2.99:1234", []string{"203.0.113.7"}, false,
+			"192.0.2.99", "http", "app.example.test", "192.0.2.99"},
+		{"untrusted IPv6 client", "http://app.example.test/", "[::1]:5555", []string{"1.2.3.4"}, false, "::1", "http", "app.example.test", "::1"},
+		{"untrusted TLS listener", "https://app.example.test/", "192.0.2.99:1234", nil, false, "192.0.2.99", "https", "app.example.test", "192.0.2.99"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,14 +213,101 @@ func TestIngressForwardedHeaders(t *testing.T) {
 			}
 			r.Header.Set("X-Forwarded-Proto", "spoofed")
 			r.Header.Set("X-Forwarded-Host", "spoofed.test")
-			x, _, err := runIngress(t, r)
+			x, _, err := runIngressWith(t, trustProxies, r)
 			require.NoError(t, err)
 			h := x.Head.Header
 			require.Equal(t, []string{tt.wantFor}, h.Values("X-Forwarded-For"))
 			require.Equal(t, []string{tt.wantProto}, h.Values("X-Forwarded-Proto"))
-			require.Equal(t, []string{"app.example.test"}, h.Values("X-Forwarded-Host"))
-			require.Equal(t, tt.wantProto, x.Head.Scheme)
+			require.Equal(t, []string{tt.wantHost}, h.Values("X-Forwarded-Host"))
+			require.Equal(t, tt.wantSource, x.Source.String())
 		})
+	}
+}
+
+// TestIngressUntrustedRequestIDReplaced: an id from a user who is not a
+// trusted proxy is never kept, and a Connection header cannot remove the
+// gateway's own fields.
+func TestIngressUntrustedRequestIDReplaced(t *testing.T) {
+	t.Parallel()
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Header.Set(httpx.RequestIDHeader, "chosen-by-the-user")
+	r.Header.Set("Connection", "X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host")
+	x, _, err := runIngress(t, r)
+	require.NoError(t, err)
+	require.Regexp(t, idShape, x.ID)
+	h := x.Head.Header
+	require.Equal(t, []string{x.ID}, h.Values(httpx.RequestIDHeader))
+	require.Equal(t, []string{"192.0.2.1"}, h.Values("X-Forwarded-For"))
+	require.Equal(t, []string{"http"}, h.Values("X-Forwarded-Proto"))
+	require.Equal(t, []string{"example.com"}, h.Values("X-Forwarded-Host"))
+}
+
+// TestIngressHostChecked: a Host that is not a host[:port] is refused with
+// 400 before routing; so is a name outside ASCII, which HTTP/1.1 refuses
+// and an HTTP/2 :authority must not get past either.
+func TestIngressHostChecked(t *testing.T) {
+	t.Parallel()
+	for _, host := range []string{"app.example:abc", "app.example:99999", "app.example:1:2", "ａｐｐ.example", "app example", "[::1", "[zz]:80", ":80"} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Host = host
+		_, next, err := runIngress(t, r)
+		var rej *pipeline.Reject
+		require.ErrorAs(t, err, &rej, "host %q", host)
+		require.Equal(t, http.StatusBadRequest, rej.Status, "host %q", host)
+		require.False(t, next.called)
+	}
+	for _, host := range []string{"app.example", "App.Example:8080", "127.0.0.1:80", "[::1]:443", "[::1]", "xn--caf-dma.example", ""} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Host = host
+		_, next, err := runIngress(t, r)
+		require.NoError(t, err, "host %q", host)
+		require.True(t, next.called)
+	}
+}
+
+// TestIngressSNIHostMismatch: over TLS, a Host other than the name of the
+// handshake gets 421 unless allowed.
+func TestIngressSNIHostMismatch(t *testing.T) {
+	t.Parallel()
+	req := func(sni, host string) *http.Request {
+		r := httptest.NewRequest(http.MethodGet, "https://"+host+"/", nil)
+		r.TLS = &tls.ConnectionState{ServerName: sni}
+		return r
+	}
+	_, _, err := runIngress(t, req("a.example", "b.example"))
+	var rej *pipeline.Reject
+	require.ErrorAs(t, err, &rej)
+	require.Equal(t, http.StatusMisdirectedRequest, rej.Status)
+	for _, host := range []string{"a.example", "A.Example:8443", "a.example."} {
+		_, next, err := runIngress(t, req("a.example", host))
+		require.NoError(t, err, host)
+		require.True(t, next.called)
+	}
+	_, next, err := runIngress(t, req("", "b.example"))
+	require.NoError(t, err, "no SNI (an IP address): nothing to compare")
+	require.True(t, next.called)
+	_, next, err = runIngressWith(t, decode.Config{AllowSNIMismatch: true}, req("a.example", "b.example"))
+	require.NoError(t, err)
+	require.True(t, next.called)
+}
+
+// TestIngressPathNormalised: dot segments and escaped dots are resolved
+// before routing, and the upstream gets the path that was routed.
+func TestIngressPathNormalised(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ target, wantPath, wantURLPath string }{
+		{"/api/../secret", "/secret", "/secret"},
+		{"/api/%2e%2e/secret?x=1", "/secret?x=1", "/secret"},
+		{"/api/./v1/%7Euser", "/api/v1/~user", "/api/v1/~user"},
+		{"/api%2F..%2Fsecret", "/api%2F..%2Fsecret", "/api/../secret"},
+		{"/plain?q=a%2Fb", "/plain?q=a%2Fb", "/plain"},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(http.MethodGet, tt.target, nil)
+		x, _, err := runIngress(t, r)
+		require.NoError(t, err, tt.target)
+		require.Equal(t, tt.wantPath, x.Head.Path, tt.target)
+		require.Equal(t, tt.wantURLPath, r.URL.Path, tt.target)
 	}
 }
 

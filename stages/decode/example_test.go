@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -15,8 +16,9 @@ import (
 
 // On the ingress side, decode turns the user's request into the head that
 // crosses the tunnel: hop-by-hop fields go, forwarding fields are added.
+// The request comes through a trusted proxy, whose request id is kept.
 func ExampleDecoder_ingress() {
-	d, err := decode.New(decode.Config{})
+	d, err := decode.New(decode.Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
 	if err != nil {
 		panic(err)
 	}
@@ -35,12 +37,14 @@ func ExampleDecoder_ingress() {
 	fmt.Println("head:", x.Head.Kind, x.Head.Method, x.Head.Authority, x.Head.Path, x.Head.ContentLength)
 	fmt.Println("X-Forwarded-For:", x.Head.Header.Get("X-Forwarded-For"))
 	fmt.Println("Connection kept:", x.Head.Header.Get("Connection") != "")
+	fmt.Println("source:", x.Source)
 	// Output:
 	// err: <nil>
 	// id: order-page-2
 	// head: http GET app.example.test /orders?page=2 0
 	// X-Forwarded-For: 192.0.2.10
 	// Connection kept: false
+	// source: 192.0.2.10
 }
 
 // On the egress side, decode reads the head and body frames from the tunnel

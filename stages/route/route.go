@@ -59,7 +59,9 @@ func (r *Router) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 			}
 			return next.Handle(ctx, x)
 		}
-		x.Rule = t.Match(x.Listener, req.Host, req.URL.Path)
+		// The escaped path, which decode normalised: an escaped "/" is
+		// data inside a segment, not a boundary a prefix can end on.
+		x.Rule = t.Match(x.Listener, req.Host, req.URL.EscapedPath())
 		if x.Rule == nil {
 			return pipeline.Rejectf(http.StatusNotFound, "no route for host %q and path %q", req.Host, req.URL.Path)
 		}
