@@ -132,14 +132,14 @@ func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
-		Handler:           h,
-		Protocols:         &protos,
-		ConnContext:       edgeguard.ConnContext,
+		Handler:     h,
+		Protocols:   &protos,
+		ConnContext: edgeguard.ConnContext,
 		// OPTIONS * goes to the handler, like every request: the framing
 		// check counts every request the connection carries.
 		DisableGeneralOptionsHandler: true,
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		IdleTimeout:       lim.IdleTimeout,
+		ReadHeaderTimeout:            lim.ReadHeaderTimeout,
+		IdleTimeout:                  lim.IdleTimeout,
 		// HTTP/1.1: a head over it is answered 431. HTTP/2: it is the
 		// SETTINGS_MAX_HEADER_LIST_SIZE, and a larger head gets 431 too.
 		MaxHeaderBytes: int(lim.MaxHeaderBytes),
