@@ -259,6 +259,31 @@ func TestBodyErrors(t *testing.T) {
 	}
 }
 
+// A DATA frame after END (or after TRAILERS) fails the body, and none of
+// its bytes are returned as body bytes, not even before the error: FuzzBody
+// found that Body.Read went on to read the payload of such a frame because
+// it looked at the unread DATA count before its error.
+func TestBodyReturnsNoDataAfterItsEnd(t *testing.T) {
+	t.Parallel()
+	for name, input := range map[string][]byte{
+		"after END":          codec.AppendData(codec.AppendEnd(codec.AppendData(nil, []byte("body"))), []byte("smuggled")),
+		"after TRAILERS":     codec.AppendData(codec.AppendTrailers(codec.AppendData(nil, []byte("body")), http.Header{"A": {"b"}}), []byte("smuggled")),
+		"END with a payload": append(codec.AppendFrameHeader(codec.AppendData(nil, []byte("body")), codec.FrameEnd, 8), "smuggled"...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var body codec.Body
+			body.Reset(codec.NewReader(bytes.NewReader(input), 64), nil)
+			got, err := io.ReadAll(&body)
+			require.ErrorIs(t, err, codec.ErrMalformed)
+			require.Equal(t, "body", string(got))
+			n, err := body.Read(make([]byte, 16))
+			require.Zero(t, n, "a failed body stays failed")
+			require.ErrorIs(t, err, codec.ErrMalformed)
+		})
+	}
+}
+
 func TestPutDataHeaderMatchesAppendData(t *testing.T) {
 	t.Parallel()
 	payload := []byte(strings.Repeat("x", 1000))

@@ -149,13 +149,16 @@ func (b *Body) Reset(r *Reader, trailer http.Header) {
 
 // Read implements io.Reader.
 func (b *Body) Read(p []byte) (int, error) {
-	for b.r.left == 0 {
-		if b.err != nil {
-			return 0, b.err
-		}
+	// The error is checked before the unread DATA count: a failed body
+	// may have a DATA frame open (one that came after END or TRAILERS),
+	// and its bytes are not part of the body.
+	for b.err == nil && b.r.left == 0 {
 		if b.err = b.next(); b.err != nil {
 			b.done.Store(true)
 		}
+	}
+	if b.err != nil {
+		return 0, b.err
 	}
 	if len(p) == 0 {
 		return 0, nil
@@ -189,7 +192,7 @@ func (b *Body) next() error {
 	case FrameData:
 		return nil
 	case FrameEnd:
-		return b.finish()
+		return b.finish(payload)
 	case FrameTrailers:
 		tr, err := ParseTrailers(payload)
 		if err != nil {
@@ -200,14 +203,14 @@ func (b *Body) next() error {
 		} else {
 			maps.Copy(b.Trailer, tr)
 		}
-		t, _, err := b.r.Next()
+		t, payload, err := b.r.Next()
 		if err != nil {
 			return noEOF(err)
 		}
 		if t != FrameEnd {
 			return fmt.Errorf("%w: %s after TRAILERS", ErrMalformed, t)
 		}
-		return b.finish()
+		return b.finish(payload)
 	case FrameError:
 		e, err := ParseError(payload)
 		if err != nil {
@@ -218,10 +221,14 @@ func (b *Body) next() error {
 	return fmt.Errorf("%w: unexpected %s in a body", ErrMalformed, t)
 }
 
-// finish checks that the stream ends right after END: a sender writes END
-// and closes its direction together. Reading that end (rather than leaving
-// it unread) is also what lets a QUIC stream complete and free its credit.
-func (b *Body) finish() error {
+// finish checks that END (whose payload is end) is empty and that the
+// stream ends right after it: a sender writes END and closes its direction
+// together. Reading that end (rather than leaving it unread) is also what
+// lets a QUIC stream complete and free its credit.
+func (b *Body) finish(end []byte) error {
+	if len(end) != 0 {
+		return fmt.Errorf("%w: END with a %d-byte payload", ErrMalformed, len(end))
+	}
 	t, _, err := b.r.Next()
 	switch {
 	case err == io.EOF:
