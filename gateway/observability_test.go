@@ -29,7 +29,7 @@ import (
 // /readyz of both sides, and that info logs stay quiet under traffic.
 
 // metricFamilies are every family metrics.New registers under the qtunnel
-// namespace (the metrics package pins their number at 24).
+// namespace (the metrics package pins their number at 26).
 var metricFamilies = []string{
 	"qtunnel_info",
 	"qtunnel_requests_total",
@@ -55,6 +55,8 @@ var metricFamilies = []string{
 	"qtunnel_quic_congestion_window_bytes",
 	"qtunnel_quic_bytes_sent_total",
 	"qtunnel_quic_bytes_received_total",
+	"qtunnel_auth_failures_total",
+	"qtunnel_auth_refused_total",
 }
 
 // withAdmin turns the admin listener on, on a loopback port of the

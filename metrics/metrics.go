@@ -139,6 +139,7 @@ type Metrics struct {
 
 	conns connCollector
 	pools poolCollector
+	auth  authSeries
 }
 
 // sideSeries are the children of one side label value.
@@ -192,6 +193,7 @@ func New(role string) *Metrics {
 	m.reg.MustRegister(m.applyDuration)
 	m.reconnects = f.counter("reconnects_total", "Connections to the server after the first (client side).")
 	m.sessions = f.gauge("sessions", "Client sessions the server holds, connected or within their TTL.")
+	m.auth.init(f)
 
 	for _, s := range []pipeline.Side{pipeline.Ingress, pipeline.Egress} {
 		m.sides[s].Store(m.newSideSeries(s))
