@@ -4,7 +4,9 @@
 //
 // It is meant for operators and scrapers, not users: by default it only
 // binds loopback addresses, and on any other address it requires a bearer
-// token. Endpoints:
+// token. With a Throttle (WithThrottle), an address that sent too many
+// missing or wrong tokens is answered 429 with Retry-After, unchecked.
+// Endpoints:
 //
 //	/healthz       200 "ok" while the process serves HTTP at all; never needs the token
 //	/readyz        200 "ready", or 503 with the reason the side is not ready
@@ -25,6 +27,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -95,6 +99,7 @@ type options struct {
 	config   func() any
 	handlers []extra
 	log      *slog.Logger
+	throttle Throttle
 }
 
 type extra struct {
@@ -127,13 +132,31 @@ func WithHandler(pattern string, h http.Handler) Option {
 // WithLogger sets the logger. Default slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
+// Throttle limits token guessing per source address. With a token set,
+// every request that needs it asks Allow first; a refused request is
+// answered 429 with Retry-After, its token unchecked. A missing or wrong
+// token is reported to Failed, the right one to Succeeded. The throttle
+// logs and counts what it refuses. Its methods must be safe for concurrent
+// use.
+type Throttle interface {
+	Allow(src netip.Addr) (retryAfter time.Duration, ok bool)
+	Failed(src netip.Addr)
+	Succeeded(src netip.Addr)
+}
+
+// WithThrottle throttles failed token checks with t (the gateway passes
+// one built from the auth_throttle settings). Without it, every request
+// is checked.
+func WithThrottle(t Throttle) Option { return func(o *options) { o.throttle = t } }
+
 // Server is the admin listener. Create it with New; Start binds and serves,
 // Shutdown stops. Its methods are safe for concurrent use.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	handler http.Handler
-	token   [sha256.Size]byte // hash of cfg.Token, when set
+	cfg      Config
+	log      *slog.Logger
+	handler  http.Handler
+	token    [sha256.Size]byte // hash of cfg.Token, when set
+	throttle Throttle          // nil: none
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -154,7 +177,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s := &Server{cfg: cfg, log: o.log}
+	s := &Server{cfg: cfg, log: o.log, throttle: o.throttle}
 	if cfg.Token != "" {
 		s.token = sha256.Sum256([]byte(cfg.Token))
 	}
@@ -246,13 +269,41 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		h := w.Header()
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
-		if s.cfg.Token != "" && r.URL.Path != "/healthz" && !s.authorized(r) {
-			h.Set("WWW-Authenticate", `Bearer realm="qtunnel admin"`)
-			writeText(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		if s.cfg.Token != "" && r.URL.Path != "/healthz" && !s.checkToken(w, r) {
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// checkToken answers r itself and returns false unless it carries the
+// token: 401 for a missing or wrong one, 429 without a check when the
+// throttle refuses its source.
+func (s *Server) checkToken(w http.ResponseWriter, r *http.Request) bool {
+	var src netip.Addr
+	if s.throttle != nil {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			src = ap.Addr().Unmap()
+		}
+		if wait, ok := s.throttle.Allow(src); !ok {
+			secs := int64((wait + time.Second - 1) / time.Second) // rounded up: not before
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+			writeText(w, http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from this address; retry in %ds", secs))
+			return false
+		}
+	}
+	if !s.authorized(r) {
+		if s.throttle != nil {
+			s.throttle.Failed(src)
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="qtunnel admin"`)
+		writeText(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		return false
+	}
+	if s.throttle != nil {
+		s.throttle.Succeeded(src)
+	}
+	return true
 }
 
 // authorized reports whether r carries the token. Both sides are hashed
