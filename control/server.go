@@ -28,8 +28,13 @@ type ServerPeer struct {
 
 // Handshake reads the client's HELLO (within timeout) and checks its version
 // and token. On failure it sends REJECT and returns an error; the caller then
-// closes the connection with codec.ConnAuthFailed (or ConnProtocol).
-func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Duration) (*ServerPeer, error) {
+// closes the connection with codec.ConnAuthFailed (or ConnProtocol). With
+// WithGate, the gate may refuse the attempt before the token is checked.
+func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Duration, opts ...HandshakeOption) (*ServerPeer, error) {
+	var o handshakeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	w := newWire(s)
 	t, p, err := w.recvWithin(ctx, timeout)
 	if err != nil {
@@ -48,6 +53,11 @@ func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Durati
 			return codec.AppendReject(b, &codec.Error{Status: http.StatusUpgradeRequired, Message: msg})
 		})
 		return nil, fmt.Errorf("%w: %s", codec.ErrMalformed, msg)
+	}
+	if o.gate != nil {
+		if err := o.gate(hello.ClientID); err != nil {
+			return nil, fmt.Errorf("client %q refused before its token was checked: %w", hello.ClientID, err)
+		}
 	}
 	if !tokens.Check(hello.ClientID, hello.Token) {
 		_ = w.send(func(b []byte) []byte {
