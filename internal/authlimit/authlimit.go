@@ -440,7 +440,8 @@ func (l *Limiter) recordOf(e *entry, isID bool, now time.Time) record {
 	if now.Before(e.blockedUntil) || e.engaged {
 		attrs = append(attrs, slog.Duration("backoff", e.backoff))
 		if now.Before(e.blockedUntil) {
-			attrs = append(attrs, slog.Duration("retry_in", e.blockedUntil.Sub(now).Round(time.Second)))
+			left := e.blockedUntil.Sub(now)
+			attrs = append(attrs, slog.Duration("retry_in", (left+time.Second-1).Truncate(time.Second)))
 		}
 	}
 	e.reset(now)
