@@ -144,7 +144,15 @@ func (c *Client) Run(ctx context.Context) error {
 				break
 			}
 			d := backoff.Next()
-			c.log.Warn("cannot reach server; retrying", "server", c.cfg.Server, "in", d.Round(time.Millisecond), "attempt", backoff.Attempt(), "err", err)
+			if wait, ok := throttledWait(err); ok {
+				// Too many failed logins from this address: retried
+				// (unlike a wrong token), once the server checks again.
+				d = max(d, wait)
+				c.log.Warn("server is throttling logins from this address (too many failed logins); retrying",
+					"server", c.cfg.Server, "in", d.Round(time.Millisecond), "attempt", backoff.Attempt(), "err", err)
+			} else {
+				c.log.Warn("cannot reach server; retrying", "server", c.cfg.Server, "in", d.Round(time.Millisecond), "attempt", backoff.Attempt(), "err", err)
+			}
 			if !sleep(ctx, d) {
 				break
 			}

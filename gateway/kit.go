@@ -10,6 +10,7 @@ import (
 
 	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/authlimit"
 	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
@@ -18,12 +19,17 @@ import (
 )
 
 // kit is what both sides set up the same way: metrics, the rate limiter,
-// the upstream breaker and the admin listener.
+// the upstream breaker, the admin listener and the login throttles.
 type kit struct {
 	m       *metrics.Metrics
 	limiter *ratelimit.Limiter
 	breaker *breaker.Breaker
 	admin   *admin.Server
+
+	// adminLogins throttles admin requests with a wrong token;
+	// tunnelLogins (server only, nil on a client) tunnel handshakes.
+	adminLogins  *authlimit.Limiter
+	tunnelLogins *authlimit.Limiter
 }
 
 // newKit builds the kit of one side. store is the side's rule table, used to
@@ -51,8 +57,16 @@ func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger,
 	if k.breaker, err = breaker.New(c.Breaker, breaker.WithLogger(log), breaker.OnStateChange(onChange)); err != nil {
 		return nil, err
 	}
+	if k.adminLogins, err = newLoginLimiter(metrics.AuthAdmin, c.AuthThrottle, log, k.m); err != nil {
+		return nil, err
+	}
+	if role == "server" {
+		if k.tunnelLogins, err = newLoginLimiter(metrics.AuthTunnel, c.AuthThrottle, log, k.m); err != nil {
+			return nil, err
+		}
+	}
 	k.admin, err = admin.New(c.Admin, append([]admin.Option{admin.WithMetrics(k.m.Handler()), admin.WithReady(ready),
-		admin.WithConfig(view), admin.WithLogger(log)}, extra...)...)
+		admin.WithConfig(view), admin.WithLogger(log), admin.WithThrottle(adminThrottle{k.adminLogins})}, extra...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -65,10 +79,14 @@ func (k *kit) start(ctx context.Context) error {
 }
 
 // stop stops the admin listener: last, so that the drain can be watched.
+// The login throttles then log the counts they hold and stop their timers.
 func (k *kit) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return k.admin.Shutdown(ctx)
+	err := k.admin.Shutdown(ctx)
+	k.adminLogins.Close()
+	k.tunnelLogins.Close()
+	return err
 }
 
 // watchPool makes the side's egress pool report its connections at each

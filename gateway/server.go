@@ -266,13 +266,23 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnProtocol), "no control stream")
 		return
 	}
-	peer, err := control.Handshake(ctx, cs, *s.tokens.Load(), s.cfg.Limits.HandshakeTimeout)
+	tokens := *s.tokens.Load()
+	login := newTunnelLogin(s.kit.tunnelLogins, tokens, qc.RemoteAddr())
+	peer, err := control.Handshake(ctx, cs, tokens, s.cfg.Limits.HandshakeTimeout, control.WithGate(login.gate))
+	login.done(err)
+	if login.throttled() {
+		// Refused unchecked: the login throttle logs it, once per window.
+		s.log.Debug("client login throttled", "remote", remote, "client", login.attempt.ID, "retry_in", login.wait)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnThrottled), control.ThrottledReason(login.wait))
+		return
+	}
 	if err != nil {
-		code, reason := codec.ConnProtocol, "control handshake failed"
+		code, reason, level := codec.ConnProtocol, "control handshake failed", slog.LevelWarn
 		if errors.Is(err, control.ErrUnauthenticated) {
-			code, reason = codec.ConnAuthFailed, control.RejectReason
+			// The login throttle logs failed logins, once per window.
+			code, reason, level = codec.ConnAuthFailed, control.RejectReason, slog.LevelDebug
 		}
-		s.log.Warn("client refused", "remote", remote, "err", err)
+		s.log.Log(context.Background(), level, "client refused", "remote", remote, "err", err)
 		// Give the REJECT a moment to arrive: the client hangs up when it
 		// reads it. The close carries the reason too, in case it does not.
 		_ = cs.Close()
