@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -278,15 +279,18 @@ func escapedPath(p string) string {
 	return u.EscapedPath()
 }
 
-// NormalizeHost lower-cases host and drops a port and a trailing dot;
+// NormalizeHost lower-cases host and drops a port and trailing dots;
 // internationalised names become their ASCII (punycode) form, the one
-// HTTP clients send.
+// HTTP clients send. Every trailing dot goes, including one the IDNA
+// conversion makes of a full stop such as U+3002, so that a host is
+// normalised once and for all: a rule's host (normalised when the table is
+// built) must equal a request's Host normalised once.
 func NormalizeHost(host string) string {
-	host = strings.TrimSuffix(stripPort(host), ".")
+	host = strings.TrimRight(stripPort(host), ".")
 	for i := 0; i < len(host); i++ {
 		if host[i] >= 0x80 {
 			if a, err := idna.Lookup.ToASCII(host); err == nil {
-				return a
+				return strings.TrimRight(a, ".")
 			}
 			break
 		}
@@ -319,6 +323,9 @@ func (r *Rule) Validate(i int) error {
 	}
 	if !idPattern.MatchString(r.Client) {
 		return fail("client", "%q is not a valid client id", r.Client)
+	}
+	if field, v := invalidUTF8(r); field != "" {
+		return fail(field, "%q is not valid UTF-8", v)
 	}
 	if r.Protocol != ProtoHTTP && r.Protocol != ProtoTCP {
 		return fail("protocol", "%q is neither %q nor %q", r.Protocol, ProtoHTTP, ProtoTCP)
@@ -365,7 +372,9 @@ func (r *Rule) Validate(i int) error {
 	if r.ListenTLS && r.Direction != Forward {
 		return fail("listen_tls", "only forward rules have their own listener; reverse rules use the server's public_https listener")
 	}
-	if strings.ContainsAny(r.Host, "/ ?#@") {
+	// A host that normalising again would change ("[a:1]:2" is "a:1",
+	// which is host a, port 1) can never equal a request's Host.
+	if strings.ContainsAny(r.Host, "/ ?#@") || NormalizeHost(r.Host) != r.Host {
 		return fail("host", "%q is not a host name", r.Host)
 	}
 	if strings.ContainsAny(r.PathPrefix, "?# ") {
@@ -395,6 +404,32 @@ func (r *Rule) Validate(i int) error {
 		}
 	}
 	return nil
+}
+
+// invalidUTF8 returns the key and value of the first text setting of r
+// that is not valid UTF-8, or "". Rules travel to clients as JSON, which
+// would replace the invalid bytes: the client would apply another rule
+// than the one validated here.
+func invalidUTF8(r *Rule) (string, string) {
+	for _, f := range [...]struct{ key, v string }{
+		{"host", r.Host}, {"path_prefix", r.PathPrefix}, {"listen", r.Listen},
+		{"upstream", r.Upstream}, {"load_balance", r.LoadBalance},
+		{"upstream_ca_file", r.UpstreamCAFile}, {"upstream_server_name", r.UpstreamServerName},
+		{"host_header", r.HostHeader},
+	} {
+		if !utf8.ValidString(f.v) {
+			return f.key, f.v
+		}
+	}
+	for j, u := range r.Upstreams {
+		if !utf8.ValidString(u) {
+			return fmt.Sprintf("upstreams[%d]", j), u
+		}
+	}
+	if r.HealthCheck != nil && !utf8.ValidString(r.HealthCheck.Path) {
+		return "health_check.path", r.HealthCheck.Path
+	}
+	return "", ""
 }
 
 func upstreamField(r *Rule) string {
