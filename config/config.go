@@ -685,7 +685,7 @@ func (c *Common) check(k *checker) {
 	default:
 		k.add("tracing.exporter", "%q is not one of \"\", otlp-grpc, otlp-http", c.Tracing.Exporter)
 	}
-	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+	if r := c.Tracing.SampleRatio; r != nil && !(*r >= 0 && *r <= 1) { // also catches NaN (.nan)
 		k.add("tracing.sample_ratio", "%v is outside 0..1", *r)
 	}
 	if err := c.Admin.Validate(); err != nil {
@@ -722,6 +722,7 @@ func (c *Server) Validate() error {
 	checkCerts(&k, "public_tls", c.PublicTLS)
 	k.positive("sync.hash_check_interval", c.Sync.HashCheckInterval)
 	k.positive("sync.full_sync_interval", c.Sync.FullSyncInterval)
+	k.positive("sync.config_poll_interval", c.Sync.ConfigPollInterval) // a negative one made the file watcher's NewTicker panic
 	k.positive("sessions.sweep_interval", c.Sessions.SweepInterval)
 	k.positive("sessions.ttl", c.Sessions.TTL)
 	clients := map[string]bool{}
