@@ -175,6 +175,7 @@ func TestTunnelLoginFloodIsThrottled(t *testing.T) {
 		return f == maxFailures && r == 200-maxFailures
 	}, "qtunnel_auth_failures_total and qtunnel_auth_refused_total count the flood")
 	warns := warnings(srvLog)
+	t.Logf("server warnings after 200 failed logins:\n%s", strings.Join(warns, "\n"))
 	require.LessOrEqual(t, len(warns), 3, "a handful of warnings for 200 failed logins, not one each:\n%s", strings.Join(warns, "\n"))
 	recs := loginRecords(srvLog, "tunnel")
 	require.NotEmpty(t, recs, "the flood is logged:\n%s", strings.Join(warns, "\n"))
@@ -237,6 +238,7 @@ func TestTunnelLoginIDFloodSparesKnownAddress(t *testing.T) {
 	f, r := authCounts(t, p.Server.AdminAddr(), "127.0.0.1", "", "tunnel")
 	require.Equal(t, float64(4*maxFailures+1), f)
 	require.Equal(t, 1.0, r)
+	t.Logf("server warnings:\n%s", strings.Join(warnings(srvLog), "\n"))
 	idRecs := 0
 	for _, rec := range loginRecords(srvLog, "tunnel") {
 		if rec.attrs["client_id"] == clientID {
@@ -342,6 +344,7 @@ func TestAdminLoginFloodIsThrottled(t *testing.T) {
 	require.Equal(t, float64(maxFailures), f)
 	require.Equal(t, float64(200-maxFailures+1), r)
 	recs := loginRecords(srvLog, "admin")
+	t.Logf("server warnings after 200 failed admin logins:\n%s", strings.Join(warnings(srvLog), "\n"))
 	require.Len(t, recs, 1, "one record for the flood:\n%s", strings.Join(warnings(srvLog), "\n"))
 	require.Equal(t, "127.0.0.1", recs[0].attrs["source"])
 	require.NotEmpty(t, recs[0].attrs["failures"])
