@@ -38,7 +38,8 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, err
 	}
-	tun, err := egress.NewTunnel(egress.TunnelConfig{Conns: conns, MaxFrameSize: frame, Streams: k.m})
+	tun, err := egress.NewTunnel(egress.TunnelConfig{Conns: conns, MaxFrameSize: frame, Streams: k.m,
+		RequestBuffer: int(c.Limits.RequestBuffer), MaxStreamsPerSource: max(c.Limits.MaxStreamsPerSource, 0)})
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +70,21 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// (egress.response_header_timeout, a 504 the breaker counts), so a
 	// second timer would only cost a context and a request copy per
 	// request (3 allocations).
-	ingReq, err := limit.New(limit.Config{MaxBodySize: c.Limits.MaxBodySize.Bytes(), RequestTimeout: c.Limits.RequestTimeout, Name: "request_limit"})
+	//
+	// It also holds the user to the pace of a live client: the body must
+	// keep coming (body_timeout, min_body_rate) until the answer starts,
+	// the answer must be read (send_timeout; on HTTP/1 the listener's
+	// connection guard does it) and must not sit idle (stream_idle_timeout).
+	ingReq, err := limit.New(limit.Config{
+		MaxBodySize:       c.Limits.MaxBodySize.Bytes(),
+		RequestTimeout:    c.Limits.RequestTimeout,
+		BodyTimeout:       c.Limits.BodyTimeout,
+		MinBodyRate:       c.Limits.MinBodyRate.Bytes(),
+		MinRateGrace:      c.Limits.MinRateGrace,
+		SendTimeout:       c.Limits.SendTimeout,
+		StreamIdleTimeout: c.Limits.StreamIdleTimeout,
+		Name:              "request_limit",
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http2"
@@ -45,7 +46,8 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if h.abuse != nil {
 					h.abuse("ambiguous framing", gc.RemoteAddr())
 				}
-				httpx.WriteErrorClose(w, http.StatusBadRequest, "request framing is ambiguous ("+reason+")", httpx.NewRequestID())
+				httpx.WriteErrorClose(w, http.StatusBadRequest, "request framing is ambiguous ("+reason+")", 0, httpx.NewRequestID())
+				_ = http.NewResponseController(w).SetReadDeadline(time.Now()) // nothing more is read
 				return
 			}
 		}
@@ -75,6 +77,13 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			slog.Duration("took", timeSince(x)), errAttr(err))
 	}
 	x.Release()
+	if r.ProtoMajor == 1 && r.ContentLength != 0 && w.Header().Get("Connection") == "close" {
+		// The answer closes the connection because the body was not read
+		// to its end; net/http would still read the rest of it when the
+		// handler returns (to reuse the connection it is closing), for as
+		// long as the user cares not to send it. It is not wanted.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 	if abort {
 		// The head is out; the only honest signal left is to cut the
 		// response short (HTTP/1.1: close; HTTP/2: RST_STREAM).
@@ -85,7 +94,7 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // fail answers err if nothing was written yet; it reports whether the
 // response must be aborted instead.
 func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err error) bool {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !tooSlow(err) {
 		return false // the user went away; nobody to answer
 	}
 	var gone encode.UserGoneError
@@ -101,8 +110,21 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 		httpx.WriteGRPCError(x.Writer, status, msg, retry, x.ID)
 		return false
 	}
+	if x.Request != nil && x.Request.ProtoMajor == 1 && x.Request.ContentLength != 0 {
+		// The body may be unread: close rather than wait for it.
+		httpx.WriteErrorClose(x.Writer, status, msg, retry, x.ID)
+		return false
+	}
 	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
 	return false
+}
+
+// tooSlow reports whether err is the 408 of a user too slow to send: the
+// request's context may be done (net/http's HTTP/1 server ends it on the
+// read that timed out), but the user may be there to read the answer.
+func tooSlow(err error) bool {
+	rej, ok := errors.AsType[*pipeline.Reject](err)
+	return ok && rej.Status == http.StatusRequestTimeout
 }
 
 // ruleID is the id of the rule x matched, "" when it matched none.

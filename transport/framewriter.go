@@ -68,6 +68,42 @@ func (w *FrameWriter) Release() {
 	w.dst = nil
 }
 
+// Attach makes w write to dst from now on, keeping what is pending: a
+// writer can collect a head and the start of a body before its stream
+// exists.
+func (w *FrameWriter) Attach(dst io.Writer) { w.dst = dst }
+
+// Fill reads src into one DATA frame, without writing anything, until src
+// ends (eof), max bytes were read, or, if first is set, some bytes were
+// read. max is cut to the room the buffer has left for one frame. A read
+// error is returned as is, with what was read before it kept pending.
+func (w *FrameWriter) Fill(src io.Reader, max int, first bool) (n int, eof bool, err error) {
+	b := w.buf.B
+	start := len(b)
+	max = min(max, w.chunk, cap(b)-start-codec.DataHeaderLen)
+	if max <= 0 {
+		return 0, false, nil
+	}
+	room := b[start+codec.DataHeaderLen : start+codec.DataHeaderLen+max]
+	for n < max {
+		var m int
+		m, err = src.Read(room[n:])
+		n += m
+		if err == io.EOF {
+			eof, err = true, nil
+			break
+		}
+		if err != nil || (first && n > 0) {
+			break
+		}
+	}
+	if n > 0 {
+		codec.PutDataHeader(b[start:start+codec.DataHeaderLen], n)
+		w.buf.B = b[:start+codec.DataHeaderLen+n]
+	}
+	return n, eof, err
+}
+
 // Pending returns the number of bytes waiting for Flush.
 func (w *FrameWriter) Pending() int { return len(w.buf.B) }
 

@@ -23,6 +23,7 @@ package edgeguard
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,13 @@ type Conn struct {
 // GOAWAY (ENHANCE_YOUR_CALM).
 var errAbuse = http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 
+// kindNoPreface is what inspect reports for a TLS connection that chose
+// HTTP/2 by ALPN and did not open with the HTTP/2 preface.
+const kindNoPreface = "no preface"
+
+// goAwayProtocolError is a GOAWAY frame: last stream 0, PROTOCOL_ERROR.
+var goAwayProtocolError = []byte{0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, byte(http2.ErrCodeProtocol)}
+
 // Read reads from the connection and follows what it reads.
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.abuse != nil {
@@ -131,7 +139,16 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 	}
 	if n > 0 {
-		if kind := c.inspect(p[:n]); kind != "" {
+		if kind := c.inspect(p[:n]); kind == kindNoPreface {
+			// ALPN chose HTTP/2 and the client sent something else:
+			// net/http would read it as HTTP/1.1. Nothing was written
+			// yet, so a GOAWAY can go first (RFC 9113, section 3.4).
+			_, _ = c.Conn.Write(goAwayProtocolError)
+			// io.EOF: net/http closes quietly (any other error would get
+			// an HTTP/1.1 400 written after the GOAWAY).
+			c.abuse = io.EOF
+			return 0, c.abuse
+		} else if kind != "" {
 			c.abuse = errAbuse
 			if c.cfg.OnAbuse != nil {
 				c.cfg.OnAbuse(kind, c.RemoteAddr())
@@ -157,6 +174,9 @@ func (c *Conn) inspect(p []byte) string {
 			}
 			c.mode.Store(modeH2)
 			return c.h2.feed(p[m:], time.Now)
+		}
+		if st := c.tls.Load(); st != nil && st.NegotiatedProtocol == "h2" {
+			return kindNoPreface
 		}
 		c.mode.Store(modeH1)
 		c.h1.feed([]byte(preface[:c.pre]))

@@ -81,11 +81,13 @@ func WriteError(w http.ResponseWriter, status int, msg string, retryAfter time.D
 	writeError(w, status, msg, retryAfter, requestID, false)
 }
 
-// WriteErrorClose is WriteError for a request after which the connection
-// must close (HTTP/1.1: Connection: close; net/http closes it once the
-// answer is out).
-func WriteErrorClose(w http.ResponseWriter, status int, msg string, requestID string) {
-	writeError(w, status, msg, 0, requestID, true)
+// WriteErrorClose is WriteError for a request after which an HTTP/1
+// connection must close (Connection: close; net/http closes it once the
+// answer is out): one whose framing cannot be trusted, or whose body was
+// not read to its end. Without it net/http would read the rest of the body
+// before answering, and wait as long as the user cares not to send it.
+func WriteErrorClose(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string) {
+	writeError(w, status, msg, retryAfter, requestID, true)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string, closeConn bool) {

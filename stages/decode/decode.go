@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -235,6 +236,9 @@ func sameHost(sni, host string) bool {
 func fromTCP(x *pipeline.Exchange) error {
 	x.ID = httpx.NewRequestID()
 	x.Protocol = pipeline.ProtoTCP
+	if a, ok := x.Downstream.RemoteAddr().(*net.TCPAddr); ok {
+		x.Source = a.AddrPort().Addr().Unmap()
+	}
 	x.Head = codec.RequestHead{Kind: codec.KindTCP, RequestID: x.ID, ContentLength: -1, Header: http.Header{}}
 	return nil
 }

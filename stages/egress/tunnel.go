@@ -37,6 +37,20 @@ type TunnelConfig struct {
 	// StreamOpened when it has opened a stream, one StreamClosed when the
 	// exchange on it is over.
 	Streams StreamCounter
+	// RequestBuffer is how much of a request body is read before a stream
+	// is opened for it, so that a user slow to send holds no stream
+	// meanwhile: a body of known length up to it is read whole, a longer
+	// one until that much has arrived, one of unknown length until its
+	// first bytes have (gRPC calls excepted: they open at once, since a
+	// streaming call may wait for the answer before it sends). If zero,
+	// only bodies of known length up to MaxFrameSize are read first (so
+	// that head, body and END leave in one write). At most MaxFrameSize.
+	RequestBuffer int
+	// MaxStreamsPerSource bounds the streams that the exchanges of one
+	// source address (Exchange.Source) may hold at once towards one
+	// client (the rule's); one more is answered 429 with Retry-After. If
+	// zero, no limit.
+	MaxStreamsPerSource int
 }
 
 // StreamCounter counts tunnel streams in use; *metrics.Metrics is one. Its
@@ -52,7 +66,9 @@ type StreamCounter interface {
 type Tunnel struct {
 	conns    ConnSource
 	maxFrame int
+	buffer   int
 	streams  StreamCounter // nil: not counted
+	sources  *sourceLimit  // nil: no per-source limit
 }
 
 // NewTunnel returns a Tunnel stage.
@@ -66,7 +82,17 @@ func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
 	if cfg.MaxFrameSize == 0 {
 		cfg.MaxFrameSize = codec.DefaultMaxFrameSize
 	}
-	return &Tunnel{conns: cfg.Conns, maxFrame: cfg.MaxFrameSize, streams: cfg.Streams}, nil
+	if cfg.RequestBuffer < 0 || cfg.RequestBuffer > cfg.MaxFrameSize {
+		return nil, fmt.Errorf("egress: request buffer %d is outside 0..%d (the frame size)", cfg.RequestBuffer, cfg.MaxFrameSize)
+	}
+	if cfg.MaxStreamsPerSource < 0 {
+		return nil, fmt.Errorf("egress: max streams per source %d must not be negative", cfg.MaxStreamsPerSource)
+	}
+	t := &Tunnel{conns: cfg.Conns, maxFrame: cfg.MaxFrameSize, buffer: cfg.RequestBuffer, streams: cfg.Streams}
+	if cfg.MaxStreamsPerSource > 0 {
+		t.sources = newSourceLimit(cfg.MaxStreamsPerSource)
+	}
+	return t, nil
 }
 
 // Name implements pipeline.Namer.
@@ -84,8 +110,38 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	if conn.Draining.Load() {
 		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel connection is draining, retry", RetryAfter: time.Second}
 	}
+	// The head, and the start of the body, are collected before a stream
+	// is taken: a user who is slow to send holds none meanwhile.
+	fw := transport.GetFrameWriter(nil, t.maxFrame)
+	x.Head.RuleID = x.Rule.ID
+	pipeline.InjectHead(ctx, &x.Head) // the far side's spans join this trace
+	fw.Request(&x.Head)
+	if size := fw.Pending() - codec.FrameHeaderLen; size > t.maxFrame {
+		transport.PutFrameWriter(fw)
+		return &pipeline.Reject{Status: http.StatusRequestHeaderFieldsTooLarge,
+			Message: fmt.Sprintf("request header of %d bytes (as sent through the tunnel) exceeds the limit of %d", size, t.maxFrame)}
+	}
+	req := x.Request
+	filled, eof := 0, false
+	if max, first, ok := t.prefill(x); ok {
+		filled, eof, err = fw.Fill(req.Body, max, first)
+		x.BytesIn = int64(filled)
+		if err != nil {
+			// The user's body failed before anything was sent: too slow,
+			// malformed, too large, or the user went away.
+			transport.PutFrameWriter(fw)
+			return err
+		}
+	}
+	if !t.sources.acquire(x.Rule.Client, x.Source) {
+		transport.PutFrameWriter(fw)
+		return &pipeline.Reject{Status: http.StatusTooManyRequests, RetryAfter: time.Second, Err: ErrSourceLimit,
+			Message: fmt.Sprintf("%s has %d requests in flight to this tunnel, the most one address may; retry", x.Source, t.sources.max)}
+	}
+	defer t.sources.release(x.Rule.Client, x.Source)
 	s, err := conn.Opener.OpenStream(ctx)
 	if err != nil {
+		transport.PutFrameWriter(fw)
 		return openError(ctx, err)
 	}
 	if t.streams != nil {
@@ -99,37 +155,24 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	// egress side sees as its request context ending.
 	stop := context.AfterFunc(ctx, func() { s.Abort(codec.StreamCancelled) })
 	defer stop()
-
-	fw := transport.GetFrameWriter(s, t.maxFrame)
-	x.Head.RuleID = x.Rule.ID
-	pipeline.InjectHead(ctx, &x.Head) // the far side's spans join this trace
-	fw.Request(&x.Head)
+	fw.Attach(s)
 	if x.Head.Kind != codec.KindHTTP {
 		return t.raw(ctx, x, s, fw, next)
 	}
-	req := x.Request
 	var copied chan error
-	switch cl := x.Head.ContentLength; {
-	case cl == 0:
-		err = finishRequest(fw, s, nil)
+	if x.Head.ContentLength == 0 || eof {
+		// The whole request is here: head, body and END leave in one write.
+		err = finishRequest(fw, s, req.Trailer)
 		transport.PutFrameWriter(fw)
-	case cl > 0 && cl <= int64(t.maxFrame):
-		// A small body of known length is read now, so that the head, the
-		// body and END leave in one write.
-		var n int64
-		if n, err = fw.CopyBody(req.Body); err == nil {
-			x.BytesIn = n
-			err = finishRequest(fw, s, req.Trailer)
-		}
-		transport.PutFrameWriter(fw)
-	default:
-		// The head leaves now: a streaming peer (gRPC) may answer before
-		// the body ends, or wait for the answer's head before sending more.
+	} else {
+		// The head (and what came of the body) leaves now: a streaming
+		// peer (gRPC) may answer before the body ends, or wait for the
+		// answer's head before sending more.
 		if err = fw.Flush(); err == nil {
 			copied = make(chan error, 1)
 			go func() {
 				n, err := fw.CopyBody(req.Body)
-				x.BytesIn = n // read by Handle only after <-copied
+				x.BytesIn = int64(filled) + n // read by Handle only after <-copied
 				if err == nil {
 					err = finishRequest(fw, s, req.Trailer)
 				}
@@ -152,7 +195,14 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		s.Abort(codec.StreamCancelled)
 	}
 	if copied != nil {
-		if cerr := waitCopy(x, copied); err == nil && cerr != nil && !x.Body.Done() {
+		cerr, interrupted := waitCopy(x, copied)
+		switch _, writeFailed := errors.AsType[transport.WriteError](cerr); {
+		case cerr == nil || interrupted:
+		case err == nil && !x.Body.Done():
+			err = cerr
+		case err != nil && !writeFailed:
+			// Reading the user's body failed, and the copier aborted the
+			// stream: that failure, not the broken stream, is the cause.
 			err = cerr
 		}
 		transport.PutFrameWriter(fw)
@@ -187,19 +237,47 @@ func (t *Tunnel) raw(ctx context.Context, x *pipeline.Exchange, s pipeline.Strea
 	return next.Handle(ctx, x)
 }
 
+// prefill says how much of x's body to read before a stream is opened:
+// at most max bytes, stopping at the first bytes if first is set.
+func (t *Tunnel) prefill(x *pipeline.Exchange) (max int, first, ok bool) {
+	cl := x.Head.ContentLength
+	switch {
+	case x.Head.Kind != codec.KindHTTP || cl == 0 || x.Request == nil:
+		return 0, false, false
+	case cl > 0 && cl < int64(t.maxFrame):
+		return int(cl) + 1, false, true // the whole body and its end
+	case t.buffer == 0 || x.Protocol == pipeline.ProtoGRPC:
+		return 0, false, false
+	case cl > 0:
+		return t.buffer, false, true
+	}
+	return t.buffer, true, true
+}
+
+// ErrSourceLimit is the cause (Reject.Err) of a 429 for a source address
+// that holds MaxStreamsPerSource streams already.
+var ErrSourceLimit = errors.New("egress: per-source stream limit")
+
+// interrupter is a request body whose blocked read can be ended by the
+// exchange's owner (the limit stage's body is one).
+type interrupter interface{ Interrupt() }
+
 // waitCopy waits for the request-body copier. The answer is complete (or
 // failed) by now, so the rest of the body is not wanted: if the copier is
-// stuck reading the user's body, a read deadline in the past frees it.
-func waitCopy(x *pipeline.Exchange, copied chan error) error {
+// stuck reading the user's body, the read is interrupted (a read deadline
+// in the past), and its failure is nobody's answer.
+func waitCopy(x *pipeline.Exchange, copied chan error) (err error, interrupted bool) {
 	select {
 	case err := <-copied:
-		return err
+		return err, false
 	default:
 	}
-	if x.Writer != nil {
+	if i, ok := x.Request.Body.(interrupter); ok {
+		i.Interrupt()
+	} else if x.Writer != nil {
 		_ = http.NewResponseController(x.Writer).SetReadDeadline(time.Now())
 	}
-	return <-copied
+	return <-copied, true
 }
 
 func finishRequest(fw *transport.FrameWriter, s pipeline.Stream, trailer http.Header) error {

@@ -112,14 +112,44 @@ type Config struct {
 	// Once the answer has started it no longer applies. At least 1ms; if
 	// zero, no limit.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// BodyTimeout bounds, on the ingress side, the wait for the next bytes
+	// of the request body until the answer starts (nginx's
+	// client_body_timeout): past it the request fails with 408 and its
+	// body is read no more. It needs the user's writer to support read
+	// deadlines (net/http's do). If zero, no limit.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// MinBodyRate is the lowest average rate, in bytes per second, at which
+	// a request body must arrive on the ingress side until the answer
+	// starts, counted from the body's first read once MinRateGrace of
+	// waiting has passed, and only over the time spent waiting for the
+	// user (not for the tunnel or the upstream). A slower body fails with
+	// 408. gRPC calls are exempt (their messages may be sparse). If zero,
+	// no minimum.
+	MinBodyRate int64 `yaml:"min_body_rate"`
+	// MinRateGrace is the waiting time before MinBodyRate applies. If
+	// zero, 10s.
+	MinRateGrace time.Duration `yaml:"min_rate_grace"`
+	// SendTimeout bounds, on the ingress side, an HTTP/2 answer write that
+	// makes no progress (the user's stream window stays shut): past it the
+	// stream is reset. HTTP/1 connections are bounded by the listener. If
+	// zero, no limit.
+	SendTimeout time.Duration `yaml:"send_timeout"`
+	// StreamIdleTimeout ends an ingress exchange once its answer has
+	// started and no byte has moved either way (body read, answer
+	// written) for this long. WebSockets are not timed. If zero, no limit.
+	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout"`
 	// Name is the stage's name in spans, errors and the stage label of its
 	// refusals; two guards in one chain need two names. If empty, "limit".
 	Name string `yaml:"-"`
 }
 
-// SetDefaults does nothing: every zero setting already means "no limit". It
-// is here so that configuration code can treat every stage alike.
-func (c *Config) SetDefaults() {}
+// SetDefaults sets MinRateGrace to 10s if it is zero; every other zero
+// setting already means "no limit".
+func (c *Config) SetDefaults() {
+	if c.MinRateGrace == 0 {
+		c.MinRateGrace = 10 * time.Second
+	}
+}
 
 // Validate reports every negative setting, and a RequestTimeout below 1ms.
 // Errors name the setting as in the config file ("max_in_flight: ...").
@@ -131,10 +161,19 @@ func (c *Config) Validate() error {
 	if c.MaxBodySize < 0 {
 		errs = append(errs, fmt.Errorf("max_body_size: %d must not be negative", c.MaxBodySize))
 	}
-	if c.RequestTimeout < 0 {
-		errs = append(errs, fmt.Errorf("request_timeout: %v must not be negative", c.RequestTimeout))
-	} else if c.RequestTimeout > 0 && c.RequestTimeout < minTimeout {
-		errs = append(errs, fmt.Errorf("request_timeout: %v is shorter than %v (missing unit?)", c.RequestTimeout, minTimeout))
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"request_timeout", c.RequestTimeout}, {"body_timeout", c.BodyTimeout}, {"send_timeout", c.SendTimeout},
+		{"stream_idle_timeout", c.StreamIdleTimeout}, {"min_rate_grace", c.MinRateGrace}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %v must not be negative", d.name, d.v))
+		} else if d.v > 0 && d.v < minTimeout {
+			errs = append(errs, fmt.Errorf("%s: %v is shorter than %v (missing unit?)", d.name, d.v, minTimeout))
+		}
+	}
+	if c.MinBodyRate < 0 {
+		errs = append(errs, fmt.Errorf("min_body_rate: %d must not be negative", c.MinBodyRate))
 	}
 	return errors.Join(errs...)
 }
@@ -157,6 +196,11 @@ type Guard struct {
 	maxInFlight int64
 	maxBody     int64
 	timeout     time.Duration
+	bodyTimeout time.Duration
+	minRate     float64 // bytes per second
+	grace       time.Duration
+	sendTimeout time.Duration
+	idleTimeout time.Duration
 	capacityMsg string
 	timeoutMsg  string
 
@@ -175,6 +219,11 @@ func New(cfg Config) (*Guard, error) {
 		maxInFlight: int64(cfg.MaxInFlight),
 		maxBody:     cfg.MaxBodySize,
 		timeout:     cfg.RequestTimeout,
+		bodyTimeout: cfg.BodyTimeout,
+		minRate:     float64(cfg.MinBodyRate),
+		grace:       cfg.MinRateGrace,
+		sendTimeout: cfg.SendTimeout,
+		idleTimeout: cfg.StreamIdleTimeout,
 		capacityMsg: "gateway at capacity (" + plural(cfg.MaxInFlight, "request") + " in flight), retry",
 		timeoutMsg:  "no answer within " + cfg.RequestTimeout.String(),
 	}, nil
@@ -282,7 +331,7 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 		defer func() { r.Body = rc }()
 	}
 	var err error
-	if g.timeout > 0 && ((x.Side == pipeline.Ingress && x.Writer != nil) || (x.Side == pipeline.Egress && x.Stream != nil)) {
+	if (x.Side == pipeline.Ingress && x.Writer != nil && g.watchesIngress()) || (g.timeout > 0 && x.Side == pipeline.Egress && x.Stream != nil) {
 		err = g.handleTimed(ctx, x, next)
 	} else {
 		err = next.Handle(ctx, x)
@@ -405,21 +454,61 @@ type timed struct {
 	// the request body (which starts it) or the start of the answer
 	// (which means it will never start).
 	armed atomic.Bool
-	body  bodyEnd
+	body  watchedBody
 	// disarmed says the timer was stopped before its function started;
 	// set by whoever moves state from waiting to started.
 	disarmed atomic.Bool
 	w        answerWriter
 	hw       hijackWriter
 	s        answerStream
+
+	// Ingress only: the user's writer (for read and write deadlines),
+	// whether it is an HTTP/2 stream, and the idle clock.
+	rw       http.ResponseWriter
+	h2       bool
+	idleable bool         // the answer may be idle-timed (not a WebSocket)
+	idle     *time.Timer  // stream idle timeout, armed once the answer starts
+	idleOn   atomic.Bool  // idle was armed
+	idleDone atomic.Bool  // idle was stopped before it fired (or never armed)
+	last     atomic.Int64 // last byte moved either way, unix ns
+	sendArm  atomic.Int64 // when the HTTP/2 write deadline was last set, unix ns
 }
 
 var timedPool = sync.Pool{New: func() any {
 	t := new(timed)
 	t.timer = time.AfterFunc(time.Hour, t.expire)
 	t.timer.Stop()
+	t.idle = time.AfterFunc(time.Hour, t.idleCheck)
+	t.idle.Stop()
 	return t
 }}
+
+// watchesIngress reports whether the guard times ingress exchanges at all.
+func (g *Guard) watchesIngress() bool {
+	return g.timeout > 0 || g.bodyTimeout > 0 || g.minRate > 0 || g.sendTimeout > 0 || g.idleTimeout > 0
+}
+
+// touch records that a byte moved.
+func (t *timed) touch() {
+	if t.g.idleTimeout > 0 {
+		t.last.Store(time.Now().UnixNano())
+	}
+}
+
+// idleCheck runs on the idle timer's goroutine: it ends the exchange if
+// nothing moved for the idle timeout, else waits for the rest of it.
+func (t *timed) idleCheck() {
+	since := time.Duration(time.Now().UnixNano() - t.last.Load())
+	if since >= t.g.idleTimeout {
+		t.cancel(&pipeline.Reject{Status: http.StatusRequestTimeout, Err: ErrIdle,
+			Message: "no bytes moved either way for " + t.g.idleTimeout.String()})
+		return
+	}
+	t.idle.Reset(t.g.idleTimeout - since)
+}
+
+// ErrIdle is the cause of an exchange ended by StreamIdleTimeout.
+var ErrIdle = errors.New("stream idle")
 
 // arm readies a pooled timed for an exchange. The timer starts now when
 // the request has no body, else when its body has been read to the end: the
@@ -439,36 +528,24 @@ func (g *Guard) arm(cancel context.CancelCauseFunc, hasBody bool) *timed {
 
 // startTimer starts the timer unless the answer started first.
 func (t *timed) startTimer() {
-	if t.state.Load() == waiting && t.armed.CompareAndSwap(false, true) {
+	if t.g.timeout > 0 && t.state.Load() == waiting && t.armed.CompareAndSwap(false, true) {
 		t.timer.Reset(t.g.timeout)
 	}
 }
 
-// bodyEnd is the request body while a timed exchange waits: its end (or
-// failure) starts the timer.
-type bodyEnd struct {
-	t  *timed
-	rc io.ReadCloser
-}
-
-func (b *bodyEnd) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil {
-		b.t.startTimer()
-	}
-	return n, err
-}
-
-func (b *bodyEnd) Close() error { return b.rc.Close() }
-
-// release gives t back to the pool if its timer can no longer run.
+// release gives t back to the pool if its timers can no longer run.
 func (t *timed) release() {
-	if !t.disarmed.Load() {
+	if t.idleOn.Load() && t.idle.Stop() {
+		t.idleDone.Store(true)
+	}
+	if !t.disarmed.Load() || !t.idleDone.Load() {
 		return
 	}
 	t.disarmed.Store(false)
-	t.g, t.cancel = nil, nil
-	t.w, t.hw, t.s, t.body = answerWriter{}, hijackWriter{}, answerStream{}, bodyEnd{}
+	t.idleOn.Store(false)
+	t.g, t.cancel, t.rw, t.h2, t.idleable = nil, nil, nil, false, false
+	t.w, t.hw, t.s, t.body = answerWriter{}, hijackWriter{}, answerStream{}, watchedBody{}
+	t.sendArm.Store(0)
 	timedPool.Put(t)
 }
 
@@ -481,9 +558,43 @@ func (t *timed) start() bool {
 		if t.armed.CompareAndSwap(false, true) || t.timer.Stop() {
 			t.disarmed.Store(true)
 		}
+		// The body's clocks stop too: a streaming call's user may be
+		// silent while the answer flows. The idle clock takes over.
+		t.body.answerStarted()
+		if t.rw != nil && !t.h2 && t.body.rc != nil && !t.body.eof.Load() {
+			// An HTTP/1 answer that starts before the request body ended
+			// closes the connection after it: else net/http would read the
+			// rest of the body before the answer's head, for as long as
+			// the user cares not to send it.
+			t.rw.Header()["Connection"] = connClose
+		}
+		if t.idleable && t.g.idleTimeout > 0 {
+			t.last.Store(time.Now().UnixNano())
+			t.idleOn.Store(true)
+			t.idle.Reset(t.g.idleTimeout)
+		}
 		return true
 	}
 	return t.state.Load() == started
+}
+
+// connClose is the value of a Connection: close field, shared (net/http
+// only reads it; an append would copy it, its capacity being its length).
+var connClose = []string{"close"}
+
+// armSend moves the HTTP/2 stream's write deadline to SendTimeout from
+// now, at most once a quarter of it: a write always has at least three
+// quarters of the timeout to make progress.
+func (t *timed) armSend() {
+	d := t.g.sendTimeout
+	if d <= 0 || !t.h2 {
+		return
+	}
+	now := time.Now()
+	if now.UnixNano()-t.sendArm.Load() > int64(d/4) {
+		t.sendArm.Store(now.UnixNano())
+		_ = http.NewResponseController(t.rw).SetWriteDeadline(now.Add(d))
+	}
 }
 
 // expire runs on the timer's goroutine.
@@ -507,11 +618,18 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 	r := x.Request
 	hasBody := r != nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	t := g.arm(cancel, hasBody)
+	t.idleDone.Store(true) // until the idle timer is armed
+	if x.Side == pipeline.Ingress {
+		t.rw = x.Writer
+		t.h2 = r != nil && r.ProtoMajor == 2
+		t.idleable = r != nil && x.Protocol != pipeline.ProtoWebSocket
+	}
 	if hasBody {
 		// Whoever reads the body (the egress stage) is done with it when
 		// next returns, so the wrapper is not read after release.
 		rc := r.Body
-		t.body = bodyEnd{t: t, rc: rc}
+		t.body = watchedBody{t: t, rc: rc, ctx: r.Context(),
+			rate: x.Side == pipeline.Ingress && g.minRate > 0 && x.Protocol != pipeline.ProtoGRPC}
 		r.Body = &t.body
 		defer func() { r.Body = rc }()
 	}
@@ -542,6 +660,12 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 	// A panic in next leaves t to the garbage collector (its timer may
 	// still fire, harmlessly: the context is cancelled by then).
 	err := next.Handle(ctx, x)
+	if err != nil && t.body.tripped.Load() {
+		// The request body failed (too slow, malformed, too large): that,
+		// not how the stage reading it failed in turn (the tunnel stream
+		// it aborted), is the answer.
+		err = t.body.err
+	}
 	// next has returned: whatever it wrote, it wrote through the wrappers
 	// (answered in time) or not at all; start settles the race with the
 	// timer once and for all.
@@ -577,7 +701,10 @@ func (w *answerWriter) Write(p []byte) (int, error) {
 	if !w.t.start() {
 		return 0, errTooLate
 	}
-	return w.rw.Write(p)
+	w.t.armSend()
+	n, err := w.rw.Write(p)
+	w.t.touch()
+	return n, err
 }
 
 // FlushError is what http.ResponseController.Flush calls.
@@ -585,7 +712,10 @@ func (w *answerWriter) FlushError() error {
 	if !w.t.start() {
 		return errTooLate
 	}
-	return http.NewResponseController(w.rw).Flush()
+	w.t.armSend()
+	err := http.NewResponseController(w.rw).Flush()
+	w.t.touch()
+	return err
 }
 
 // Flush implements http.Flusher.
