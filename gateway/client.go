@@ -90,7 +90,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(newIngressConfig(c.chains.ingress, &cfg.Common, o.tracer, c.log), certs, cfg.ShutdownGrace)
+	c.listeners = newListenerSet(newIngressConfig(c.chains.ingress, &cfg.Common, o.tracer, c.log, c.kit.m), certs, cfg.ShutdownGrace)
 	return c, nil
 }
 

@@ -423,3 +423,269 @@ func TestGatewayHeadersCannotBeForgedOrRemoved(t *testing.T) {
 		require.NotEqual(t, "forged-id", resp.Header.Get("X-Request-Id"), d.name)
 	}
 }
+
+// h2Raw is a raw HTTP/2 client connection, for frames net/http's client
+// would never send.
+type h2Raw struct {
+	c  net.Conn
+	fr *http2.Framer
+}
+
+func dialH2Raw(t *testing.T, local, addr string) *h2Raw {
+	t.Helper()
+	c := dialFrom(t, local, addr)
+	require.NoError(t, c.SetDeadline(time.Now().Add(60*time.Second)))
+	_, err := io.WriteString(c, http2.ClientPreface)
+	require.NoError(t, err)
+	fr := http2.NewFramer(c, c)
+	require.NoError(t, fr.WriteSettings())
+	return &h2Raw{c: c, fr: fr}
+}
+
+func (h *h2Raw) headers(t *testing.T, id uint32, authority string, endHeaders bool) {
+	t.Helper()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", "/"}} {
+		require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
+	}
+	require.NoError(t, h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: endHeaders}))
+}
+
+// until reads frames until one satisfies stop, the connection ends, or a
+// minute passes; it returns the GOAWAY seen, if any, and the server's
+// SETTINGS.
+func (h *h2Raw) until(t *testing.T, stop func(http2.Frame) bool) (goAway *http2.GoAwayFrame, settings map[http2.SettingID]uint32) {
+	t.Helper()
+	settings = map[http2.SettingID]uint32{}
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			return goAway, settings
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+				_ = h.fr.WriteSettingsAck()
+			}
+		case *http2.GoAwayFrame:
+			ga := *f
+			goAway = &ga
+		}
+		if stop(f) {
+			return goAway, settings
+		}
+	}
+}
+
+// TestHTTP2AbuseGetsGoAway: rapid reset (HEADERS then RST_STREAM, over and
+// over) and a CONTINUATION flood end the connection with GOAWAY
+// (ENHANCE_YOUR_CALM), are counted, and leave the tenant served; the
+// server advertises max_streams_per_connection.
+func TestHTTP2AbuseGetsGoAway(t *testing.T) {
+	t.Parallel()
+	up := &recorder{}
+	p := hardenedPair(t, up, func(l *config.Limits) {
+		l.H2MaxResets = 50
+		l.MaxStreamsPerConnection = 7
+	})
+	addr := p.Server.PublicAddr().String()
+
+	h := dialH2Raw(t, "127.0.0.2", addr)
+	_, settings := h.until(t, func(f http2.Frame) bool { _, ok := f.(*http2.SettingsFrame); return ok })
+	require.Equal(t, uint32(7), settings[http2.SettingMaxConcurrentStreams], "max_streams_per_connection is advertised")
+
+	// Rapid reset: far more than 50 resets, as fast as they go.
+	sent := 0
+	for id := uint32(1); id < 2*1000; id += 2 {
+		h.headers(t, id, appHost, true)
+		if err := h.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break // the server has closed the connection
+		}
+		sent++
+	}
+	ga, _ := h.until(t, func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
+	require.NotNil(t, ga, "rapid reset ends with GOAWAY (after %d resets)", sent)
+	require.Equal(t, http2.ErrCodeEnhanceYourCalm, ga.ErrCode)
+
+	// CONTINUATION flood: a header block that never ends.
+	h = dialH2Raw(t, "127.0.0.2", addr)
+	h.headers(t, 1, appHost, false)
+	frames := 0
+	for ; frames < 10000; frames++ {
+		if err := h.fr.WriteContinuation(1, false, nil); err != nil {
+			break
+		}
+	}
+	ga, _ = h.until(t, func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
+	require.NotNil(t, ga, "a CONTINUATION flood ends with GOAWAY")
+	require.Equal(t, http2.ErrCodeEnhanceYourCalm, ga.ErrCode)
+
+	// The tenant is still served, over HTTP/2 too.
+	for _, c := range []*http.Client{h1Client(t), h2cClient(t)} {
+		resp, _ := get(t, c, p.publicURL("/after"), appHost)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+}
+
+// holdingUpstream answers /hold only once released, and everything else at
+// once.
+type holdingUpstream struct {
+	held    chan struct{} // one value per request held
+	release chan struct{}
+}
+
+func (u *holdingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/hold" {
+		u.held <- struct{}{}
+		select {
+		case <-u.release:
+		case <-r.Context().Done():
+		}
+	}
+	_, _ = io.WriteString(w, "ok")
+}
+
+// TestOneSourceCannotTakeATenant: one source address may hold at most
+// max_streams_per_source tunnel streams of a tenant; the next request from
+// it gets 429 with Retry-After, while other sources are served.
+func TestOneSourceCannotTakeATenant(t *testing.T) {
+	t.Parallel()
+	up := &holdingUpstream{held: make(chan struct{}, 8), release: make(chan struct{})}
+	p := hardenedPair(t, up, func(l *config.Limits) { l.MaxStreamsPerSource = 2 })
+	for _, d := range []struct {
+		name, addr, host string
+	}{{"reverse", p.Server.PublicAddr().String(), appHost}, {"forward", p.Client.ForwardAddr("127.0.0.1:0").String(), "127.0.0.1"}} {
+		t.Run(d.name, func(t *testing.T) {
+			client := func(local string) *http.Client {
+				tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}).DialContext}
+				t.Cleanup(tr.CloseIdleConnections)
+				return &http.Client{Transport: tr, Timeout: time.Minute}
+			}
+			attacker := client("127.0.0.2")
+			errs := make(chan error, 2)
+			for range 2 {
+				go func() {
+					resp, err := attacker.Do(newRequest(t, http.MethodGet, "http://"+d.addr+"/hold", d.host, nil))
+					if err == nil {
+						resp.Body.Close()
+					}
+					errs <- err
+				}()
+			}
+			for range 2 {
+				select {
+				case <-up.held:
+				case <-time.After(time.Minute):
+					t.Fatal("the two requests did not reach the upstream")
+				}
+			}
+			resp, body := do(t, attacker, newRequest(t, http.MethodGet, "http://"+d.addr+"/more", d.host, nil))
+			require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, body)
+			require.Equal(t, "1", resp.Header.Get("Retry-After"))
+			resp, body = do(t, client("127.0.0.1"), newRequest(t, http.MethodGet, "http://"+d.addr+"/other", d.host, nil))
+			require.Equal(t, http.StatusOK, resp.StatusCode, "another source is served: %s", body)
+			for range 2 {
+				up.release <- struct{}{}
+			}
+			for range 2 {
+				require.NoError(t, <-errs)
+			}
+			resp, _ = do(t, attacker, newRequest(t, http.MethodGet, "http://"+d.addr+"/again", d.host, nil))
+			require.Equal(t, http.StatusOK, resp.StatusCode, "the source's streams were given back")
+		})
+	}
+}
+
+// streamingUpstream streams /big until the write fails, and holds /quiet
+// open after its head without sending anything; each tells ended when
+// the exchange on its side is over (the tunnel stream was freed).
+type streamingUpstream struct{ ended chan string }
+
+func (u *streamingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/big":
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 1<<14; i++ { // at most 1 GiB
+			if _, err := w.Write(buf); err != nil {
+				break
+			}
+		}
+	case "/quiet":
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	default:
+		_, _ = io.WriteString(w, "ok")
+		return
+	}
+	u.ended <- r.URL.Path
+}
+
+// TestStalledAnswersAreCut: an answer whose reader stopped reading is cut
+// after send_timeout (HTTP/1.1 and HTTP/2), and one on which nothing moves
+// after stream_idle_timeout; either way the exchange ends up to the
+// upstream, so the tunnel stream is free again.
+func TestStalledAnswersAreCut(t *testing.T) {
+	t.Parallel()
+	up := &streamingUpstream{ended: make(chan string, 8)}
+	p := hardenedPair(t, up, func(l *config.Limits) {
+		l.SendTimeout = time.Second
+		l.StreamIdleTimeout = time.Second
+	})
+	waitEnded := func(path string) {
+		t.Helper()
+		select {
+		case got := <-up.ended:
+			require.Equal(t, path, got)
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("%s: the upstream's exchange never ended", path)
+		}
+	}
+	for _, tg := range rawTargets(p) {
+		t.Run(tg.name+"/HTTP/1.1 reader stops", func(t *testing.T) {
+			c := dialFrom(t, "", tg.addr)
+			_, err := fmt.Fprintf(c, "GET /big HTTP/1.1\r\nHost: %s\r\n\r\n", tg.host)
+			require.NoError(t, err)
+			waitEnded("/big") // nothing read, ever
+		})
+		t.Run(tg.name+"/HTTP/2 reader stops", func(t *testing.T) {
+			h := dialH2Raw(t, "", tg.addr)
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", tg.host}, {":path", "/big"}} {
+				require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
+			}
+			require.NoError(t, h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}))
+			// No WINDOW_UPDATE is ever sent: the stream's window shuts.
+			var reset *http2.RSTStreamFrame
+			h.until(t, func(f http2.Frame) bool {
+				if r, ok := f.(*http2.RSTStreamFrame); ok {
+					reset = r
+					return true
+				}
+				return false
+			})
+			require.NotNil(t, reset, "the stalled stream is reset")
+			waitEnded("/big")
+		})
+		t.Run(tg.name+"/nothing moves", func(t *testing.T) {
+			c := dialFrom(t, "", tg.addr)
+			_, err := fmt.Fprintf(c, "GET /quiet HTTP/1.1\r\nHost: %s\r\n\r\n", tg.host)
+			require.NoError(t, err)
+			br := bufio.NewReader(c)
+			require.NoError(t, c.SetReadDeadline(time.Now().Add(2*time.Minute)))
+			resp, err := http.ReadResponse(br, nil)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			_, err = io.ReadAll(resp.Body)
+			require.Error(t, err, "the idle answer is cut, not ended cleanly")
+			waitEnded("/quiet")
+		})
+	}
+	for _, d := range directions(t, p) {
+		resp, _ := get(t, h1Client(t), d.url("/after"), d.host)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+}

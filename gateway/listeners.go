@@ -15,6 +15,7 @@ import (
 
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/internal/edgeguard"
+	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 )
@@ -46,9 +47,12 @@ type ingressConfig struct {
 	abuse func(kind string, remote net.Addr)
 }
 
-func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger) *ingressConfig {
+func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger, m *metrics.Metrics) *ingressConfig {
 	return &ingressConfig{chain: chain, lim: c.Limits, tracer: tracer, log: log, access: c.Log.Access,
 		abuse: func(kind string, remote net.Addr) {
+			// Counted, and logged at debug: an attacker must not be able
+			// to flood the logs (qtunnel_ingress_abuse_total shows it).
+			m.Abuse(kind)
 			log.Debug("connection refused for abuse", "kind", kind, "remote", remote.String())
 		}}
 }

@@ -29,7 +29,7 @@ import (
 // /readyz of both sides, and that info logs stay quiet under traffic.
 
 // metricFamilies are every family metrics.New registers under the qtunnel
-// namespace (the metrics package pins their number at 26).
+// namespace (the metrics package pins their number at 27).
 var metricFamilies = []string{
 	"qtunnel_info",
 	"qtunnel_requests_total",
@@ -57,6 +57,7 @@ var metricFamilies = []string{
 	"qtunnel_quic_bytes_received_total",
 	"qtunnel_auth_failures_total",
 	"qtunnel_auth_refused_total",
+	"qtunnel_ingress_abuse_total",
 }
 
 // withAdmin turns the admin listener on, on a loopback port of the

@@ -131,7 +131,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
-	s.ingress = newIngressConfig(s.chains.ingress, &cfg.Common, o.tracer, s.log)
+	s.ingress = newIngressConfig(s.chains.ingress, &cfg.Common, o.tracer, s.log, s.kit.m)
 	s.listeners = newListenerSet(s.ingress, nil, cfg.ShutdownGrace)
 	return s, nil
 }

@@ -140,6 +140,7 @@ type Metrics struct {
 	conns connCollector
 	pools poolCollector
 	auth  authSeries
+	abuse abuseSeries
 }
 
 // sideSeries are the children of one side label value.
@@ -194,6 +195,7 @@ func New(role string) *Metrics {
 	m.reconnects = f.counter("reconnects_total", "Connections to the server after the first (client side).")
 	m.sessions = f.gauge("sessions", "Client sessions the server holds, connected or within their TTL.")
 	m.auth.init(f)
+	m.abuse = newAbuseSeries(f)
 
 	for _, s := range []pipeline.Side{pipeline.Ingress, pipeline.Egress} {
 		m.sides[s].Store(m.newSideSeries(s))

@@ -485,7 +485,7 @@ func TestTwoMetricsDoNotCollide(t *testing.T) {
 func TestMetricNamesFollowPrometheusConventions(t *testing.T) {
 	t.Parallel()
 	ours := ourFamilies(t, withEveryFamily(t))
-	require.Len(t, ours, 26)
+	require.Len(t, ours, 27)
 	problems, err := promlint.NewWithMetricFamilies(ours).Lint()
 	require.NoError(t, err)
 	require.Empty(t, problems)

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/codec"
+	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 	"github.com/qtunnel/qtunnel/transport"
 )
@@ -272,4 +273,68 @@ func TestHandshakeChecksServerIdentity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOpenStreamWaitsForASlot reaches the peer's stream limit for real: the
+// next OpenStream waits for a slot (and gets it once a stream ends), or,
+// if none frees up within its wait, fails with pipeline.ErrOverloaded,
+// which the ingress side answers 503 "at its stream limit".
+func TestOpenStreamWaitsForASlot(t *testing.T) {
+	t.Parallel()
+	cert, err := transport.SelfSigned("127.0.0.1")
+	require.NoError(t, err)
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLS(cert), transport.Config{MaxStreams: 1})
+	require.NoError(t, err)
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		for {
+			s, err := c.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			// Each stream ends when the client ends it.
+			_, _ = io.Copy(io.Discard, s)
+			_ = s.Close()
+		}
+	}()
+	pin, err := transport.CertificatePin(cert)
+	require.NoError(t, err)
+	conf, err := transport.ClientTLS(transport.ClientTLSOptions{Pin: pin})
+	require.NoError(t, err)
+	c, err := transport.Dial(ctx, ln.Addr().String(), conf, transport.Config{})
+	require.NoError(t, err)
+	defer c.Close(codec.ConnNormal, "done")
+
+	first, err := transport.Opener{C: c.Conn, Wait: time.Minute}.OpenStream(ctx)
+	require.NoError(t, err)
+	_, err = first.Write([]byte("x")) // the server learns of the stream
+	require.NoError(t, err)
+
+	// No slot frees up: the wait ends with ErrOverloaded.
+	_, err = transport.Opener{C: c.Conn, Wait: 100 * time.Millisecond}.OpenStream(ctx)
+	require.ErrorIs(t, err, pipeline.ErrOverloaded)
+
+	// A slot frees up while the next one waits: it gets it.
+	got := make(chan error, 1)
+	go func() {
+		s, err := transport.Opener{C: c.Conn, Wait: time.Minute}.OpenStream(ctx)
+		if err == nil {
+			s.Abort(codec.StreamCancelled)
+		}
+		got <- err
+	}()
+	require.NoError(t, first.Close())
+	_, _ = io.Copy(io.Discard, first) // the server's FIN: the stream is over
+	require.NoError(t, <-got)
+	require.NoError(t, c.Close(codec.ConnNormal, "done"))
+	cancel()
+	<-served
 }
