@@ -302,7 +302,7 @@ func TestRefusedClientExits(t *testing.T) {
 		clientSays string
 		serverSays string
 	}{
-		{"wrong token", envOpts{token: "not-the-token"}, "server rejected this client: unknown client id or invalid token", `msg="failed logins" kind=tunnel`},
+		{"wrong token", envOpts{token: "not-the-token"}, "server rejected this client: unknown client id or invalid token", `msg="failed logins" side=server kind=tunnel`},
 		{"wrong pin", envOpts{pin: otherPin}, "server key does not match the pinned key", ""},
 	}
 	for _, tt := range tests {
