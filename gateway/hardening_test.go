@@ -442,14 +442,16 @@ func dialH2Raw(t *testing.T, local, addr string) *h2Raw {
 	return &h2Raw{c: c, fr: fr}
 }
 
-func (h *h2Raw) headers(t *testing.T, id uint32, authority string, endHeaders bool) {
+// headers sends a GET's HEADERS; it fails once the server has closed the
+// connection.
+func (h *h2Raw) headers(t *testing.T, id uint32, authority string, endHeaders bool) error {
 	t.Helper()
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", "/"}} {
 		require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
 	}
-	require.NoError(t, h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: endHeaders}))
+	return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: endHeaders})
 }
 
 // until reads frames until one satisfies stop, the connection ends, or a
@@ -499,8 +501,7 @@ func TestHTTP2AbuseGetsGoAway(t *testing.T) {
 	// Rapid reset: far more than 50 resets, as fast as they go.
 	sent := 0
 	for id := uint32(1); id < 2*1000; id += 2 {
-		h.headers(t, id, appHost, true)
-		if err := h.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+		if h.headers(t, id, appHost, true) != nil || h.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
 			break // the server has closed the connection
 		}
 		sent++
@@ -511,7 +512,7 @@ func TestHTTP2AbuseGetsGoAway(t *testing.T) {
 
 	// CONTINUATION flood: a header block that never ends.
 	h = dialH2Raw(t, "127.0.0.2", addr)
-	h.headers(t, 1, appHost, false)
+	require.NoError(t, h.headers(t, 1, appHost, false))
 	frames := 0
 	for ; frames < 10000; frames++ {
 		if err := h.fr.WriteContinuation(1, false, nil); err != nil {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/net/http2"
 
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/internal/edgeguard"
@@ -146,10 +145,8 @@ func errAttr(err error) slog.Attr {
 // and HTTP/2 without TLS (prior knowledge), with the configured limits.
 func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http.Server {
 	// HTTP/2 comes as h2c, or as h2 by ALPN over TLS, which the listener
-	// terminates (net/http sees plain bytes either way). It is served by
-	// golang.org/x/net/http2, whose server ends a connection with GOAWAY
-	// when a read fails with an http2.ConnectionError: the guard's way of
-	// closing abusive connections.
+	// terminates: net/http sees plain bytes either way, and serves HTTP/2
+	// from the connection preface.
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
@@ -183,11 +180,6 @@ func newIngressServer(h http.Handler, lim config.Limits, log *slog.Logger) *http
 			WriteByteTimeout: lim.SendTimeout,
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	// ConfigureServer fails only for TLS settings that HTTP/2 forbids,
-	// which the listener never uses.
-	if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
-		panic("gateway: configure HTTP/2: " + err.Error())
 	}
 	return srv
 }

@@ -7,28 +7,28 @@
 //     (see h1Scanner) so that the handler refuses it with 400 and closes
 //     the connection instead of serving it as net/http framed it.
 //   - HTTP/2 abuse: rapid reset and CONTINUATION floods (see h2Watcher)
-//     end the connection with GOAWAY (ENHANCE_YOUR_CALM).
+//     end the connection with GOAWAY (ENHANCE_YOUR_CALM), which the guard
+//     writes itself between two of the server's frames.
 //   - Slow readers on HTTP/1: a write to the socket that makes no progress
 //     for Config.SendTimeout fails, which cuts the answer (HTTP/2 has its
 //     own per-connection write timeout, http.HTTP2Config.WriteByteTimeout).
 //   - TLS: the listener terminates TLS itself (when Config.TLS is set), so
 //     that the guard sees the plain bytes of HTTPS connections too; the
-//     handshake's state (SNI) is kept on the connection.
+//     handshake's state (SNI, ALPN) is kept on the connection.
 //
-// The HTTP/2 GOAWAY relies on golang.org/x/net/http2 serving the
-// connection (http2.ConfigureServer): a read that fails with an
-// http2.ConnectionError makes it send GOAWAY with that code.
+// It works with whichever HTTP/2 server net/http runs: it needs nothing of
+// it but to stop when a read fails.
 package edgeguard
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Config configures a guarded listener. The zero value guards framing
@@ -108,6 +108,13 @@ type Conn struct {
 	h2    h2Watcher
 	abuse error // set once the connection is ended for abuse
 
+	// Write side of an HTTP/2 connection: where the server's frames end,
+	// so that a GOAWAY of the guard's goes between two of them.
+	wmu     sync.Mutex
+	wframes frameTracker
+	goAway  []byte        // a GOAWAY waiting for a frame boundary; nil: none
+	goneOut chan struct{} // closed once the GOAWAY is written
+
 	// What the handler reads.
 	bad       atomic.Int64 // ordinal of the first ambiguous HTTP/1 head
 	badReason atomic.Pointer[string]
@@ -116,16 +123,27 @@ type Conn struct {
 	armed atomic.Int64 // when the write deadline was last set (unix ns); 0: not set
 }
 
-// errAbuse makes golang.org/x/net/http2's server end the connection with
-// GOAWAY (ENHANCE_YOUR_CALM).
-var errAbuse = http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+// errAbuse is what reads return once the connection was ended for abuse:
+// net/http's servers take io.EOF for a client gone and close quietly (any
+// other error would get an HTTP/1.1 400 written on an HTTP/1 connection).
+var errAbuse = io.EOF
 
 // kindNoPreface is what inspect reports for a TLS connection that chose
 // HTTP/2 by ALPN and did not open with the HTTP/2 preface.
 const kindNoPreface = "no preface"
 
-// goAwayProtocolError is a GOAWAY frame: last stream 0, PROTOCOL_ERROR.
-var goAwayProtocolError = []byte{0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, byte(http2.ErrCodeProtocol)}
+// HTTP/2 error codes the guard sends (RFC 9113, section 7).
+const (
+	errCodeProtocol        = 0x1
+	errCodeEnhanceYourCalm = 0xb
+)
+
+// goAwayFrame returns a GOAWAY frame with lastStream and code.
+func goAwayFrame(lastStream uint32, code uint32) []byte {
+	f := []byte{0, 0, 8, 0x7, 0, 0, 0, 0, 0}
+	f = binary.BigEndian.AppendUint32(f, lastStream&(1<<31-1))
+	return binary.BigEndian.AppendUint32(f, code)
+}
 
 // Read reads from the connection and follows what it reads.
 func (c *Conn) Read(p []byte) (int, error) {
@@ -143,19 +161,19 @@ func (c *Conn) Read(p []byte) (int, error) {
 			// ALPN chose HTTP/2 and the client sent something else:
 			// net/http would read it as HTTP/1.1. Nothing was written
 			// yet, so a GOAWAY can go first (RFC 9113, section 3.4).
-			_, _ = c.Conn.Write(goAwayProtocolError)
-			// io.EOF: net/http closes quietly (any other error would get
-			// an HTTP/1.1 400 written after the GOAWAY).
-			c.abuse = io.EOF
+			c.wmu.Lock()
+			_, _ = c.Conn.Write(goAwayFrame(0, errCodeProtocol))
+			c.wmu.Unlock()
+			c.abuse = errAbuse
 			return 0, c.abuse
 		} else if kind != "" {
 			c.abuse = errAbuse
 			if c.cfg.OnAbuse != nil {
 				c.cfg.OnAbuse(kind, c.RemoteAddr())
 			}
-			// The HTTP/2 server writes its GOAWAY and closes within a
-			// second; if it does not, the connection goes anyway.
-			time.AfterFunc(3*time.Second, func() { _ = c.Conn.Close() })
+			c.sendGoAway(goAwayFrame(c.h2.lastStream, errCodeEnhanceYourCalm))
+			c.linger(p)
+			// The failed read makes the HTTP/2 server close the connection.
 			return 0, c.abuse
 		}
 	}
@@ -220,10 +238,59 @@ func (c *Conn) NextRequest() (refuse bool, reason string) {
 // plain connection (or one whose handshake has not completed).
 func (c *Conn) TLS() *tls.ConnectionState { return c.tls.Load() }
 
+// sendGoAway writes frame between two of the HTTP/2 server's frames: at
+// once if the server's last write ended one, else by the server's next
+// write that ends one (waiting at most a second for it).
+func (c *Conn) sendGoAway(frame []byte) {
+	c.wmu.Lock()
+	if c.wframes.atBoundary() {
+		_, _ = c.Conn.Write(frame)
+		c.wmu.Unlock()
+		return
+	}
+	c.goAway, c.goneOut = frame, make(chan struct{})
+	done := c.goneOut
+	c.wmu.Unlock()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// lingerTime is how long an abusive connection is read (and what it sends
+// thrown away) after its GOAWAY, before it is closed.
+const lingerTime = time.Second
+
+// linger reads and discards what the client still sends, for lingerTime
+// or until it stops: a connection closed with unread bytes is reset, and a
+// reset can destroy the GOAWAY before the client reads it.
+func (c *Conn) linger(buf []byte) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+	for {
+		if _, err := c.Conn.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
 // Write writes to the connection. On HTTP/1 connections a write that
 // makes no progress for Config.SendTimeout fails.
 func (c *Conn) Write(p []byte) (int, error) {
-	if d := c.cfg.SendTimeout; d > 0 && c.mode.Load() != modeH2 {
+	if c.mode.Load() == modeH2 {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		n, err := c.Conn.Write(p)
+		c.wframes.feed(p[:n])
+		if c.goAway != nil && c.wframes.atBoundary() {
+			_, _ = c.Conn.Write(c.goAway)
+			c.goAway = nil
+			close(c.goneOut)
+		}
+		return n, err
+	}
+	if d := c.cfg.SendTimeout; d > 0 {
 		// Setting a deadline costs a timer update: it is moved only once
 		// a quarter of the timeout has passed, so a write always has at
 		// least three quarters of it.

@@ -1,6 +1,9 @@
 package edgeguard
 
-import "time"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // h2Watcher follows the frames an HTTP/2 client sends, from the raw bytes
 // after the connection preface, and finds two kinds of abuse that cost the
@@ -20,8 +23,9 @@ type h2Watcher struct {
 	hn   int    // bytes of hdr held
 	skip uint32 // payload bytes of the current frame still to skip
 
-	inBlock bool // a header block is open (HEADERS without END_HEADERS)
-	conts   int  // CONTINUATION frames in it
+	inBlock    bool   // a header block is open (HEADERS without END_HEADERS)
+	conts      int    // CONTINUATION frames in it
+	lastStream uint32 // the highest stream the client opened
 
 	maxResets   int
 	resets      int
@@ -69,6 +73,9 @@ func (w *h2Watcher) feed(p []byte, now func() time.Time) string {
 		switch typ {
 		case frameHeaders:
 			w.inBlock, w.conts = flags&flagEndHeaders == 0, 0
+			if id := binary.BigEndian.Uint32(w.hdr[5:]) & (1<<31 - 1); id > w.lastStream {
+				w.lastStream = id
+			}
 		case frameContinue:
 			w.conts++
 			if w.conts > MaxContinuations {
@@ -90,3 +97,32 @@ func (w *h2Watcher) feed(p []byte, now func() time.Time) string {
 	}
 	return ""
 }
+
+// frameTracker follows a stream of HTTP/2 frames by their headers only, to
+// tell whether it stands between two frames. Not safe for concurrent use.
+type frameTracker struct {
+	hdr  [frameHeaderLen]byte
+	hn   int
+	skip uint32
+}
+
+func (f *frameTracker) feed(p []byte) {
+	for len(p) > 0 {
+		if f.skip > 0 {
+			n := uint32(min(len(p), int(min(f.skip, 1<<30))))
+			f.skip -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(f.hdr[f.hn:], p)
+		f.hn += n
+		p = p[n:]
+		if f.hn == frameHeaderLen {
+			f.hn = 0
+			f.skip = uint32(f.hdr[0])<<16 | uint32(f.hdr[1])<<8 | uint32(f.hdr[2])
+		}
+	}
+}
+
+// atBoundary reports whether the bytes fed so far end with a whole frame.
+func (f *frameTracker) atBoundary() bool { return f.hn == 0 && f.skip == 0 }
