@@ -34,3 +34,16 @@ func TestNaNSampleRatioAndNegativePollIntervalAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseClient: a file holding only "---" is a document whose implicit
+// null the YAML parser puts on line 2, which the file does not have; every
+// missing setting was reported at that line. Such problems now have no line.
+func TestEmptyDocumentProblemsHaveNoLine(t *testing.T) {
+	t.Parallel()
+	for _, doc := range []string{"---", "--- # nothing\n"} {
+		_, err := config.ParseClient("c.yaml", []byte(doc))
+		for _, p := range problems(t, err) {
+			require.Zero(t, p.Line, "%q: %s", doc, p.Error())
+		}
+	}
+}

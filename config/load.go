@@ -117,6 +117,12 @@ func lineOf(doc *yaml.Node, path string) int {
 		n = n.Content[0]
 	}
 	line := n.Line
+	if n.Kind != yaml.MappingNode {
+		// An empty document ("---") holds no setting to point at, and
+		// the parser puts its implicit null on the line after the
+		// marker, which may not exist.
+		line = 0
+	}
 	for _, m := range pathPart.FindAllStringSubmatch(path, -1) {
 		var next *yaml.Node
 		switch {
