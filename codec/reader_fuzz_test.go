@@ -249,7 +249,7 @@ func FuzzReader(f *testing.F) {
 			switch op % 4 {
 			case 1: // skip: Next discards the payload
 				if w.length == 0 {
-					end = w.end
+					end, clean = w.end, true
 				} else {
 					clean = false
 				}
