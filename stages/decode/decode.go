@@ -156,10 +156,7 @@ func (d *Decoder) fromHTTP(x *pipeline.Exchange) error {
 	// Exactly one id crosses: the one in the logs.
 	vals[0] = id
 	h[httpx.RequestIDHeader] = vals[0:1:1]
-	ip := peer.String()
-	if !peer.IsValid() {
-		ip = httpx.ClientIP(r.RemoteAddr)
-	}
+	ip := httpx.ClientIP(r.RemoteAddr) // a substring: no allocation
 	if len(prior) > 0 {
 		vals[1] = strings.Join(prior, ", ") + ", " + ip
 	} else {
@@ -208,15 +205,13 @@ func requestTarget(r *http.Request) string {
 	}
 	ep := u.EscapedPath()
 	np := rules.NormalizePath(ep)
-	if np != ep {
-		if p, err := url.PathUnescape(np); err == nil {
-			u.Path, u.RawPath = p, np
-		}
+	if np == ep && strings.HasPrefix(r.RequestURI, "/") {
+		return r.RequestURI // the common case: nothing to build
+	}
+	if p, err := url.PathUnescape(np); err == nil {
+		u.Path, u.RawPath = p, np
 	}
 	if u.RawQuery == "" && !u.ForceQuery {
-		if np == r.RequestURI {
-			return r.RequestURI // the common case: nothing to build
-		}
 		return np
 	}
 	return np + "?" + u.RawQuery
