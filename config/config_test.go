@@ -1074,3 +1074,53 @@ func TestTracingSampleRatio(t *testing.T) {
 	_, err := config.ParseServer("server.yaml", []byte(serverDoc(minimalServer+"tracing:\n  sample_ratio: 1.5\n")))
 	require.ErrorContains(t, err, "server.yaml:5: tracing.sample_ratio: 1.5 is outside 0..1")
 }
+
+// TestHostileTrafficSettings: the settings that bound an attacker have
+// their documented defaults, and a bad value names its line.
+func TestHostileTrafficSettings(t *testing.T) {
+	t.Parallel()
+	c, err := config.ParseServer("server.yaml", []byte(serverDoc(minimalServer)))
+	require.NoError(t, err)
+	l := c.Limits
+	require.Equal(t, 100, l.MaxStreamsPerSource)
+	require.Equal(t, 100, l.MaxStreamsPerConnection)
+	require.Equal(t, config.Size(64<<10), l.RequestBuffer)
+	require.Equal(t, 30*time.Second, l.BodyTimeout)
+	require.Equal(t, config.SizeLimit(1<<10), l.MinBodyRate)
+	require.Equal(t, 10*time.Second, l.MinRateGrace)
+	require.Equal(t, 30*time.Second, l.SendTimeout)
+	require.Equal(t, 5*time.Minute, l.StreamIdleTimeout)
+	require.Equal(t, 200, l.H2MaxResets)
+	require.Equal(t, config.SNIReject, l.SNIHostMismatch)
+	require.Empty(t, c.TrustedProxies)
+	require.Equal(t, config.AuthThrottle{MaxFailures: 5, Window: time.Minute, MaxBackoff: 15 * time.Minute}, c.AuthThrottle)
+
+	doc := serverDoc(minimalServer + `limits:
+  min_body_rate: off
+  max_streams_per_source: -1
+trusted_proxies: [10.0.0.0/8, 192.0.2.7, "::1"]
+`)
+	c, err = config.ParseServer("server.yaml", []byte(doc))
+	require.NoError(t, err)
+	require.Equal(t, config.Unlimited, c.Limits.MinBodyRate)
+	require.Zero(t, c.Limits.MinBodyRate.Bytes(), "off is no minimum")
+	require.Equal(t, -1, c.Limits.MaxStreamsPerSource)
+	require.Len(t, c.TrustedPrefixes(), 3)
+
+	bad := []struct{ line, want string }{
+		{"  max_streams_per_source: -5", "limits.max_streams_per_source: must be at least 1, or -1 for no limit"},
+		{"  max_streams_per_connection: -1", "limits.max_streams_per_connection: must be at least 1"},
+		{"  request_buffer: 1MiB", "limits.request_buffer: 1048576 is outside 0..max_frame_size (65536)"},
+		{"  body_timeout: -1s", "limits.body_timeout: must not be negative"},
+		{"  sni_host_mismatch: maybe", `limits.sni_host_mismatch: "maybe" is neither reject nor allow`},
+		{"  h2_max_resets: -3", "limits.h2_max_resets: must be at least 1"},
+	}
+	for _, b := range bad {
+		doc := serverDoc(minimalServer + "limits:\n" + b.line + "\n")
+		_, err := config.ParseServer("server.yaml", []byte(doc))
+		require.Contains(t, errorLines(problems(t, err)), fmt.Sprintf("server.yaml:%d: %s", lineNo(t, doc, b.line), b.want), b.line)
+	}
+	doc = serverDoc(minimalServer + "trusted_proxies:\n  - 10.0.0.0/33\n")
+	_, err = config.ParseServer("server.yaml", []byte(doc))
+	require.Contains(t, errorLines(problems(t, err)), fmt.Sprintf(`server.yaml:%d: trusted_proxies[0]: "10.0.0.0/33" is not a CIDR or an IP address`, lineNo(t, doc, "10.0.0.0/33")))
+}
