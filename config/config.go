@@ -289,7 +289,8 @@ type Limits struct {
 	// one source address may hold at once towards one client (tenant), on
 	// this side's ingress listeners: one more is answered 429 with
 	// Retry-After: 1. The source is the connection's peer, or, from a
-	// trusted proxy (trusted_proxies), the address it forwarded for. It
+	// trusted proxy (trusted_proxies), the address it forwarded for; an
+	// IPv6 source counts by its /64. It
 	// keeps one source well under a tenant's capacity
 	// (max_concurrent_streams, 1000). Default 100; -1 turns it off.
 	MaxStreamsPerSource int `yaml:"max_streams_per_source"`

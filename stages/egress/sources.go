@@ -40,12 +40,26 @@ func (l *sourceLimit) shard(a netip.Addr) *sourceShard {
 	return &l.shards[maphash.Bytes(l.seed, b[:])%uint64(len(l.shards))]
 }
 
-// acquire takes a stream for addr towards client, unless addr holds max
-// already. An invalid address (no IP: a Unix socket) is not limited.
+// sourceOf is what counts as one source: an IPv4 address, or an IPv6 /64
+// (one subscriber's or one host's usual allocation: an attacker with a /64
+// has billions of addresses).
+func sourceOf(a netip.Addr) netip.Addr {
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		a = p.Addr()
+	}
+	return a
+}
+
+// acquire takes a stream for addr towards client, unless addr's source
+// holds max already. An invalid address (no IP: a Unix socket) is not
+// limited.
 func (l *sourceLimit) acquire(client string, addr netip.Addr) bool {
 	if l == nil || !addr.IsValid() {
 		return true
 	}
+	addr = sourceOf(addr)
 	sh := l.shard(addr)
 	k := sourceKey{client, addr}
 	sh.mu.Lock()
@@ -63,6 +77,7 @@ func (l *sourceLimit) release(client string, addr netip.Addr) {
 	if l == nil || !addr.IsValid() {
 		return
 	}
+	addr = sourceOf(addr)
 	sh := l.shard(addr)
 	k := sourceKey{client, addr}
 	sh.mu.Lock()

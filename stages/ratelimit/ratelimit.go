@@ -9,11 +9,12 @@
 //	decode -> route -> ratelimit -> ... -> egress -> encode
 //
 // Requests without a rule pass unlimited. The per-address limit applies on
-// the ingress side only, where the user's TCP peer address is known
-// (Request.RemoteAddr); on the egress side the request arrived over the
-// tunnel and X-Forwarded-For is whatever the user wrote, so it is not
-// trusted. Behind a proxy or load balancer every user shares the proxy's
-// address.
+// the ingress side only, to the request's source (Exchange.Source, set by
+// decode: the TCP peer, or behind a proxy listed in trusted_proxies the
+// address it forwarded for; Request.RemoteAddr when no stage set one). On
+// the egress side the request arrived over the tunnel, so it is not
+// limited by address there. Behind a proxy that is not trusted every user
+// shares the proxy's address.
 //
 // Limits are checked narrowest first (address, then client, then rule) and
 // a request refused by one spends no token of the others, so that one
@@ -232,7 +233,7 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	var ip *rate.Limiter
 	var addr netip.Addr
 	if !l.perIP.unlimited() && x.Side == pipeline.Ingress && x.Request != nil {
-		if a, ok := l.addrKey(x.Request.RemoteAddr); ok {
+		if a, ok := l.sourceKey(x); ok {
 			addr = a
 			ip = l.ips.get(a, off, l.perIP, l)
 		}
@@ -339,6 +340,15 @@ func clientID(x *pipeline.Exchange) string {
 	return x.Rule.Client
 }
 
+// sourceKey returns the bucket key of x's source: Exchange.Source if set,
+// else the address of Request.RemoteAddr.
+func (l *Limiter) sourceKey(x *pipeline.Exchange) (netip.Addr, bool) {
+	if x.Source.IsValid() {
+		return l.keyOf(x.Source), true
+	}
+	return l.addrKey(x.Request.RemoteAddr)
+}
+
 // addrKey returns the bucket key of a RemoteAddr ("ip:port"): the address,
 // unmapped, without zone, IPv6 cut to its prefix.
 func (l *Limiter) addrKey(remote string) (netip.Addr, bool) {
@@ -348,12 +358,17 @@ func (l *Limiter) addrKey(remote string) (netip.Addr, bool) {
 	} else if a, err = netip.ParseAddr(remote); err != nil {
 		return netip.Addr{}, false // not an IP (a unix socket, a test double)
 	}
+	return l.keyOf(a), true
+}
+
+// keyOf is a's bucket key: unmapped, without zone, IPv6 cut to its prefix.
+func (l *Limiter) keyOf(a netip.Addr) netip.Addr {
 	a = a.Unmap().WithZone("")
 	if a.Is6() && l.v6bits < 128 {
 		p, _ := a.Prefix(l.v6bits) // cannot fail: bits checked by New
 		a = p.Addr()
 	}
-	return a, true
+	return a
 }
 
 // delay is how long until rl has a token, 0 if it has one now. It mirrors
