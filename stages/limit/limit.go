@@ -1,4 +1,4 @@
-// Package limit is the stage that guards the gateway itself, with three
+// Package limit is the stage that guards the gateway itself, with
 // independent guards, each off by default:
 //
 //   - MaxInFlight (S3) bounds how many exchanges pass the stage at once. One
@@ -14,6 +14,13 @@
 //     whole exchange: once the answer starts, streams, downloads and
 //     WebSockets may last as long as they need. An exchange with no answer
 //     by then is cancelled and answered 504.
+//   - On the ingress side, the user's pace: BodyTimeout and MinBodyRate
+//     hold the request body to a live sender until the answer starts (408
+//     otherwise), SendTimeout cuts an HTTP/2 answer its reader stopped
+//     reading, StreamIdleTimeout ends an answer on which nothing moves.
+//     A request body that fails is answered for what it is (408, 400 for
+//     a malformed one, 413), whatever the stage reading it returned (see
+//     body.go).
 //
 // # Where it goes
 //
