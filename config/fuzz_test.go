@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
@@ -64,10 +66,22 @@ log: {level: debug, format: json}
 )
 
 // lineCount is the number of lines of data as YAML counts them (a line
-// ends at LF, CR, CR LF, NEL, LS or PS): a problem's line must be one of
-// them.
+// ends at LF, CR, CR LF, NEL, LS or PS; a file that opens with a UTF-16
+// byte order mark is UTF-16): a problem's line must be one of them.
 func lineCount(data []byte) int {
-	s := strings.ReplaceAll(string(data), "\r\n", "\n")
+	text := string(data)
+	if len(data) >= 2 && (data[0] == 0xfe && data[1] == 0xff || data[0] == 0xff && data[1] == 0xfe) {
+		order := binary.ByteOrder(binary.BigEndian)
+		if data[0] == 0xff {
+			order = binary.LittleEndian
+		}
+		units := make([]uint16, 0, len(data)/2)
+		for i := 2; i+1 < len(data); i += 2 {
+			units = append(units, order.Uint16(data[i:]))
+		}
+		text = string(utf16.Decode(units))
+	}
+	s := strings.ReplaceAll(text, "\r\n", "\n")
 	n := 1
 	for _, br := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
 		n += strings.Count(s, br)
