@@ -474,7 +474,8 @@ type timed struct {
 	rw       http.ResponseWriter
 	h2       bool
 	idleable bool         // the answer may be idle-timed (not a WebSocket)
-	idle     *time.Timer  // stream idle timeout, armed once the answer starts
+	idleMu   sync.Mutex   // orders the idle timer's checks, arming and stop
+	idle     *time.Timer  // stream idle timeout, armed once the answer starts; nil until first needed
 	idleOn   atomic.Bool  // idle was armed
 	idleDone atomic.Bool  // idle was stopped before it fired (or never armed)
 	last     atomic.Int64 // last byte moved either way, unix ns
@@ -485,8 +486,6 @@ var timedPool = sync.Pool{New: func() any {
 	t := new(timed)
 	t.timer = time.AfterFunc(time.Hour, t.expire)
 	t.timer.Stop()
-	t.idle = time.AfterFunc(time.Hour, t.idleCheck)
-	t.idle.Stop()
 	return t
 }}
 
@@ -505,6 +504,8 @@ func (t *timed) touch() {
 // idleCheck runs on the idle timer's goroutine: it ends the exchange if
 // nothing moved for the idle timeout, else waits for the rest of it.
 func (t *timed) idleCheck() {
+	t.idleMu.Lock()
+	defer t.idleMu.Unlock()
 	since := time.Duration(time.Now().UnixNano() - t.last.Load())
 	if since >= t.g.idleTimeout {
 		t.cancel(&pipeline.Reject{Status: http.StatusRequestTimeout, Err: ErrIdle,
@@ -542,8 +543,14 @@ func (t *timed) startTimer() {
 
 // release gives t back to the pool if its timers can no longer run.
 func (t *timed) release() {
-	if t.idleOn.Load() && t.idle.Stop() {
-		t.idleDone.Store(true)
+	if t.idleOn.Load() {
+		// Under idleMu: a check that is running has finished with t once
+		// this lock is ours, and Stop tells whether another one is due.
+		t.idleMu.Lock()
+		if t.idle.Stop() {
+			t.idleDone.Store(true)
+		}
+		t.idleMu.Unlock()
 	}
 	if !t.disarmed.Load() || !t.idleDone.Load() {
 		return
@@ -577,8 +584,16 @@ func (t *timed) start() bool {
 		}
 		if t.idleable && t.g.idleTimeout > 0 {
 			t.last.Store(time.Now().UnixNano())
+			t.idleDone.Store(false) // until release stops it before it fires
 			t.idleOn.Store(true)
-			t.idle.Reset(t.g.idleTimeout)
+			t.idleMu.Lock()
+			if t.idle == nil {
+				// Made on first use, and kept with t in the pool.
+				t.idle = time.AfterFunc(t.g.idleTimeout, t.idleCheck)
+			} else {
+				t.idle.Reset(t.g.idleTimeout)
+			}
+			t.idleMu.Unlock()
 		}
 		return true
 	}
