@@ -80,6 +80,10 @@ func (a *rulesAPI) put(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "rule body: %v", err)
 		return
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeErr(w, http.StatusBadRequest, "rule body: one JSON object expected, and something follows it")
+		return
+	}
 	if rule.ID == "" {
 		rule.ID = id
 	}

@@ -120,3 +120,22 @@ func TestRulesAPIPutBodyLimit(t *testing.T) {
 	require.Contains(t, v["error"], "rule body: unexpected EOF")
 	require.Same(t, before, store.Table())
 }
+
+// A PUT body is one JSON object: anything after it is refused, not
+// silently dropped.
+func TestRulesAPIPutRefusesTrailingData(t *testing.T) {
+	t.Parallel()
+	store, err := control.NewRuleStore(apiRules, 4)
+	require.NoError(t, err)
+	a := &rulesAPI{store: store, writable: true}
+	before := store.Table()
+	for _, trailing := range []string{` trailing`, ` {"id":"other"}`, `]`} {
+		body := `{"client":"c1","direction":"reverse","host":"new.test","upstream":"http://a:1"}` + trailing
+		status, v, _ := apiCall(t, a.put, http.MethodPut, "new", []byte(body))
+		require.Equal(t, http.StatusBadRequest, status, trailing)
+		require.Contains(t, v["error"], "one JSON object expected", trailing)
+		require.Same(t, before, store.Table())
+	}
+	status, _, _ := apiCall(t, a.put, http.MethodPut, "new", []byte(`{"client":"c1","direction":"reverse","host":"new.test","upstream":"http://a:1"}`+"\n"))
+	require.Equal(t, http.StatusOK, status, "a trailing newline is fine")
+}

@@ -277,8 +277,19 @@ func NormalizePath(p string) string {
 	}
 	b := make([]byte, 0, len(p))
 	for i := 0; i < len(p); i++ {
-		if p[i] == '%' && i+2 < len(p) {
-			if c, ok := unhex2(p[i+1], p[i+2]); ok && unreserved(c) {
+		if p[i] == '%' {
+			c, ok := byte(0), false
+			if i+2 < len(p) {
+				c, ok = unhex2(p[i+1], p[i+2])
+			}
+			switch {
+			case !ok:
+				// Not an escape: a '%' of its own, escaped so that no
+				// escape appears that was not there ("%7%41" must not
+				// become "%7A", which a second pass would decode).
+				b = append(b, "%25"...)
+				continue
+			case unreserved(c):
 				b = append(b, c)
 				i += 2
 				continue
