@@ -87,3 +87,33 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Release builds (docs/DEPLOY.md). VERSION is what `tunnel version` prints:
+# git describe names the commit unless given (make dist VERSION=v1.2.3).
+VERSION   ?= $(shell (git describe --tags --always --dirty) 2>/dev/null || echo dev)
+DIST      ?= dist
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/arm64
+IMAGE     ?= qtunnel
+VERSION_PKG := github.com/qtunnel/qtunnel/internal/version
+
+.PHONY: dist image
+## dist: static (CGO_ENABLED=0), -trimpath, version-stamped binaries for
+## $(PLATFORMS) as $(DIST)/tunnel-OS-ARCH, and $(DIST)/SHA256SUMS (sha256sum -c).
+dist:
+	@v='$(VERSION)'; [ -n "$$v" ] || v=dev; \
+	mkdir -p '$(DIST)'; names=; \
+	for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; name=tunnel-$$os-$$arch; \
+		echo "dist: $(DIST)/$$name ($$v)"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath \
+			-ldflags "-s -w -X $(VERSION_PKG).Version=$$v" \
+			-o '$(DIST)'/$$name ./cmd/tunnel || exit 1; \
+		names="$$names $$name"; \
+	done; \
+	cd '$(DIST)' && if command -v sha256sum >/dev/null; then sha256sum $$names; \
+		else shasum -a 256 $$names; fi > SHA256SUMS && cat SHA256SUMS
+
+## image: the container image $(IMAGE):$(VERSION) from the Dockerfile; needs a Docker engine.
+image:
+	@v='$(VERSION)'; [ -n "$$v" ] || v=dev; \
+	docker build --build-arg VERSION="$$v" -t '$(IMAGE)':"$$v" .
