@@ -163,6 +163,9 @@ func (c *Client) ReadToken() (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("token_file: %w", err)
 		}
+		if err := privateTokenFile(c.TokenFile); err != nil {
+			return "", fmt.Errorf("token_file: %w", err)
+		}
 		t := strings.TrimSpace(string(b))
 		if t == "" {
 			return "", fmt.Errorf("token_file %s is empty", c.TokenFile)
@@ -172,6 +175,20 @@ func (c *Client) ReadToken() (string, error) {
 		return env, nil
 	}
 	return "", errors.New("no token: set token, token_file or QTUNNEL_TOKEN")
+}
+
+// privateTokenFile refuses a token file that group or others may read or
+// change (any of the mode bits 077, as ssh does for private keys): the
+// token is the client's password. Windows has no such modes.
+func privateTokenFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if mode := fi.Mode().Perm(); mode&0o077 != 0 && os.PathSeparator == '/' {
+		return fmt.Errorf("%s is open to group or others (mode %04o); a token must be private to its owner: chmod 600 %s", path, mode, path)
+	}
+	return nil
 }
 
 // CheckFiles reads the files a server configuration names (certificate and
@@ -193,6 +210,9 @@ func CheckClientFiles(name string, data []byte, c *Client) error {
 	var k checker
 	if c.Token == "" && c.TokenFile != "" {
 		b, err := os.ReadFile(c.TokenFile)
+		if err == nil {
+			err = privateTokenFile(c.TokenFile)
+		}
 		switch {
 		case err != nil:
 			k.add("token_file", "%v", err)
