@@ -180,23 +180,94 @@ func TestOpensAfterThreshold(t *testing.T) {
 	require.EqualValues(t, 5, next.calls.Load(), "an open circuit does not call next")
 }
 
-func TestRefusalsAreFast(t *testing.T) {
+// TestRefusalsNeverWait: a refusal is decided from the circuit's state
+// alone, so it never calls next and never waits for what next is doing.
+// An open circuit refuses 1000 requests while a request it admitted before
+// it opened is still stuck in next; a half-open one refuses 1000 while its
+// probe is. How fast a refusal is, BenchmarkOpen measures.
+func TestRefusalsNeverWait(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(t, breaker.Config{}, stagetest.NewClock())
-	trip(t, b, upA)
+	clk := stagetest.NewClock()
+	b := newBreaker(t, breaker.Config{}, clk)
 	next := answering(ok)
-	took := make([]time.Duration, 1000)
-	for i := range took {
-		start := time.Now()
-		err := call(b, upA, next)
-		took[i] = time.Since(start)
-		refusal(t, err)
+
+	// stuckIn starts a call through b whose next blocks until the
+	// returned release is called, and returns once it is inside next.
+	stuckIn := func() (release func(), done <-chan error) {
+		entered, let := make(chan struct{}), make(chan struct{})
+		release = sync.OnceFunc(func() { close(let) })
+		t.Cleanup(release) // if the test fails first
+		ch := make(chan error, 1)
+		go func() {
+			ch <- call(b, upA, answering(func(*pipeline.Exchange) error {
+				close(entered)
+				<-let
+				return nil
+			}))
+		}()
+		select {
+		case <-entered:
+		case <-time.After(time.Minute):
+			t.Fatal("the request never reached next")
+		}
+		return release, ch
 	}
-	require.Zero(t, next.calls.Load())
-	slices.Sort(took)
-	p99 := took[len(took)*99/100]
-	t.Logf("refusal p50 %v, p99 %v", took[len(took)/2], p99)
-	require.Less(t, p99, 5*time.Millisecond)
+	// refuseAll makes n calls from another goroutine, and fails if they
+	// have not all returned within a minute: a refusal that waited for
+	// the request stuck in next would never return.
+	refuseAll := func(n int) []error {
+		out := make(chan []error, 1)
+		start := time.Now()
+		go func() {
+			errs := make([]error, n)
+			for i := range errs {
+				errs[i] = call(b, upA, next)
+			}
+			out <- errs
+		}()
+		select {
+		case errs := <-out:
+			t.Logf("%d refusals in %v", n, time.Since(start).Round(time.Microsecond))
+			return errs
+		case <-time.After(time.Minute):
+			t.Fatalf("%d calls still not all refused after a minute while a request is stuck in next", n)
+			return nil
+		}
+	}
+	wait := func(done <-chan error) error {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(time.Minute):
+			t.Fatal("the released request did not return")
+			return nil
+		}
+	}
+
+	// Open, with a request from before it opened still in next.
+	release, done := stuckIn()
+	trip(t, b, upA)
+	for _, err := range refuseAll(1000) {
+		rj := refusal(t, err)
+		require.Contains(t, rj.Message, "circuit breaker open")
+	}
+	require.Zero(t, next.calls.Load(), "an open circuit does not call next")
+	release()
+	require.NoError(t, wait(done))
+	require.Equal(t, "open", b.State(upA))
+
+	// Half-open, with its one probe in next.
+	clk.Advance(10 * time.Second) // the default cool-down
+	release, done = stuckIn()
+	require.Equal(t, "half-open", b.State(upA))
+	for _, err := range refuseAll(1000) {
+		rj := refusal(t, err)
+		require.Contains(t, rj.Message, "circuit breaker half-open")
+	}
+	require.Zero(t, next.calls.Load(), "a half-open circuit whose probe is out does not call next")
+	release()
+	require.NoError(t, wait(done))
+	require.Equal(t, "closed", b.State(upA), "the probe succeeded")
 }
 
 func TestRetryAfterCountsDown(t *testing.T) {
