@@ -14,14 +14,9 @@ build:
 demo:
 	$(GO) run ./cmd/tunnel demo
 
-# Tests that bound latency skip under the race detector, which slows every
-# request several times; they run again here without it.
-LATENCY_TESTS := TestBreakerOpensFailsFastProbesAndCloses
-
 ## test: every check and every test (race detector on, goroutine leaks checked).
 test: lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
-	$(GO) test -count=1 -timeout 5m -run '$(LATENCY_TESTS)' ./gateway
 
 ## test-short: the tests without the long end-to-end transfers.
 test-short:

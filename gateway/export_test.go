@@ -7,6 +7,7 @@ import "github.com/qtunnel/qtunnel/rules"
 // must notice and repair it.
 func (c *Client) CorruptRulesForTest(t *rules.Table) { c.rules.Swap(t) }
 
-// RaceDetector says the test binary was built with -race: tests that bound
-// latency check it only without (the second pass of make test).
+// RaceDetector says the test binary was built with -race, whose detector
+// allows 8128 live goroutines: tests that start thousands size their load
+// by it.
 const RaceDetector = raceDetector

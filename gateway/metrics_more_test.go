@@ -229,12 +229,10 @@ func TestMetricsStagePanicIsInternal(t *testing.T) {
 		})},
 	})
 	hc := h1Client(t)
-	// The panicking side resets the stream at once: the user gets a 502
-	// now, not a 504 after the request timeout.
-	t0 := time.Now()
+	// The panicking side resets the stream: the user gets a 502 for it,
+	// not a 504 once the request timeout has given up on the answer.
 	resp, body := get(t, hc, p.publicURL("/panic"), appHost)
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode, body)
-	require.Less(t, time.Since(t0), 5*time.Second)
 	resp, body = get(t, hc, p.publicURL("/ok"), appHost)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	settle(t, "client", p.Client.AdminAddr(), []want{

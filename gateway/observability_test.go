@@ -150,22 +150,26 @@ func mismatches(mfs map[string]*dto.MetricFamily, wants []want) []string {
 	return bad
 }
 
-// settle scrapes addr until every expectation holds, or fails after 10s
+// settle scrapes addr until every expectation holds, or fails after 30s
 // with what was still off: the observe stage counts an exchange when its
 // chain returns, which may be just after the user got the answer.
 func settle(t *testing.T, side string, addr net.Addr, wants []want) map[string]*dto.MetricFamily {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		mfs := scrapeMetrics(t, addr)
 		bad := mismatches(mfs, wants)
 		if len(bad) == 0 {
 			return mfs
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s /metrics did not settle within 10s:\n  %s", side, strings.Join(bad, "\n  "))
+		select {
+		case <-deadline.C:
+			t.Fatalf("%s /metrics did not settle within 30s:\n  %s", side, strings.Join(bad, "\n  "))
+		case <-tick.C:
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
