@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,8 +21,10 @@ import (
 // TestServerKilledAndRestarted kills the server with SIGKILL twice: once
 // long enough for the client to notice and back off to its cap, once
 // restarted at once as a supervisor would. Both times traffic resumes in
-// both directions within the backoff cap (500ms in the harness) plus 1s of
-// the new server's start.
+// both directions without anyone touching the client; the first time the
+// client never waits longer than its backoff cap (500ms in the harness)
+// between attempts, and the second it learns of the restart from the new
+// server's stateless reset. How long resuming took is logged, not checked.
 func TestServerKilledAndRestarted(t *testing.T) {
 	t.Parallel()
 	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "up") }))
@@ -50,41 +53,49 @@ func TestServerKilledAndRestarted(t *testing.T) {
 		return true
 	}
 	require.True(t, both())
-	const budget = 500*time.Millisecond + time.Second // reconnect.max + 1s
+	const backoffCap = 500 * time.Millisecond // reconnect.max in the harness
 
-	resumed := func(label string) time.Duration {
+	resumed := func(label string) {
 		t0 := time.Now()
-		deadline := t0.Add(15 * time.Second)
+		deadline := t0.Add(time.Minute) // a hang guard
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for !both() {
-			require.True(t, time.Now().Before(deadline), "%s: traffic did not resume within 15s", label)
+			require.True(t, time.Now().Before(deadline), "%s: traffic did not resume within a minute", label)
 			<-tick.C
 		}
-		took := time.Since(t0)
 		c.CloseIdleConnections()
-		t.Logf("%s: traffic resumed both ways %v after the new server started (budget %v)", label, took.Round(time.Millisecond), budget)
-		return took
+		t.Logf("%s: traffic resumed both ways %v after the new server started", label, time.Since(t0).Round(time.Millisecond))
 	}
 
 	// 1. Killed and down long enough for the client to give up on the
-	// connection and back off to the cap.
+	// connection and back off to the cap: from 50ms doubling, the fifth
+	// wait on would be over 500ms without it, and eight waits make a wait
+	// past the cap all but certain to show if the cap were not applied.
 	e.server.signal(syscall.SIGKILL)
-	e.server.wait(10 * time.Second)
-	e.client.waitFor(`msg="connection to server lost"`, 10*time.Second)
-	e.client.waitFor(`msg="cannot reach server; retrying".*attempt=4`, 20*time.Second)
+	e.server.wait(30 * time.Second)
+	e.client.waitFor(`msg="connection to server lost"`, 30*time.Second)
+	e.client.waitFor(`msg="cannot reach server; retrying".*attempt=8`, 60*time.Second)
 	e.server = start(t, "server-2", "server", "-config", e.serverConf)
-	e.server.waitFor(`msg="server started"`, 20*time.Second)
-	assert.LessOrEqual(t, resumed("after an outage"), budget)
+	e.server.waitFor(`msg="server started"`, 30*time.Second)
+	resumed("after an outage")
+	waits := regexp.MustCompile(`msg="cannot reach server; retrying" .*?\bin=(\S+)`).FindAllStringSubmatch(e.client.out.String(), -1)
+	require.GreaterOrEqual(t, len(waits), 8, "the client logs each wait before a new attempt")
+	for _, m := range waits {
+		d, err := time.ParseDuration(m[1])
+		require.NoError(t, err, m[0])
+		assert.LessOrEqual(t, d, backoffCap, "a wait between attempts is over reconnect.max: %s", m[0])
+	}
 
 	// 2. Killed and restarted at once: the client still holds its old
 	// connection and learns from the new server's stateless reset.
+	mark := len(e.client.out.String())
 	e.server.signal(syscall.SIGKILL)
-	e.server.wait(10 * time.Second)
+	e.server.wait(30 * time.Second)
 	e.server = start(t, "server-3", "server", "-config", e.serverConf)
-	e.server.waitFor(`msg="server started"`, 20*time.Second)
-	assert.LessOrEqual(t, resumed("after an immediate restart"), budget)
-	assert.Contains(t, e.client.out.String(), "stateless reset", "the client learnt of the restart by a stateless reset")
+	e.server.waitFor(`msg="server started"`, 30*time.Second)
+	resumed("after an immediate restart")
+	assert.Contains(t, e.client.out.String()[mark:], "stateless reset", "the client learnt of the restart by a stateless reset")
 }
 
 // dyingUpstream is an upstream that is killed while it answers: it reads
