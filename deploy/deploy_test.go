@@ -345,6 +345,7 @@ func TestSystemdUnits(t *testing.T) {
 		server["Service.ExecReload"], "reload checks the file, then sends SIGHUP")
 	require.Empty(t, client["Service.ExecReload"], "the client ignores SIGHUP")
 	require.Equal(t, []string{"token:/etc/qtunnel/token"}, client["Service.LoadCredential"])
+	require.Equal(t, []string{"1"}, client["Service.RestartPreventExitStatus"], "the client's exit 1 is final")
 
 	// systemd's tools read copies whose commands point at an executable
 	// that exists here: verify refuses a missing one.
