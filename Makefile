@@ -7,12 +7,15 @@ PKGS      := ./...
 
 all: build
 
+## build: bin/tunnel, stamped with $(VERSION) (tunnel version), as make dist stamps.
 build:
-	$(GO) build -o bin/tunnel ./cmd/tunnel
+	$(GO) build -ldflags "-X $(VERSION_PKG).Version=$(VERSION)" -o bin/tunnel ./cmd/tunnel
 
 ## demo: run a server, a client and two sample upstreams on loopback; prints what to curl.
-demo:
-	$(GO) run ./cmd/tunnel demo
+## It runs the built binary, not 'go run': go run exits 1 whenever it gets
+## SIGINT, so Ctrl-C would end make demo with "Error 1" after a clean stop.
+demo: build
+	bin/tunnel demo
 
 ## test: every check and every test (race detector on, goroutine leaks checked).
 test: lint

@@ -1,12 +1,19 @@
 // Command tunnel is the qtunnel gateway: one binary for both sides of the
-// tunnel, the demo, and configuration checks.
+// tunnel, the demo, and the tools around them.
 //
-//	tunnel server -config server.yaml
-//	tunnel client -config client.yaml
-//	tunnel demo
-//	tunnel check-config server|client FILE
-//	tunnel hash-token < token
-//	tunnel bench [-quick] [-scenario NAME,...]
+//	tunnel server [--config] FILE
+//	tunnel client [--config] FILE
+//	tunnel demo [--public ADDR] [--forward ADDR] [--tunnel ADDR]
+//	tunnel check-config [server|client] [--config] FILE
+//	tunnel hash-token [--token-file FILE] (else the token on stdin)
+//	tunnel bench [--quick] [--scenario NAME,...] ...
+//	tunnel version
+//	tunnel completion bash|zsh|fish|powershell
+//	tunnel help [COMMAND]
+//
+// Flags take one dash or two. Exit codes: 0 success (a graceful stop on
+// SIGINT or SIGTERM included), 1 failure, 2 usage error, 130 a second
+// signal forced the exit; 'tunnel help' says more.
 //
 // With QTUNNEL_PROFILE=PREFIX in its environment, the process writes a CPU
 // profile to PREFIX.cpu.pprof and an allocation profile to
@@ -14,40 +21,77 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
 	"strings"
-	"sync"
-	"syscall"
-	"time"
 
-	"github.com/qtunnel/qtunnel/bench"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/qtunnel/qtunnel/config"
-	"github.com/qtunnel/qtunnel/control"
-	"github.com/qtunnel/qtunnel/demo"
-	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/internal/cli"
+	"github.com/qtunnel/qtunnel/internal/version"
 )
 
-const usage = `usage: tunnel <command> [flags]
+// commands builds tunnel's commands, one constructor each; help lists them
+// sorted by name.
+//
+// To add a command, write a constructor `newXxxCmd() *cobra.Command` in a
+// file of its own in this package and add it to this list; nothing else
+// changes. The command gets -h/--help, 'tunnel help xxx', shell completion,
+// one-dash long flags and the exit codes from the root. Its constructor
+// sets Use, Short, Long, Example (TestHelpOfEveryCommand requires one; list
+// the command and its flags in commandFlags of main_test.go) and RunE. RunE
+// reads and writes through cmd.InOrStdin, cmd.OutOrStdout and
+// cmd.ErrOrStderr (never os.Stdin and friends, so that tests can run it),
+// and returns cli.Usagef(...) for a mistake in the command line (exit 2)
+// or any other error for a failure (exit 1; the error is printed once by
+// run, prefixed "tunnel: ").
+//
+// 'tunnel init' (cmd/tunnel/init.go, newInitCmd) registers here:
+// add newInitCmd to this list when that file lands.
+var commands = []func() *cobra.Command{
+	newServerCmd,
+	newClientCmd,
+	newDemoCmd,
+	newCheckConfigCmd,
+	newHashTokenCmd,
+	newBenchCmd,
+	newVersionCmd,
+	newCompletionCmd,
+}
 
-commands:
-  server -config FILE        run the server side
-  client -config FILE        run the client side
-  demo                       run server, client and sample upstreams on loopback
-  check-config server|client FILE
-                             check a configuration file; report each problem with its line
-  hash-token                 read a client token on stdin, print its token_sha256
-  bench [flags]              run the benchmark harness (tunnel vs direct); -h for flags
-`
+const rootLong = `tunnel runs either side of a qtunnel, a bidirectional QUIC tunnel gateway
+that carries HTTP/1.1, HTTP/2, gRPC, WebSocket and TCP between a server and
+its clients, and the tools around it: a demo on loopback, a configuration
+checker, a token hasher and a benchmark harness.
+
+Flags take one dash or two: -config FILE is --config FILE.
+
+Exit codes:
+  0    success, including a server, client or demo that SIGINT or SIGTERM
+       stopped gracefully
+  1    failure while running: a configuration with problems, a file that
+       cannot be read, an address that cannot be bound, a client whose
+       token or server pin was refused
+  2    usage error: an unknown command or flag, a missing or extra argument
+  130  a second SIGINT or SIGTERM during a graceful stop: exit at once
+
+Shell completion, for this shell (see 'tunnel help completion' for the
+others and for loading it in every new shell):
+  source <(tunnel completion bash)`
+
+const rootExample = `  tunnel demo
+  tunnel check-config examples/server.yaml
+  tunnel server server.yaml
+  tunnel client --config client.yaml
+  tunnel help server`
+
+// errNoCommand is the usage error of a bare 'tunnel'.
+var errNoCommand = cli.Usagef("a command is required")
 
 func main() {
 	stop := startProfile(os.Getenv("QTUNNEL_PROFILE"))
@@ -82,340 +126,154 @@ func startProfile(prefix string) func() {
 	}
 }
 
+// run runs the command line args and returns the exit code.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	cmd, args := args[0], args[1:]
-	var err error
-	switch cmd {
-	case "server":
-		err = runServer(args, stderr)
-	case "client":
-		err = runClient(args, stderr)
-	case "demo":
-		err = runDemo(args, stdout, stderr)
-	case "check-config":
-		err = checkConfig(args, stdout)
-	case "hash-token":
-		err = hashToken(stdin, stdout)
-	case "bench":
-		err = runBench(args, stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
+	root := newRootCmd()
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetArgs(oneDashLongFlags(root, args))
+	cmd, err := root.ExecuteC()
+	return report(cmd, err, stderr)
+}
+
+// report writes what went wrong, once, and returns the exit code.
+func report(cmd *cobra.Command, err error, stderr io.Writer) int {
+	var ps config.Problems
+	var usage *cli.UsageError
+	switch {
+	case err == nil:
+	case errors.Is(err, errNoCommand):
+		fmt.Fprintf(stderr, "%s: %v\n\n%s", cmd.CommandPath(), err, cmd.UsageString())
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "%s: %v\nRun '%s --help' for usage.\n", cmd.CommandPath(), err, cmd.CommandPath())
+	case errors.As(err, &ps):
+		fmt.Fprintln(stderr, ps.Error())
 	default:
-		fmt.Fprintf(stderr, "tunnel: unknown command %q\n\n%s", cmd, usage)
-		return 2
+		fmt.Fprintln(stderr, "tunnel:", err)
 	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0 // the flag set printed its usage
-	}
-	if err != nil {
-		var ps config.Problems
-		if errors.As(err, &ps) {
-			fmt.Fprintln(stderr, ps.Error())
-		} else {
-			fmt.Fprintln(stderr, "tunnel:", err)
-		}
-		return 1
-	}
-	return 0
+	return cli.ExitCode(err)
 }
 
-// shutdownContext is cancelled by the first SIGINT or SIGTERM; a second one
-// exits the process at once.
-func shutdownContext(log *slog.Logger) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		select {
-		case s := <-sigs:
-			log.Info("signal received; shutting down (signal again to force)", "signal", s.String())
-			cancel()
-		case <-ctx.Done():
-			return
-		}
-		if _, ok := <-sigs; ok {
-			log.Error("second signal: forced exit")
-			os.Exit(130)
-		}
-	}()
-	return ctx, func() { signal.Stop(sigs); cancel(); close(sigs) }
-}
-
-// onHangup calls fn on each SIGHUP, one call at a time, until the returned
-// stop is called; stop waits for a call in progress to end.
-func onHangup(fn func()) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-hup:
-				fn()
-			case <-done:
-				return
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:     "tunnel",
+		Short:   "qtunnel: a bidirectional QUIC tunnel gateway",
+		Long:    rootLong,
+		Example: rootExample,
+		Version: version.String(),
+		// Any word that is not a command reaches RunE, which says so as
+		// a usage error.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errNoCommand
 			}
+			return unknownCommand(cmd, args[0])
+		},
+		ValidArgsFunction: cobra.NoFileCompletions,
+		// run reports errors, once; a usage error gets a hint, not the
+		// whole usage.
+		SilenceErrors:              true,
+		SilenceUsage:               true,
+		SuggestionsMinimumDistance: 2,
+		CompletionOptions:          cobra.CompletionOptions{DisableDefaultCmd: true},
+	}
+	root.SetVersionTemplate(version.Line("tunnel") + "\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Usage(err) })
+	root.SetHelpCommand(newHelpCmd())
+	for _, newCmd := range commands {
+		root.AddCommand(newCmd())
+	}
+	return root
+}
+
+// unknownCommand is the usage error for a word that names no command,
+// with the nearest command's name when one is near.
+func unknownCommand(root *cobra.Command, name string) error {
+	if s := root.SuggestionsFor(name); len(s) > 0 {
+		return cli.Usagef("unknown command %q; did you mean %q?", name, s[0])
+	}
+	return cli.Usagef("unknown command %q", name)
+}
+
+// oneDashLongFlags lets the command line use Go-style flags (-config FILE)
+// beside POSIX-style ones (--config FILE); the scripts and docs of this
+// project were written for Go's flag package. Completion requests
+// (tunnel __complete ...) are left alone: what they complete is the word
+// as typed.
+func oneDashLongFlags(root *cobra.Command, args []string) []string {
+	if len(args) > 0 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		return args
+	}
+	cmd, _, err := root.Find(args)
+	if err != nil {
+		cmd = root
+	}
+	return cli.OneDashLongFlags(args, func(name string) *pflag.Flag {
+		if f := cmd.Flags().Lookup(name); f != nil {
+			return f
 		}
+		return cmd.InheritedFlags().Lookup(name)
 	})
-	return func() { signal.Stop(hup); close(done); wg.Wait() }
 }
 
-// tracingOptions builds the tracer provider the configuration asks for;
-// flush sends what is batched, with a deadline, on exit.
-func tracingOptions(cfg config.Tracing, service string) ([]gateway.Option, func(), error) {
-	tp, err := gateway.NewTracerProvider(context.Background(), cfg, service)
-	if err != nil || tp == nil {
-		return nil, func() {}, err
-	}
-	flush := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = tp.Shutdown(ctx)
-	}
-	return []gateway.Option{gateway.WithTracerProvider(tp)}, flush, nil
-}
-
-func configFlag(name string, args []string, stderr io.Writer) (string, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		return "", err
-	}
-	if *path == "" {
-		return "", fmt.Errorf("%s: -config FILE is required", name)
-	}
-	return *path, nil
-}
-
-func runServer(args []string, stderr io.Writer) error {
-	path, err := configFlag("server", args, stderr)
-	if err != nil {
-		return err
-	}
-	cfg, err := config.LoadServer(path)
-	if err != nil {
-		return err
-	}
-	log, err := gateway.NewLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	gateway.ApplyRuntime(cfg.Runtime, log)
-	opts, flush, err := tracingOptions(cfg.Tracing, "qtunnel-server")
-	if err != nil {
-		return err
-	}
-	defer flush()
-	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path))...)
-	if err != nil {
-		return err
-	}
-	ctx, stop := shutdownContext(log)
-	defer stop()
-	// SIGHUP reloads clients and rules (the file is also watched).
-	defer onHangup(func() {
-		if err := srv.Reload(); err == nil {
-			log.Info("configuration reloaded on SIGHUP", "file", path)
+// noArgs accepts no positional argument; why says what to do instead.
+func noArgs(why string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return cli.Usagef("unexpected argument %q%s", args[0], why)
 		}
-	})()
-	return srv.Run(ctx)
-}
-
-func runClient(args []string, stderr io.Writer) error {
-	path, err := configFlag("client", args, stderr)
-	if err != nil {
-		return err
-	}
-	cfg, err := config.LoadClient(path)
-	if err != nil {
-		return err
-	}
-	log, err := gateway.NewLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	gateway.ApplyRuntime(cfg.Runtime, log)
-	opts, flush, err := tracingOptions(cfg.Tracing, "qtunnel-client")
-	if err != nil {
-		return err
-	}
-	defer flush()
-	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log))...)
-	if err != nil {
-		return err
-	}
-	ctx, stop := shutdownContext(log)
-	defer stop()
-	// SIGHUP would otherwise end the process without a drain. The client's
-	// rules come from the server, so there is nothing to reload: say so.
-	defer onHangup(func() {
-		log.Info("SIGHUP ignored: the client's rules come from the server; restart the client to change its own settings")
-	})()
-	return cl.Run(ctx)
-}
-
-func runDemo(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var o demo.Options
-	fs.StringVar(&o.Public, "public", "127.0.0.1:18080", "server's public HTTP listener")
-	fs.StringVar(&o.Forward, "forward", "127.0.0.1:19090", "client's forward listener")
-	fs.StringVar(&o.Tunnel, "tunnel", "127.0.0.1:14443", "server's QUIC listener")
-	level := fs.String("log-level", "warn", "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	log, err := gateway.NewLogger(config.Log{Level: *level, Format: "text"}, stderr)
-	if err != nil {
-		return err
-	}
-	o.Logger = log
-	ctx, stop := shutdownContext(log)
-	defer stop()
-	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	d, err := demo.Start(startCtx, o)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	fmt.Fprint(stdout, d.Instructions())
-	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err = d.Stop(sctx)
-	fmt.Fprintln(stdout, "demo stopped")
-	return err
-}
-
-func checkConfig(args []string, stdout io.Writer) error {
-	if len(args) != 2 || (args[0] != "server" && args[0] != "client") {
-		return errors.New("usage: tunnel check-config server|client FILE")
-	}
-	path := args[1]
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var summary string
-	if args[0] == "server" {
-		var c *config.Server
-		if c, err = config.ParseServer(path, data); err == nil {
-			err = config.CheckFiles(path, data, c)
-			summary = fmt.Sprintf("%d clients, %d rules", len(c.Clients), len(c.Rules))
-		}
-	} else {
-		var c *config.Client
-		if c, err = config.ParseClient(path, data); err == nil {
-			err = config.CheckClientFiles(path, data, c)
-			summary = fmt.Sprintf("client %q, server %s", c.ID, c.Server)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s: ok (%s)\n", args[1], summary)
-	return nil
-}
-
-func hashToken(stdin io.Reader, stdout io.Writer) error {
-	line, err := bufio.NewReader(stdin).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	token := strings.TrimSpace(line)
-	if token == "" {
-		return errors.New("hash-token: give the token on stdin")
-	}
-	fmt.Fprintln(stdout, control.HashToken(token).String())
-	return nil
-}
-
-func runBench(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	quick := fs.Bool("quick", false, "spot check: 1s runs, one run each, 128 MiB bulk (under a minute)")
-	o := bench.Options{}
-	fs.DurationVar(&o.Duration, "duration", 0, "length of each load run (default 5s)")
-	fs.IntVar(&o.Runs, "runs", 0, "runs per measurement; the median is reported (default 3)")
-	bulk := fs.String("bulk", "", "bulk transfer size, such as 1GiB (default 1GiB)")
-	fs.IntVar(&o.IdleConns, "idle", 0, "idle keep-alive connections to hold (default 1000)")
-	scenarios := fs.String("scenario", "", "comma-separated scenarios to run (default all): "+strings.Join(bench.ScenarioNames, ","))
-	out := fs.String("out", "bench/results", "directory for results.json and chart.svg")
-	fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
-	fs.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: this one)")
-	tunnelEnv := fs.String("tunnel-env", "", "comma-separated VAR=value pairs for the server and client, such as GOGC=200")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *quick {
-		q := bench.Quick()
-		if o.Duration == 0 {
-			o.Duration = q.Duration
-		}
-		if o.Runs == 0 {
-			o.Runs = q.Runs
-		}
-		if *bulk == "" {
-			o.BulkSize = q.BulkSize
-		}
-		if o.IdleConns == 0 {
-			o.IdleConns = q.IdleConns
-		}
-	}
-	if *bulk != "" {
-		size, err := config.ParseSize(*bulk)
-		if err != nil {
-			return fmt.Errorf("-bulk: %w", err)
-		}
-		o.BulkSize = int64(size)
-	}
-	if *scenarios != "" {
-		o.Scenarios = strings.Split(*scenarios, ",")
-	}
-	if *tunnelEnv != "" {
-		o.TunnelEnv = strings.Split(*tunnelEnv, ",")
-	}
-	for _, dir := range []string{*out, o.ProfileDir} {
-		if dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-		}
-	}
-	o.Progress = stderr
-	o.LogDir = *out
-	ctx, stop := shutdownContext(slog.New(slog.NewTextHandler(stderr, nil)))
-	defer stop()
-	rep, err := bench.Run(ctx, o)
-	if err != nil {
-		return err
-	}
-	rep.Command = "tunnel bench " + strings.Join(args, " ")
-	fmt.Fprintln(stdout)
-	rep.WriteTable(stdout)
-	if *out == "" {
 		return nil
 	}
-	for name, write := range map[string]func(io.Writer) error{"results.json": rep.WriteJSON, "chart.svg": rep.WriteSVG} {
-		f, err := os.Create(filepath.Join(*out, name))
-		if err != nil {
-			return err
-		}
-		err = write(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
+}
+
+// yamlFile completes a command's one positional FILE with YAML files.
+func yamlFile(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	fmt.Fprintf(stdout, "\nwrote %s and %s\n", filepath.Join(*out, "results.json"), filepath.Join(*out, "chart.svg"))
-	return nil
+	return []string{"yaml", "yml"}, cobra.ShellCompDirectiveFilterFileExt
+}
+
+// forceExit ends the process when a second signal arrives during a
+// graceful stop.
+func forceExit() { os.Exit(cli.ExitForced) }
+
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "Show the help of tunnel or of one of its commands",
+		Long: `Show the help of a command: what it does, its arguments, every flag, and
+examples. Without a command, the help of tunnel: its commands and exit codes.
+'tunnel COMMAND -h' and 'tunnel COMMAND --help' show the same.`,
+		Example: `  tunnel help
+  tunnel help server
+  tunnel server --help`,
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []string
+			for _, c := range cmd.Root().Commands() {
+				if c.IsAvailableCommand() {
+					names = append(names, c.Name()+"\t"+c.Short)
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root := cmd.Root()
+			target, rest, err := root.Find(args)
+			switch {
+			case len(args) == 0:
+				target = root
+			case err != nil || target == root || len(rest) > 0:
+				return cli.Usagef("unknown command %q", strings.Join(args, " "))
+			}
+			target.InitDefaultHelpFlag()
+			target.InitDefaultVersionFlag()
+			return target.Help()
+		},
+	}
 }

@@ -1,18 +1,27 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/qtunnel/qtunnel/internal/e2etest"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 )
 
@@ -28,7 +37,7 @@ type result struct {
 // standard error and nothing on standard output.
 func (r result) requireExit(t *testing.T, code int, stderr string) {
 	t.Helper()
-	require.Equal(t, code, r.code)
+	require.Equal(t, code, r.code, "stderr: %s", r.stderr)
 	require.Equal(t, stderr, r.stderr)
 	require.Empty(t, r.stdout)
 }
@@ -37,6 +46,28 @@ func runTunnel(stdin string, args ...string) result {
 	var out, errOut bytes.Buffer
 	code := run(args, strings.NewReader(stdin), &out, &errOut)
 	return result{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// runWithoutStdin runs the command with a standard input that never
+// delivers a byte, and fails the test if the command has not returned
+// within a bound (a command that reads standard input would wait forever).
+func runWithoutStdin(t *testing.T, args ...string) result {
+	t.Helper()
+	pr, pw := io.Pipe()
+	defer pw.Close() // frees a reader stuck on it
+	done := make(chan result, 1)
+	go func() {
+		var out, errOut bytes.Buffer
+		code := run(args, pr, &out, &errOut)
+		done <- result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatalf("tunnel %s: still running after 10s: waiting on standard input?", strings.Join(args, " "))
+		return result{}
+	}
 }
 
 func writeFile(t *testing.T, name, content string) string {
@@ -74,9 +105,100 @@ server: 127.0.0.1:4443
 server_pin: ` + validPin + `
 `
 
+// commandFlags lists each command and every flag its help must show.
+var commandFlags = map[string][]string{
+	"server":       {"--config", "--help"},
+	"client":       {"--config", "--help"},
+	"demo":         {"--public", "--forward", "--tunnel", "--log-level", "--help"},
+	"check-config": {"--config", "--help"},
+	"hash-token":   {"--token-file", "--help"},
+	"bench":        {"--quick", "--duration", "--runs", "--bulk", "--idle", "--scenario", "--out", "--profile", "--binary", "--tunnel-env", "--help"},
+	"version":      {"--help"},
+	"completion":   {"--help"},
+	"help":         {"--help"},
+}
+
+// usageHint is the line that follows every usage error.
+func usageHint(path string) string { return "Run '" + path + " --help' for usage.\n" }
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	want := "tunnel dev (" + runtime.Version() + ", " + runtime.GOOS + "/" + runtime.GOARCH + ")\n"
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		r := runWithoutStdin(t, args...)
+		require.Equal(t, 0, r.code, "%v: %s", args, r.stderr)
+		require.Equal(t, want, r.stdout, args)
+		require.Empty(t, r.stderr, args)
+	}
+	r := runTunnel("", "version", "extra")
+	r.requireExit(t, 2, "tunnel version: unexpected argument \"extra\"\n"+usageHint("tunnel version"))
+}
+
+// TestHelpOfEveryCommand: each way of asking for a command's help prints
+// it on standard output at once (no standard input is read), with examples
+// and every flag, and exits 0.
+func TestHelpOfEveryCommand(t *testing.T) {
+	t.Parallel()
+	for cmd, flags := range commandFlags {
+		for _, ask := range [][]string{{cmd, "-h"}, {cmd, "--help"}, {cmd, "-help"}, {"help", cmd}} {
+			t.Run(strings.Join(ask, " "), func(t *testing.T) {
+				t.Parallel()
+				r := runWithoutStdin(t, ask...)
+				require.Equal(t, 0, r.code, "stderr: %s", r.stderr)
+				require.Empty(t, r.stderr)
+				require.Contains(t, r.stdout, "Usage:\n  tunnel "+cmd)
+				require.Regexp(t, `\nExamples:\n(  .*\n)*  tunnel `+regexp.QuoteMeta(cmd)+`\b`, r.stdout)
+				for _, f := range flags {
+					require.Contains(t, r.stdout, f+" ", "flag %s", f)
+				}
+			})
+		}
+	}
+}
+
+// TestEveryCommandIsCovered: the commands the root lists are the ones
+// commandFlags describes, so a new command gets its help checked too.
+func TestEveryCommandIsCovered(t *testing.T) {
+	t.Parallel()
+	var listed []string
+	root := newRootCmd()
+	root.InitDefaultHelpCmd() // as executing the root does
+	for _, c := range root.Commands() {
+		if !c.Hidden {
+			listed = append(listed, c.Name())
+		}
+	}
+	var want []string
+	for c := range commandFlags {
+		want = append(want, c)
+	}
+	require.ElementsMatch(t, want, listed, "add the new command to commandFlags")
+}
+
+func TestRootHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}, {"-help"}} {
+		r := runWithoutStdin(t, args...)
+		require.Equal(t, 0, r.code, args)
+		require.Empty(t, r.stderr)
+		for c := range commandFlags {
+			require.Regexp(t, `(?m)^  `+regexp.QuoteMeta(c)+` +\S`, r.stdout, "%v lists %s", args, c)
+		}
+		for _, code := range []string{"  0 ", "  1 ", "  2 ", "  130 "} {
+			require.Contains(t, r.stdout, code, "exit code %q", code)
+		}
+		require.Contains(t, r.stdout, "source <(tunnel completion bash)")
+		require.Contains(t, r.stdout, "Examples:")
+	}
+}
+
 func TestNoArgs(t *testing.T) {
 	t.Parallel()
-	runTunnel("").requireExit(t, 2, usage)
+	r := runTunnel("")
+	require.Equal(t, 2, r.code)
+	require.Empty(t, r.stdout)
+	require.True(t, strings.HasPrefix(r.stderr, "tunnel: a command is required\n\nUsage:\n"), r.stderr)
+	require.Contains(t, r.stderr, "Available Commands:")
 }
 
 func TestUnknownCommand(t *testing.T) {
@@ -84,28 +206,85 @@ func TestUnknownCommand(t *testing.T) {
 	tests := []struct {
 		name string
 		args []string
+		want string
 	}{
-		{name: "word", args: []string{"frobnicate"}},
-		{name: "flag first", args: []string{"-config", "x.yaml"}},
-		{name: "case matters", args: []string{"Server"}},
+		{name: "word", args: []string{"frobnicate"}, want: `tunnel: unknown command "frobnicate"` + "\n"},
+		{name: "near a command", args: []string{"sever"}, want: `tunnel: unknown command "sever"; did you mean "server"?` + "\n"},
+		{name: "case matters", args: []string{"Server"}, want: `tunnel: unknown command "Server"; did you mean "server"?` + "\n"},
+		{name: "flag first", args: []string{"-config", "x.yaml"}, want: "tunnel: unknown flag: --config\n"},
+		{name: "help of nothing", args: []string{"help", "frobnicate"}, want: `tunnel help: unknown command "frobnicate"` + "\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			runTunnel("", tt.args...).requireExit(t, 2, "tunnel: unknown command \""+tt.args[0]+"\"\n\n"+usage)
+			path := "tunnel"
+			if tt.args[0] == "help" {
+				path = "tunnel help"
+			}
+			runTunnel("", tt.args...).requireExit(t, 2, tt.want+usageHint(path))
 		})
 	}
 }
 
-func TestHelp(t *testing.T) {
+// TestFlagErrorOnce: a flag error is said once, with the command's usage
+// hint, and exits 2 without starting anything.
+func TestFlagErrorOnce(t *testing.T) {
 	t.Parallel()
-	for _, arg := range []string{"help", "-h", "--help"} {
-		t.Run(arg, func(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"server", "-listen", ":1"}, want: "unknown flag: --listen"},
+		{args: []string{"client", "--bogus"}, want: "unknown flag: --bogus"},
+		{args: []string{"server", "-config"}, want: "flag needs an argument: --config"},
+		{args: []string{"demo", "-public"}, want: "flag needs an argument: --public"},
+		{args: []string{"bench", "-runs", "many"}, want: `invalid argument "many" for "--runs" flag: strconv.ParseInt: parsing "many": invalid syntax`},
+		{args: []string{"bench", "-quick", "-bulk", "lots"}, want: `--bulk: "lots" is not a size (such as 4096, 64KiB, 10MiB)`},
+		{args: []string{"check-config", "-x"}, want: "unknown shorthand flag: 'x' in -x"},
+		{args: []string{"hash-token", "--token"}, want: "unknown flag: --token"},
+		{args: []string{"completion", "--shell", "bash"}, want: "unknown flag: --shell"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
-			r := runTunnel("", arg)
-			require.Equal(t, 0, r.code)
-			require.Equal(t, usage, r.stdout)
-			require.Empty(t, r.stderr)
+			path := "tunnel " + tt.args[0]
+			runWithoutStdin(t, tt.args...).requireExit(t, 2, path+": "+tt.want+"\n"+usageHint(path))
+		})
+	}
+}
+
+// TestConfigFileAsArgument: server and client take their file as FILE or
+// with --config (one dash or two). Each case fails on the file's content,
+// so nothing listens.
+func TestConfigFileAsArgument(t *testing.T) {
+	t.Parallel()
+	badServer := writeFile(t, "server.yaml", "clients:\n  - id: c1\n    token_sha256: nope\n")
+	badClient := writeFile(t, "client.yaml", "id: c1\ntoken: tok\n")
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	serverProblems := badServer + ":3: clients[0].token_sha256: want 64 hex digits (the SHA-256 of the token; see 'tunnel hash-token')\n"
+	clientProblems := badClient + ":1: server: missing (the server's tunnel address, host:port)\n" +
+		badClient + ":1: server_pin: set server_pin (sha256:..., logged by the server) or server_ca_file\n"
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{args: []string{"server", badServer}, code: 1, want: serverProblems},
+		{args: []string{"server", "-config", badServer}, code: 1, want: serverProblems},
+		{args: []string{"server", "--config", badServer}, code: 1, want: serverProblems},
+		{args: []string{"server", "--config=" + badServer, badServer}, code: 1, want: serverProblems},
+		{args: []string{"client", badClient}, code: 1, want: clientProblems},
+		{args: []string{"client", "-config=" + badClient}, code: 1, want: clientProblems},
+		{args: []string{"server", missing}, code: 1, want: "tunnel: open " + missing + ": no such file or directory\n"},
+		{args: []string{"server"}, code: 2, want: "tunnel server: a file is required: give it as FILE or --config FILE\n" + usageHint("tunnel server")},
+		{args: []string{"client", "-config", ""}, code: 2, want: "tunnel client: a file is required: give it as FILE or --config FILE\n" + usageHint("tunnel client")},
+		{args: []string{"server", "-config", badServer, badClient}, code: 2, want: "tunnel server: two files given (" + badClient + " and --config " + badServer + "): give one\n" + usageHint("tunnel server")},
+		{args: []string{"client", badClient, badServer}, code: 2, want: `tunnel client: too many arguments ["` + badClient + `" "` + badServer + `"]: give one file` + "\n" + usageHint("tunnel client")},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			runWithoutStdin(t, tt.args...).requireExit(t, tt.code, tt.want)
 		})
 	}
 }
@@ -125,10 +304,50 @@ func TestCheckConfigOK(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			file := writeFile(t, tt.kind+".yaml", tt.content)
-			r := runTunnel("", "check-config", tt.kind, file)
-			require.Equal(t, 0, r.code, "stderr: %s", r.stderr)
-			require.Equal(t, file+": ok ("+tt.summary+")\n", r.stdout)
-			require.Empty(t, r.stderr)
+			for _, args := range [][]string{
+				{"check-config", tt.kind, file},
+				{"check-config", tt.kind, "--config", file},
+				{"check-config", tt.kind, "-config=" + file},
+			} {
+				r := runTunnel("", args...)
+				require.Equal(t, 0, r.code, "%v: stderr: %s", args, r.stderr)
+				require.Equal(t, file+": ok ("+tt.summary+")\n", r.stdout)
+				require.Empty(t, r.stderr)
+			}
+		})
+	}
+}
+
+// TestCheckConfigGuessesTheKind: without server or client, check-config
+// tells the kind from the file's settings and says which it assumed.
+func TestCheckConfigGuessesTheKind(t *testing.T) {
+	t.Parallel()
+	server := writeFile(t, "s.yaml", validServer)
+	client := writeFile(t, "c.yaml", validClient)
+	badClient := writeFile(t, "bad.yaml", "id: c1\ntoken: tok\nserver: nowhere\nserver_pin: md5:abc\n")
+	shared := writeFile(t, "shared.yaml", "log:\n  level: info\n")
+	tie := writeFile(t, "tie.yaml", "id: c1\nrules: []\n")
+	tests := []struct {
+		args         []string
+		code         int
+		stdout       string
+		stderr       string
+		stderrPrefix bool
+	}{
+		{args: []string{"check-config", server}, stdout: server + ": ok (1 clients, 1 rules)\n", stderr: server + ": checking it as a server configuration (it sets listen, clients, rules)\n"},
+		{args: []string{"check-config", "--config", client}, stdout: client + ": ok (client \"c1\", server 127.0.0.1:4443)\n", stderr: client + ": checking it as a client configuration (it sets id, token, server, server_pin)\n"},
+		{args: []string{"check-config", badClient}, code: 1, stderr: badClient + ": checking it as a client configuration (it sets id, token, server, server_pin)\n" +
+			badClient + `:3: server: "nowhere" is not host:port` + "\n" + badClient + `:4: server_pin: pin "md5:abc": want sha256:<base64>` + "\n"},
+		{args: []string{"check-config", shared}, code: 2, stderr: "tunnel check-config: " + shared + ": cannot tell a server's configuration from a client's: it has no setting that only a server's configuration (clients, rules, public_http) or only a client's (id, server, server_pin) has; name the kind: tunnel check-config server|client FILE\n" + usageHint("tunnel check-config")},
+		{args: []string{"check-config", tie}, code: 2, stderr: "tunnel check-config: " + tie + ": cannot tell a server's configuration from a client's: it has as many settings of a server's configuration (rules) as of a client's (id); name the kind: tunnel check-config server|client FILE\n" + usageHint("tunnel check-config")},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			r := runWithoutStdin(t, tt.args...)
+			require.Equal(t, tt.code, r.code, "stderr: %s", r.stderr)
+			require.Equal(t, tt.stdout, r.stdout)
+			require.Equal(t, tt.stderr, r.stderr)
 		})
 	}
 }
@@ -207,23 +426,26 @@ func TestCheckConfigUsageAndFileErrors(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
 	empty := writeFile(t, "empty.yaml", "")
-	const usageErr = "tunnel: usage: tunnel check-config server|client FILE\n"
+	hint := usageHint("tunnel check-config")
+	const needFile = "tunnel check-config: a file is required: give it as FILE or --config FILE\n"
 	tests := []struct {
 		name string
 		args []string
+		code int
 		want string
 	}{
-		{name: "no arguments", args: []string{"check-config"}, want: usageErr},
-		{name: "no file", args: []string{"check-config", "server"}, want: usageErr},
-		{name: "wrong kind", args: []string{"check-config", "proxy", "x.yaml"}, want: usageErr},
-		{name: "too many", args: []string{"check-config", "server", "a.yaml", "b.yaml"}, want: usageErr},
-		{name: "missing file", args: []string{"check-config", "server", missing}, want: "tunnel: open " + missing + ": no such file or directory\n"},
-		{name: "empty file", args: []string{"check-config", "client", empty}, want: empty + ": file is empty\n"},
+		{name: "no arguments", args: []string{"check-config"}, code: 2, want: needFile + hint},
+		{name: "no file", args: []string{"check-config", "server"}, code: 2, want: needFile + hint},
+		{name: "wrong kind", args: []string{"check-config", "proxy", "x.yaml"}, code: 2, want: "tunnel check-config: \"proxy\" is not a kind of configuration: want server or client\n" + hint},
+		{name: "too many", args: []string{"check-config", "server", "a.yaml", "b.yaml"}, code: 2, want: "tunnel check-config: too many arguments [\"a.yaml\" \"b.yaml\"]: give one file\n" + hint},
+		{name: "missing file", args: []string{"check-config", "server", missing}, code: 1, want: "tunnel: open " + missing + ": no such file or directory\n"},
+		{name: "missing file, kind guessed", args: []string{"check-config", missing}, code: 1, want: "tunnel: open " + missing + ": no such file or directory\n"},
+		{name: "empty file", args: []string{"check-config", "client", empty}, code: 1, want: empty + ": file is empty\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			runTunnel("", tt.args...).requireExit(t, 1, tt.want)
+			runTunnel("", tt.args...).requireExit(t, tt.code, tt.want)
 		})
 	}
 }
@@ -251,8 +473,27 @@ func TestHashToken(t *testing.T) {
 	}
 }
 
+// TestHashTokenFile: --token-file reads the token as a client reads its
+// token_file, and standard input is not read.
+func TestHashTokenFile(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, "client.token", "  s3cret\n")
+	for _, args := range [][]string{{"hash-token", "--token-file", file}, {"hash-token", "-token-file=" + file}} {
+		r := runWithoutStdin(t, args...)
+		require.Equal(t, 0, r.code, "%v: %s", args, r.stderr)
+		require.Equal(t, hexSHA256("s3cret")+"\n", r.stdout)
+		require.Empty(t, r.stderr)
+	}
+	empty := writeFile(t, "empty.token", "\n")
+	runWithoutStdin(t, "hash-token", "--token-file", empty).requireExit(t, 1, "tunnel: hash-token: "+empty+" holds no token\n")
+	missing := filepath.Join(t.TempDir(), "missing")
+	runWithoutStdin(t, "hash-token", "--token-file", missing).requireExit(t, 1, "tunnel: hash-token: open "+missing+": no such file or directory\n")
+	runWithoutStdin(t, "hash-token", "tok").requireExit(t, 2, "tunnel hash-token: unexpected argument \"tok\": give the token on standard input or with --token-file\n"+usageHint("tunnel hash-token"))
+}
+
 func TestHashTokenErrors(t *testing.T) {
 	t.Parallel()
+	const want = "tunnel: hash-token: no token on standard input (pipe it in, or use --token-file FILE)\n"
 	tests := []struct {
 		name  string
 		stdin string
@@ -264,7 +505,7 @@ func TestHashTokenErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			runTunnel(tt.stdin, "hash-token").requireExit(t, 1, "tunnel: hash-token: give the token on stdin\n")
+			runTunnel(tt.stdin, "hash-token").requireExit(t, 1, want)
 		})
 	}
 
@@ -273,61 +514,137 @@ func TestHashTokenErrors(t *testing.T) {
 		var out, errOut bytes.Buffer
 		code := run([]string{"hash-token"}, iotest.ErrReader(iotest.ErrTimeout), &out, &errOut)
 		require.Equal(t, 1, code)
-		require.Equal(t, "tunnel: "+iotest.ErrTimeout.Error()+"\n", errOut.String())
+		require.Equal(t, "tunnel: hash-token: "+iotest.ErrTimeout.Error()+"\n", errOut.String())
 		require.Empty(t, out.String())
 	})
 }
 
-// TestServerAndClientNeedConfig never starts a server or client: each case
-// fails before anything listens.
-func TestServerAndClientNeedConfig(t *testing.T) {
+// TestCompletion: each shell's script is printed, names the program and
+// asks it for completions; the completions it gets name the commands and
+// their flags.
+func TestCompletion(t *testing.T) {
 	t.Parallel()
-	badServer := writeFile(t, "server.yaml", "clients:\n  - id: c1\n    token_sha256: nope\n")
-	badClient := writeFile(t, "client.yaml", "id: c1\ntoken: tok\n")
-	missing := filepath.Join(t.TempDir(), "missing.yaml")
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
-		{name: "server without -config", args: []string{"server"}, want: "tunnel: server: -config FILE is required\n"},
-		{name: "client without -config", args: []string{"client"}, want: "tunnel: client: -config FILE is required\n"},
-		{name: "server with empty -config", args: []string{"server", "-config", ""}, want: "tunnel: server: -config FILE is required\n"},
-		{name: "server with a missing file", args: []string{"server", "-config", missing}, want: "tunnel: open " + missing + ": no such file or directory\n"},
-		{
-			name: "server with a bad file",
-			args: []string{"server", "-config", badServer},
-			want: badServer + ":3: clients[0].token_sha256: want 64 hex digits (the SHA-256 of the token; see 'tunnel hash-token')\n",
-		},
-		{
-			name: "client with a bad file",
-			args: []string{"client", "-config=" + badClient},
-			want: badClient + ":1: server: missing (the server's tunnel address, host:port)\n" +
-				badClient + ":1: server_pin: set server_pin (sha256:..., logged by the server) or server_ca_file\n",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
+		t.Run(shell, func(t *testing.T) {
 			t.Parallel()
-			runTunnel("", tt.args...).requireExit(t, 1, tt.want)
+			r := runWithoutStdin(t, "completion", shell)
+			require.Equal(t, 0, r.code, r.stderr)
+			require.Empty(t, r.stderr)
+			require.Greater(t, len(r.stdout), 1000)
+			require.Contains(t, r.stdout, "tunnel")
+			require.Contains(t, r.stdout, "__complete", "the script asks tunnel for the words")
 		})
 	}
+	t.Run("commands", func(t *testing.T) {
+		t.Parallel()
+		r := runWithoutStdin(t, "__complete", "")
+		require.Equal(t, 0, r.code, r.stderr)
+		for c := range commandFlags {
+			require.Regexp(t, `(?m)^`+regexp.QuoteMeta(c)+`\t`, r.stdout, "completes %s", c)
+		}
+	})
+	t.Run("check-config kinds", func(t *testing.T) {
+		t.Parallel()
+		r := runWithoutStdin(t, "__complete", "check-config", "")
+		require.Equal(t, 0, r.code, r.stderr)
+		require.Regexp(t, `(?m)^server\t`, r.stdout)
+		require.Regexp(t, `(?m)^client\t`, r.stdout)
+	})
+	t.Run("flags", func(t *testing.T) {
+		t.Parallel()
+		r := runWithoutStdin(t, "__complete", "bench", "--s")
+		require.Equal(t, 0, r.code, r.stderr)
+		require.Regexp(t, `(?m)^--scenario\t`, r.stdout)
+	})
+	t.Run("no shell", func(t *testing.T) {
+		t.Parallel()
+		hint := usageHint("tunnel completion")
+		runTunnel("", "completion").requireExit(t, 2, "tunnel completion: name the shell: bash, zsh, fish or powershell\n"+hint)
+		runTunnel("", "completion", "tcsh").requireExit(t, 2, "tunnel completion: \"tcsh\" is not a shell this can complete for: bash, zsh, fish or powershell\n"+hint)
+	})
 }
 
-func TestServerUnknownFlag(t *testing.T) {
+// TestBuiltBinary builds the binary as make build does and runs it.
+func TestBuiltBinary(t *testing.T) {
 	t.Parallel()
-	r := runTunnel("", "server", "-listen", ":1")
-	require.Equal(t, 1, r.code)
-	require.Contains(t, r.stderr, "tunnel: flag provided but not defined: -listen\n")
-	require.Empty(t, r.stdout)
-}
-
-// TestFlagUsageGoesToStderr checks that a subcommand's flag help is written
-// to the stderr given to run, like every other message.
-func TestFlagUsageGoesToStderr(t *testing.T) {
-	t.Parallel()
-	for _, cmd := range []string{"server", "client", "demo"} {
-		r := runTunnel("", cmd, "-h")
-		require.Contains(t, r.stderr, "Usage of "+cmd, cmd)
+	if testing.Short() {
+		t.Skip("builds the binary")
 	}
+	bin := filepath.Join(t.TempDir(), "tunnel")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/qtunnel/qtunnel/internal/version.Version=v9.8.7-test", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	t.Run("version is stamped", func(t *testing.T) {
+		t.Parallel()
+		out, err := exec.Command(bin, "version").Output()
+		require.NoError(t, err)
+		require.Equal(t, "tunnel v9.8.7-test ("+runtime.Version()+", "+runtime.GOOS+"/"+runtime.GOARCH+")\n", string(out))
+	})
+
+	t.Run("usage error exits 2", func(t *testing.T) {
+		t.Parallel()
+		err := exec.Command(bin, "server", "--listen", ":1").Run()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit)
+		require.Equal(t, 2, exit.ExitCode())
+	})
+
+	// The demo, stopped by Ctrl-C as a terminal sends it (SIGINT to the
+	// process group), stops gracefully and exits 0, so that make demo
+	// ends without an error.
+	t.Run("demo stops gracefully on SIGINT", func(t *testing.T) {
+		t.Parallel()
+		cmd := exec.Command(bin, "demo",
+			"-public", e2etest.FreeAddr(t, "tcp"), "-forward", e2etest.FreeAddr(t, "tcp"), "-tunnel", e2etest.FreeAddr(t, "udp"))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		var stderr e2etest.SyncBuffer
+		cmd.Stderr = &stderr
+		require.NoError(t, cmd.Start())
+		exited := make(chan error, 1)
+		var printed bytes.Buffer
+		curls := make(chan int, 1)
+		go func() {
+			n := 0
+			for sc := bufio.NewScanner(stdout); sc.Scan(); {
+				printed.WriteString(sc.Text() + "\n")
+				if strings.HasPrefix(strings.TrimSpace(sc.Text()), "curl ") {
+					n++
+				}
+				if strings.HasPrefix(sc.Text(), "Press Ctrl-C") {
+					curls <- n
+				}
+			}
+			exited <- cmd.Wait()
+		}()
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		select {
+		case n := <-curls:
+			require.Equal(t, 2, n, "one curl line per direction")
+		case err := <-exited:
+			t.Fatalf("demo exited before it was ready: %v\n%s", err, stderr.String())
+		case <-time.After(60 * time.Second):
+			t.Fatalf("demo not ready after 60s\n%s", stderr.String())
+		}
+		require.NoError(t, syscall.Kill(-cmd.Process.Pid, syscall.SIGINT))
+		select {
+		case err := <-exited:
+			require.NoError(t, err, "exit status of the demo after SIGINT\nstderr: %s", stderr.String())
+		case <-time.After(30 * time.Second):
+			t.Fatalf("demo still running 30s after SIGINT\n%s", stderr.String())
+		}
+		require.Contains(t, printed.String(), "demo stopped\n")
+		require.Equal(t, 0, cmd.ProcessState.ExitCode())
+	})
+}
+
+// TestRunReportsErrors: how run turns each kind of error into a message
+// and an exit code.
+func TestRunReportsErrors(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	require.Equal(t, 1, report(newRootCmd(), errors.New("boom"), &buf))
+	require.Equal(t, "tunnel: boom\n", buf.String())
 }

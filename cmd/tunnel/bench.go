@@ -1,0 +1,146 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/qtunnel/qtunnel/bench"
+	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/internal/cli"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		o                           bench.Options
+		quick                       bool
+		bulk, scenarios, out, tEnvs string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Run the benchmark harness: the tunnel beside direct connections",
+		Long: `Run the load harness (BENCHMARKS.md): each scenario against the tunnel
+(server and client as processes of this binary), directly against the
+upstream, and over raw quic-go, reporting the medians. It writes
+results.json and chart.svg to --out, and the processes' logs beside them.
+The full run takes about 8 minutes; --quick is a spot check under a minute.`,
+		Example: `  tunnel bench --quick
+  tunnel bench --runs 3 --out bench/results
+  tunnel bench --scenario h1-c64 --runs 5 --profile /tmp/prof
+  tunnel bench --tunnel-env GOMAXPROCS=1`,
+		Args:              noArgs(""),
+		ValidArgsFunction: cobra.NoFileCompletions,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if quick {
+				q := bench.Quick()
+				if o.Duration == 0 {
+					o.Duration = q.Duration
+				}
+				if o.Runs == 0 {
+					o.Runs = q.Runs
+				}
+				if bulk == "" {
+					o.BulkSize = q.BulkSize
+				}
+				if o.IdleConns == 0 {
+					o.IdleConns = q.IdleConns
+				}
+			}
+			if bulk != "" {
+				size, err := config.ParseSize(bulk)
+				if err != nil {
+					return cli.Usagef("--bulk: %v", err)
+				}
+				o.BulkSize = int64(size)
+			}
+			if scenarios != "" {
+				o.Scenarios = strings.Split(scenarios, ",")
+			}
+			if tEnvs != "" {
+				o.TunnelEnv = strings.Split(tEnvs, ",")
+			}
+			return runBench(cmd, o, out)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&quick, "quick", false, "spot check: 1s runs, one run each, 128 MiB bulk (under a minute)")
+	f.DurationVar(&o.Duration, "duration", 0, "length of each load run (default 5s)")
+	f.IntVar(&o.Runs, "runs", 0, "runs per measurement; the median is reported (default 3)")
+	f.StringVar(&bulk, "bulk", "", "bulk transfer size, such as 1GiB (default 1GiB)")
+	f.IntVar(&o.IdleConns, "idle", 0, "idle keep-alive connections to hold (default 1000)")
+	f.StringVar(&scenarios, "scenario", "", "comma-separated scenarios to run (default all): "+strings.Join(bench.ScenarioNames, ","))
+	f.StringVar(&out, "out", "bench/results", "directory for results.json and chart.svg")
+	f.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
+	f.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: this one)")
+	f.StringVar(&tEnvs, "tunnel-env", "", "comma-separated VAR=value pairs for the server and client, such as GOGC=200")
+	_ = cmd.RegisterFlagCompletionFunc("scenario", cobra.FixedCompletions(bench.ScenarioNames, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.MarkFlagDirname("out")
+	_ = cmd.MarkFlagDirname("profile")
+	_ = cmd.MarkFlagFilename("binary")
+	return cmd
+}
+
+// runBench runs the harness and writes its report to stdout and out.
+func runBench(cmd *cobra.Command, o bench.Options, out string) error {
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	for _, dir := range []string{out, o.ProfileDir} {
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+		}
+	}
+	o.Progress = stderr
+	o.LogDir = out
+	ctx, stop := cli.ShutdownContext(cmd.Context(), slog.New(slog.NewTextHandler(stderr, nil)), forceExit)
+	defer stop()
+	rep, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	rep.Command = benchCommandLine(cmd.Flags())
+	fmt.Fprintln(stdout)
+	rep.WriteTable(stdout)
+	if out == "" {
+		return nil
+	}
+	for name, write := range map[string]func(io.Writer) error{"results.json": rep.WriteJSON, "chart.svg": rep.WriteSVG} {
+		f, err := os.Create(filepath.Join(out, name))
+		if err != nil {
+			return err
+		}
+		err = write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "\nwrote %s and %s\n", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"))
+	return nil
+}
+
+// benchCommandLine is the command that produced a report, for its
+// results.json: "tunnel bench -out bench/results -runs 3" (the flags set,
+// by name).
+func benchCommandLine(fs *pflag.FlagSet) string {
+	line := "tunnel bench"
+	fs.Visit(func(f *pflag.Flag) {
+		switch {
+		case f.Value.Type() == "bool" && f.Value.String() == "true":
+			line += " -" + f.Name
+		case f.Value.Type() == "bool":
+			line += " -" + f.Name + "=false"
+		default:
+			line += " -" + f.Name + " " + f.Value.String()
+		}
+	})
+	return line
+}
