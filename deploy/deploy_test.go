@@ -257,7 +257,7 @@ func TestDist(t *testing.T) {
 		bin := filepath.Join(dist, "tunnel-linux-amd64")
 		r := command(ctx, dist, os.Environ(), bin, "--help")
 		require.NoError(t, r.err, "%s", r)
-		require.Contains(t, r.stdout, "usage: tunnel <command>")
+		require.Contains(t, r.stdout, "Usage:\n  tunnel [flags]\n  tunnel [command]")
 
 		r = command(ctx, dist, os.Environ(), bin, "version")
 		if strings.Contains(r.stderr, `unknown command "version"`) {
@@ -544,7 +544,7 @@ func TestDockerfile(t *testing.T) {
 
 		r = command(ctx, repo, os.Environ(), "docker", "run", "--rm", tag, "--help")
 		require.NoError(t, r.err, "%s", r)
-		require.Contains(t, r.stdout, "usage: tunnel <command>")
+		require.Contains(t, r.stdout, "Usage:\n  tunnel [flags]\n  tunnel [command]")
 		r = command(ctx, repo, os.Environ(), "docker", "run", "--rm", tag, "version")
 		if strings.Contains(r.stderr, `unknown command "version"`) {
 			t.Skip("this build has no version command yet; the image built and runs --help")
