@@ -10,6 +10,7 @@ import (
 	"debug/buildinfo"
 	"debug/elf"
 	"debug/macho"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/control"
 )
 
 // versionVar is the variable that make dist and the Dockerfile stamp.
@@ -257,7 +259,7 @@ func TestDist(t *testing.T) {
 		bin := filepath.Join(dist, "tunnel-linux-amd64")
 		r := command(ctx, dist, os.Environ(), bin, "--help")
 		require.NoError(t, r.err, "%s", r)
-		require.Contains(t, r.stdout, "Usage:\n  tunnel [flags]\n  tunnel [command]")
+		require.Contains(t, r.stdout, "check-config", "the help lists the commands")
 
 		r = command(ctx, dist, os.Environ(), bin, "version")
 		if strings.Contains(r.stderr, `unknown command "version"`) {
@@ -267,6 +269,57 @@ func TestDist(t *testing.T) {
 		require.NoError(t, r.err, "%s", r)
 		require.Contains(t, r.stdout, stamped, "tunnel version prints the stamped version")
 		t.Logf("tunnel version printed: %s", strings.TrimSpace(r.stdout))
+	})
+
+	// The units' commands, as written, work with this binary: the check
+	// before start passes on a good file, and the service's own command
+	// line parses (asked for its help, so that nothing starts).
+	t.Run("unit commands", func(t *testing.T) {
+		if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+			t.Skipf("this machine is %s/%s: it cannot run tunnel-linux-amd64", runtime.GOOS, runtime.GOARCH)
+		}
+		bin := filepath.Join(dist, "tunnel-linux-amd64")
+		etc := t.TempDir()
+		token := filepath.Join(etc, "token")
+		require.NoError(t, os.WriteFile(token, []byte("the-token\n"), 0o600))
+		require.NoError(t, os.WriteFile(filepath.Join(etc, "server.yaml"), []byte(`listen: "127.0.0.1:4443"
+public_http: "127.0.0.1:8080"
+clients:
+  - id: laptop
+    token_sha256: `+control.HashToken("the-token").String()+`
+rules:
+  - id: app
+    client: laptop
+    direction: reverse
+    host: app.example.com
+    upstream: http://127.0.0.1:3000
+`), 0o640))
+		require.NoError(t, os.WriteFile(filepath.Join(etc, "client.yaml"), []byte(`id: laptop
+server: tunnel.example.com:4443
+server_pin: "sha256:`+base64.StdEncoding.EncodeToString(make([]byte, 32))+`"
+token_file: `+token+`
+`), 0o640))
+		for _, side := range []string{"server", "client"} {
+			u := unit(t, filepath.Join(repo, "deploy", "systemd", "qtunnel-"+side+".service"))
+			for _, key := range []string{"ExecStartPre", "ExecStart"} {
+				require.Len(t, u["Service."+key], 1)
+				args := strings.Fields(strings.ReplaceAll(u["Service."+key][0], "/etc/qtunnel/", etc+"/"))
+				require.Equal(t, "/usr/local/bin/tunnel", args[0])
+				if key == "ExecStart" {
+					args = append(args, "--help")
+				}
+				r := command(ctx, etc, os.Environ(), bin, args[1:]...)
+				require.NoError(t, r.err, "%s: %s\n%s", side, key, r)
+				if key == "ExecStartPre" {
+					require.Contains(t, r.stdout, ": ok (", "%s: %s", side, key)
+				}
+			}
+		}
+		// A token file others can read stops the client's check.
+		require.NoError(t, os.Chmod(token, 0o644))
+		r := command(ctx, etc, os.Environ(), bin, "check-config", "client", filepath.Join(etc, "client.yaml"))
+		require.Error(t, r.err)
+		require.Contains(t, r.stderr, "is open to group or others (mode 0644)")
 	})
 }
 
@@ -544,7 +597,7 @@ func TestDockerfile(t *testing.T) {
 
 		r = command(ctx, repo, os.Environ(), "docker", "run", "--rm", tag, "--help")
 		require.NoError(t, r.err, "%s", r)
-		require.Contains(t, r.stdout, "Usage:\n  tunnel [flags]\n  tunnel [command]")
+		require.Contains(t, r.stdout, "check-config", "the help lists the commands")
 		r = command(ctx, repo, os.Environ(), "docker", "run", "--rm", tag, "version")
 		if strings.Contains(r.stderr, `unknown command "version"`) {
 			t.Skip("this build has no version command yet; the image built and runs --help")
