@@ -7,6 +7,12 @@
 // the file, the line and the setting's path, such as
 //
 //	server.yaml:14: rules[2].upstream: "ftp://x": scheme must be http or https
+//
+// A value of the wrong kind says what was expected ("two" is not a whole
+// number) and an unknown setting names the one probably meant
+// (rules[0].upsteam: unknown setting; did you mean upstream?); neither
+// stops the checks of the rest of the file. Relative file paths are taken
+// from the directory of the file that names them.
 package config
 
 import (
@@ -43,7 +49,8 @@ type Server struct {
 	// PublicTLS.
 	PublicHTTPS string `yaml:"public_https"`
 	// PublicTLS holds the public HTTPS listener's certificates; the
-	// certificate is picked by SNI, the rule by Host.
+	// certificate is picked by SNI, the rule by Host. Relative paths are
+	// relative to the configuration file's directory.
 	PublicTLS []CertFiles `yaml:"public_tls"`
 	// TLS is the server's identity. With no files, the server makes a
 	// self-signed certificate at start and logs its pin for clients.
@@ -59,13 +66,17 @@ type Server struct {
 	Common   `yaml:",inline"`
 }
 
-// CertFiles names a PEM certificate chain and its key.
+// CertFiles names a PEM certificate chain and its key. Relative paths in a
+// configuration file are relative to that file's directory (Load and
+// Parse make them so); in a configuration built in code they are used as
+// they are.
 type CertFiles struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 }
 
-// ServerTLS names the server certificate files (PEM).
+// ServerTLS names the server certificate files (PEM). Relative paths are
+// relative to the configuration file's directory, as for CertFiles.
 type ServerTLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
@@ -106,14 +117,17 @@ type Client struct {
 	// Token authenticates the client. Prefer TokenFile, or the
 	// QTUNNEL_TOKEN environment variable (read by the command).
 	Token string `yaml:"token"`
-	// TokenFile holds the token (trailing whitespace is ignored).
+	// TokenFile holds the token (trailing whitespace is ignored). A
+	// relative path is relative to the configuration file's directory.
 	TokenFile string `yaml:"token_file"`
 	// Server is the server's tunnel address, host:port (UDP).
 	Server string `yaml:"server"`
 	// ServerName is checked against the server certificate when ServerCA
 	// is set. Default: the host of Server.
 	ServerName string `yaml:"server_name"`
-	// ServerCAFile holds CA certificates that sign the server's certificate.
+	// ServerCAFile holds CA certificates that sign the server's
+	// certificate. A relative path is relative to the configuration file's
+	// directory.
 	ServerCAFile string `yaml:"server_ca_file"`
 	// ServerPin is the server key's pin, "sha256:...", as the server logs
 	// it. At least one of ServerCAFile and ServerPin is required.
@@ -121,7 +135,8 @@ type Client struct {
 	// Reconnect sets the backoff after losing the server (S4).
 	Reconnect Reconnect `yaml:"reconnect"`
 	// ForwardTLS holds the certificates of forward listeners whose rules
-	// set listen_tls; the certificate is picked by SNI.
+	// set listen_tls; the certificate is picked by SNI. Relative paths are
+	// relative to the configuration file's directory.
 	ForwardTLS []CertFiles `yaml:"forward_tls"`
 	Common     `yaml:",inline"`
 }
@@ -412,7 +427,11 @@ func (s *SizeLimit) UnmarshalYAML(n *yaml.Node) error {
 	}
 	z, err := ParseSize(v)
 	if err != nil {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is neither a size (such as 4096, 64KiB, 10MiB) nor unlimited", n.Line, n.Value)}}
+		msg := fmt.Sprintf("%q is neither a size (such as 4096, 64KiB, 10MiB) nor unlimited", n.Value)
+		if sizeHint(v) != "" {
+			msg = err.Error() // "10MB": did you mean 10MiB?
+		}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
 	}
 	*s = SizeLimit(z)
 	return nil

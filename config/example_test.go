@@ -60,7 +60,7 @@ func ExampleParseServer_defaults() {
 }
 
 func ExampleParseSize() {
-	for _, s := range []string{"4096", "64KiB", "10MiB", "1KB", "lots"} {
+	for _, s := range []string{"4096", "64KiB", "10MiB", "10MB", "lots"} {
 		n, err := config.ParseSize(s)
 		if err != nil {
 			fmt.Println("error:", err)
@@ -72,7 +72,7 @@ func ExampleParseSize() {
 	// 4096 = 4096 bytes = 4KiB
 	// 64KiB = 65536 bytes = 64KiB
 	// 10MiB = 10485760 bytes = 10MiB
-	// 1KB = 1000 bytes = 1000
+	// error: "10MB" is not a size (such as 4096, 64KiB, 10MiB): did you mean 10MiB? Units are powers of 1024; for 10000000 bytes write 10000000
 	// error: "lots" is not a size (such as 4096, 64KiB, 10MiB)
 }
 

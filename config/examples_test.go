@@ -18,13 +18,15 @@ func TestShippedExamplesAreValid(t *testing.T) {
 	s, err := config.ParseServer("examples/server.yaml", data)
 	require.NoError(t, err)
 	require.Len(t, s.Rules, 5)
+	// Each missing file is named, the key as well as the certificate.
 	problems := config.CheckFiles("examples/server.yaml", data, s)
-	require.ErrorContains(t, problems, "examples/server.yaml:15: tls.cert_file: open /etc/qtunnel/server.crt")
+	require.EqualError(t, problems, "examples/server.yaml:18: tls.cert_file: open /etc/qtunnel/server.crt: no such file or directory\n"+
+		"examples/server.yaml:19: tls.key_file: open /etc/qtunnel/server.key: no such file or directory")
 
 	data, err = os.ReadFile("../examples/client.yaml")
 	require.NoError(t, err)
 	c, err := config.ParseClient("examples/client.yaml", data)
 	require.NoError(t, err)
 	require.Equal(t, "laptop", c.ID)
-	require.ErrorContains(t, config.CheckClientFiles("examples/client.yaml", data, c), "examples/client.yaml:6: token_file: open /etc/qtunnel/token")
+	require.ErrorContains(t, config.CheckClientFiles("examples/client.yaml", data, c), "examples/client.yaml:9: token_file: open /etc/qtunnel/token")
 }

@@ -204,8 +204,9 @@ func FuzzCheckFiles(f *testing.F) {
 		if s, perr := config.ParseServer(fuzzFile, data); perr == nil {
 			if s.TLS.CertFile != "" {
 				s.TLS.CertFile, s.TLS.KeyFile = missing, missing
-				paths = append(paths, "tls.cert_file")
+				paths = append(paths, "tls.cert_file", "tls.key_file")
 			}
+			paths = append(paths, missingPairs("public_tls", s.PublicTLS, missing)...)
 			err = config.CheckFiles(fuzzFile, data, s)
 		} else if c, perr := config.ParseClient(fuzzFile, data); perr == nil {
 			if c.Token == "" && c.TokenFile != "" {
@@ -216,6 +217,7 @@ func FuzzCheckFiles(f *testing.F) {
 				c.ServerCAFile = missing
 				paths = append(paths, "server_ca_file")
 			}
+			paths = append(paths, missingPairs("forward_tls", c.ForwardTLS, missing)...)
 			err = config.CheckClientFiles(fuzzFile, data, c)
 		} else {
 			return
@@ -232,6 +234,19 @@ func FuzzCheckFiles(f *testing.F) {
 		}
 		require.Equal(t, paths, got)
 	})
+}
+
+// missingPairs points every certificate and key of cs (both set in a
+// valid configuration) at missing and returns the settings that must then
+// be reported, in order.
+func missingPairs(path string, cs []config.CertFiles, missing string) []string {
+	var paths []string
+	for i := range cs {
+		cs[i].CertFile, cs[i].KeyFile = missing, missing
+		p := path + "[" + strconv.Itoa(i) + "]"
+		paths = append(paths, p+".cert_file", p+".key_file")
+	}
+	return paths
 }
 
 // yamlNode is a scalar as the decoder hands it to UnmarshalYAML.

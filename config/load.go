@@ -1,14 +1,14 @@
 package config
 
 import (
-	"bytes"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -16,75 +16,104 @@ import (
 )
 
 // LoadServer reads, defaults and validates a server configuration file.
+// Relative file paths in it are taken from the file's directory.
 func LoadServer(path string) (*Server, error) {
-	var c Server
-	if err := load(path, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
+	data, err := os.ReadFile(path)
+	if err != nil {
 		return nil, err
 	}
-	return &c, nil
+	return ParseServer(path, data)
 }
 
 // LoadClient reads, defaults and validates a client configuration file.
+// Relative file paths in it are taken from the file's directory.
 func LoadClient(path string) (*Client, error) {
-	var c Client
-	if err := load(path, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseServer is LoadServer for bytes; name is used in error messages.
-func ParseServer(name string, data []byte) (*Server, error) {
-	var c Server
-	if err := parse(name, data, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// ParseClient is LoadClient for bytes; name is used in error messages.
-func ParseClient(name string, data []byte) (*Client, error) {
-	var c Client
-	if err := parse(name, data, &c, func() error { c.SetDefaults(); return c.Validate() }); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-func load(path string, v any, check func() error) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return parse(path, data, v, check)
+	return ParseClient(path, data)
+}
+
+// ParseServer is LoadServer for bytes read from the file name: problems
+// name it, and relative file paths are taken from its directory.
+func ParseServer(name string, data []byte) (*Server, error) {
+	var c Server
+	if err := parse(name, data, &c, func() error {
+		resolvePaths(filepath.Dir(name), c.filePaths())
+		c.SetDefaults()
+		return c.Validate()
+	}); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseClient is LoadClient for bytes read from the file name: problems
+// name it, and relative file paths are taken from its directory.
+func ParseClient(name string, data []byte) (*Client, error) {
+	var c Client
+	if err := parse(name, data, &c, func() error {
+		resolvePaths(filepath.Dir(name), c.filePaths())
+		c.SetDefaults()
+		return c.Validate()
+	}); err != nil {
+		return nil, err
+	}
+	return &c, nil
 }
 
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
-// parse decodes strictly (unknown keys are errors), then validates, and
-// gives every problem its file and line.
+// parse checks the document's tree against v's type (treeCheck), decodes
+// what is sound into v, then validates with check, and returns every
+// problem of both, each with its file and line, in the order of the file.
+// A semantic problem of a setting that did not decode is not repeated.
 func parse(name string, data []byte, v any, check func() error) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return decodeProblems(name, err)
+		return decodeProblems(name, err) // syntax: the parser stops at the first
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Problems{{File: name, Msg: "file is empty"}}
-		}
-		return decodeProblems(name, err)
+	if len(doc.Content) == 0 {
+		return Problems{{File: name, Msg: "file is empty"}}
+	}
+	tc := newTreeCheck(reflect.TypeOf(v).Elem())
+	tc.root(doc.Content[0], reflect.TypeOf(v).Elem())
+	ps := tc.ps
+	if err := doc.Decode(v); err != nil {
+		// What the tree check let through and the decoder still refused
+		// (such as excessive aliasing): v is not to be trusted.
+		var dps Problems
+		errors.As(decodeProblems(name, err), &dps)
+		return sorted(name, append(ps, dps...))
 	}
 	err := check()
-	var ps Problems
-	if !errors.As(err, &ps) {
-		return err
+	var sem Problems
+	if err != nil && !errors.As(err, &sem) {
+		if len(ps) == 0 {
+			return err
+		}
+		sem = Problems{{Msg: err.Error()}}
+	}
+	for _, p := range sem {
+		if !tc.isCovered(p.Path) {
+			p.Line = lineOf(&doc, p.Path)
+			ps = append(ps, p)
+		}
+	}
+	return sorted(name, ps)
+}
+
+// sorted gives ps the file name and orders them by line (problems of the
+// whole file first); nil if there are none.
+func sorted(name string, ps Problems) error {
+	if len(ps) == 0 {
+		return nil
 	}
 	for i := range ps {
 		ps[i].File = name
-		ps[i].Line = lineOf(&doc, ps[i].Path)
 	}
+	slices.SortStableFunc(ps, func(a, b Problem) int { return a.Line - b.Line })
 	return ps
 }
 
@@ -192,20 +221,18 @@ func privateTokenFile(path string) error {
 }
 
 // CheckFiles reads the files a server configuration names (certificate and
-// key) and reports the ones that cannot be used, with their lines. The
-// server does the same at start; check-config runs it so that a bad file is
-// found before a deploy, not during one.
+// key, public_tls's) and reports each one that cannot be used, with its
+// line. The server does the same at start; check-config runs it so that a
+// bad file is found before a deploy, not during one.
 func CheckFiles(name string, data []byte, c *Server) error {
 	var k checker
-	if c.TLS.CertFile != "" {
-		if _, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile); err != nil {
-			k.add("tls.cert_file", "%v", err)
-		}
-	}
+	k.certPair("tls", c.TLS.CertFile, c.TLS.KeyFile)
+	k.certPairs("public_tls", c.PublicTLS)
 	return k.located(name, data)
 }
 
-// CheckClientFiles is CheckFiles for a client: token file and CA file.
+// CheckClientFiles is CheckFiles for a client: token file, CA file and
+// forward_tls's certificates and keys.
 func CheckClientFiles(name string, data []byte, c *Client) error {
 	var k checker
 	if c.Token == "" && c.TokenFile != "" {
@@ -229,6 +256,7 @@ func CheckClientFiles(name string, data []byte, c *Client) error {
 			k.add("server_ca_file", "%s holds no PEM certificate", c.ServerCAFile)
 		}
 	}
+	k.certPairs("forward_tls", c.ForwardTLS)
 	return k.located(name, data)
 }
 

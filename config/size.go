@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,20 +9,35 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Size is a number of bytes. In YAML it is an integer or a number with a
-// unit: B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000).
+// Size is a number of bytes. In YAML it is a whole number of bytes or a
+// whole number with a binary unit: B, KiB, MiB or GiB (powers of 1024, so
+// 64KiB is 65536).
+//
+// Decimal units (KB, MB, GB) are refused rather than guessed at: people
+// write 10MB meaning 10,000,000 bytes as often as meaning 10MiB, and the
+// difference matters here (max_frame_size must agree on both sides, and
+// request_buffer must fit in it). The error says which binary unit was
+// likely meant and how to write the decimal amount: "10MB" is refused
+// with "did you mean 10MiB? ... for 10000000 bytes write 10000000". Units
+// spelt in the wrong case or cut short (64kib, 10M) get the same hint.
 type Size int64
 
 var units = []struct {
 	suffix string
 	mult   int64
 }{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
-	{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"B", 1},
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"B", 1},
 }
 
 // ParseSize parses "64KiB", "10MiB", "4096".
 func ParseSize(in string) (Size, error) {
+	if n, ok := parseSize(in); ok {
+		return n, nil
+	}
+	return 0, errors.New(notASize(in) + sizeHint(in))
+}
+
+func parseSize(in string) (Size, bool) {
 	s := strings.TrimSpace(in)
 	mult := int64(1)
 	for _, u := range units {
@@ -32,9 +48,50 @@ func ParseSize(in string) (Size, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is not a size (such as 4096, 64KiB, 10MiB)", in)
+		return 0, false
 	}
-	return Size(n * mult), nil
+	return Size(n * mult), true
+}
+
+func notASize(in string) string {
+	return fmt.Sprintf("%q is not a size (such as 4096, 64KiB, 10MiB)", in)
+}
+
+// meantUnits maps units as people write them, lower-cased, to the unit
+// they most likely meant.
+var meantUnits = map[string]string{
+	"k": "KiB", "kb": "KiB", "ki": "KiB", "kib": "KiB",
+	"m": "MiB", "mb": "MiB", "mi": "MiB", "mib": "MiB",
+	"g": "GiB", "gb": "GiB", "gi": "GiB", "gib": "GiB",
+	"b": "B",
+}
+
+var decimalUnits = map[string]int64{"KB": 1e3, "MB": 1e6, "GB": 1e9}
+
+// sizeHint returns, for a whole number with a unit spelt otherwise than
+// ParseSize takes ("10MB", "64kib", "5k"), the size most likely meant, and
+// for a decimal unit the number of bytes it would have been; else "".
+func sizeHint(in string) string {
+	s := strings.TrimSpace(in)
+	i := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	if i <= 0 {
+		return ""
+	}
+	num, unit := s[:i], strings.TrimSpace(s[i:])
+	meant, ok := meantUnits[strings.ToLower(unit)]
+	if !ok {
+		return ""
+	}
+	if _, ok := parseSize(num + meant); !ok {
+		return "" // too large either way
+	}
+	hint := fmt.Sprintf(": did you mean %s%s?", num, meant)
+	if mult, ok := decimalUnits[strings.ToUpper(unit)]; ok {
+		if n, err := strconv.ParseInt(num, 10, 64); err == nil && n <= (1<<62)/mult {
+			hint += fmt.Sprintf(" Units are powers of 1024; for %d bytes write %[1]d", n*mult)
+		}
+	}
+	return hint
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.

@@ -210,13 +210,13 @@ func TestConfigFileReloadIsValidatedAndAtomic(t *testing.T) {
 	err = p.Server.Reload()
 	var ps config.Problems
 	require.ErrorAs(t, err, &ps)
-	require.Contains(t, ps.Error(), "server.yaml:19: field hots not found", "the reason names the file and line")
+	require.Contains(t, ps.Error(), "server.yaml:19: rules[1].hots: unknown setting; did you mean host?", "the reason names the file and line")
 	require.Equal(t, v, p.Server.Rules().Table().Version(), "a bad file changes nothing")
 	require.Equal(t, 200, statusOf(t, c, p.publicURL("/"), "b.test"), "the previous rules keep serving")
 	refused := false
 	for _, r := range logs.records() {
 		refused = refused || r.msg == "configuration not reloaded; the rules in force keep serving" &&
-			r.attrs["file"] == file && strings.Contains(r.attrs["err"], "field hots not found")
+			r.attrs["file"] == file && strings.Contains(r.attrs["err"], "rules[1].hots: unknown setting")
 	}
 	require.True(t, refused, "the refusal is logged at error, with the file and the reason: %v", logs.records())
 

@@ -98,7 +98,11 @@ type Rule struct {
 	// rules only.
 	Retries int `json:"retries,omitempty" yaml:"retries"`
 	// UpstreamCAFile holds PEM CA certificates that must sign an https://
-	// upstream's certificate. Default: the system's roots.
+	// upstream's certificate. Default: the system's roots. It is read on
+	// the side that calls the upstream (the client for reverse rules), as
+	// written: a relative path is relative to that process's working
+	// directory, not to the server's configuration file, so prefer an
+	// absolute path.
 	UpstreamCAFile string `json:"upstream_ca_file,omitempty" yaml:"upstream_ca_file"`
 	// UpstreamServerName is the name checked in an https:// upstream's
 	// certificate (and sent as SNI). Default: the upstream URL's host.
@@ -528,9 +532,20 @@ func ParseUpstream(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, errors.New("missing (want a URL such as http://127.0.0.1:3000)")
 	}
+	if lower := strings.ToLower(s); !strings.Contains(s, "://") && !strings.HasPrefix(lower, "http:") && !strings.HasPrefix(lower, "https:") {
+		// "127.0.0.1:3000" or "localhost:3000": url.Parse would say
+		// "first path segment in URL cannot contain colon", or take
+		// localhost for the scheme.
+		//lint:ignore ST1005 the "..." is the rest of a URL for the user to fill in
+		return nil, fmt.Errorf("%q has no scheme: write http://%s or https://...", s, s)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, err
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("%q is not a URL such as http://127.0.0.1:3000: %v", s, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return nil, fmt.Errorf("%q: scheme must be http or https", s)

@@ -402,10 +402,10 @@ server_pin: md5:abc
 			kind:    "server",
 			content: validClient,
 			want: []string{
-				"1: field id not found in type config.Server",
-				"2: field token not found in type config.Server",
-				"3: field server not found in type config.Server",
-				"4: field server_pin not found in type config.Server",
+				"1: id: unknown setting; it is a client setting, for the client's file",
+				"2: token: unknown setting; it is a client setting, for the client's file",
+				"3: server: unknown setting; it is a client setting, for the client's file",
+				"4: server_pin: unknown setting; it is a client setting, for the client's file",
 			},
 		},
 	}
