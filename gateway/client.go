@@ -197,12 +197,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // clientSession is one live connection to the server.
 type clientSession struct {
-	qc    *transport.ClientConn
-	info  *pipeline.Conn
-	peer  *control.ClientPeer
-	done  chan struct{} // closed when the connection and its goroutines are gone
-	err   error
-	fatal error
+	drains sync.WaitGroup // the drain started by the server's GOAWAY
+	qc     *transport.ClientConn
+	info   *pipeline.Conn
+	peer   *control.ClientPeer
+	done   chan struct{} // closed when the connection and its goroutines are gone
+	err    error
+	fatal  error
 }
 
 func (s *clientSession) reason() string {
@@ -277,6 +278,7 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 		}
 		_ = qc.Close(codec.ConnNormal, "control stream closed")
 		streams.Wait()
+		s.drains.Wait()
 	}()
 	return s, nil
 }
@@ -307,6 +309,9 @@ func (e *clientEvents) State() (uint64, []byte) {
 func (e *clientEvents) GoAway(reason string) {
 	e.s.info.Draining.Store(true)
 	e.c.log.Info("server is draining this connection", "reason", reason)
+	// No new streams go to it; once the forward requests in flight have
+	// their answers whole, the connection is closed from here (drain.go).
+	e.s.drains.Go(func() { closeWhenIdle(e.s.qc.Context(), e.s.info, e.c.cfg.ShutdownGrace) })
 }
 
 // apply builds the new table aside, binds new forward listeners and warms
@@ -364,6 +369,9 @@ func (c *Client) drain(s *clientSession) {
 	if err := c.streams.close(ctx); err != nil {
 		c.log.Warn("streams in flight did not finish within the grace period", "err", err)
 	}
+	// The server closes the connection once it has read every answer
+	// whole (see drain.go); at the end of the grace, it is closed here.
+	waitClosed(ctx, s.qc.Context().Done())
 	_ = s.qc.Close(codec.ConnNormal, "client shutdown")
 	<-s.done
 }

@@ -64,7 +64,8 @@ type serverConn struct {
 	info    *pipeline.Conn
 	peer    *control.ServerPeer
 	session *control.Session
-	changed chan struct{} // the rules changed: push (capacity 1, never blocks)
+	changed chan struct{}  // the rules changed: push (capacity 1, never blocks)
+	drains  sync.WaitGroup // the drain started by the client's GOAWAY
 
 	// syncMu makes one sync at a time and guards what the client holds
 	// as far as the server knows: its hello's rules, then what was sent
@@ -340,6 +341,7 @@ func (s *Server) handleConn(qc *quic.Conn) {
 	// does the connection.
 	_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "control stream closed")
 	streams.Wait()
+	sc.drains.Wait()
 	s.sessions.Detach(session, info, time.Now())
 	st := qc.ConnectionStats()
 	s.log.Info("client disconnected", "client", id, "remote", remote, "reason", closeReason(qc, err),
@@ -399,6 +401,9 @@ func (e *serverEvents) HashCheck(m *codec.HashCheck) {
 func (e *serverEvents) GoAway(reason string) {
 	e.conn.info.Draining.Store(true)
 	e.s.log.Info("client is draining", "client", e.conn.info.ClientID, "reason", reason)
+	// No new streams go to it; once the ones in flight have been read
+	// whole, the connection is closed from here (see drain.go).
+	e.conn.drains.Go(func() { closeWhenIdle(e.conn.qc.Context(), e.conn.info, e.s.cfg.ShutdownGrace) })
 }
 
 func (s *Server) track(sc *serverConn) bool {
@@ -532,6 +537,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Forward requests in flight run on the stream workers.
 	if err := s.streams.close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("streams in flight: %w", err))
+	}
+	// The clients close their connections once the forward answers have
+	// reached them whole (see drain.go); what is left at the end of the
+	// grace is closed from here.
+	for sc := range conns {
+		waitClosed(ctx, sc.qc.Context().Done())
 	}
 	for sc := range conns {
 		_ = sc.qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutdown")

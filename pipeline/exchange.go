@@ -84,6 +84,11 @@ type Conn struct {
 	Close func(code uint64, reason string) error
 	// Draining is set once the peer said GOAWAY: open no new streams.
 	Draining atomic.Bool
+	// Active counts the request streams this side opened on the
+	// connection and still uses (the egress stage of the ingress chain
+	// keeps it): a side told to drain closes the connection once it is
+	// zero, so that no answer still in flight is cut.
+	Active atomic.Int64
 }
 
 // StreamOpener opens request streams on a tunnel connection.

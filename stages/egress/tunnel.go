@@ -151,6 +151,8 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		defer t.streams.StreamClosed()
 	}
 	x.Conn = conn
+	conn.Active.Add(1)
+	defer conn.Active.Add(-1)
 	// The requester going away cancels the stream both ways, which the
 	// egress side sees as its request context ending.
 	stop := context.AfterFunc(ctx, func() { s.Abort(codec.StreamCancelled) })
