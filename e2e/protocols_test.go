@@ -347,7 +347,10 @@ func TestThousandWebSocketsThroughTheTunnel(t *testing.T) {
 	raiseNoFile(t, 8192)
 	up := &wsCounter{}
 	url := upstream(t, up)
-	e := startEnv(t, envOpts{nearClient: url, nearServer: url})
+	// A thousand sockets from one address, on purpose: the per-source
+	// stream cap is lifted on both sides.
+	lift := "limits:\n  max_streams_per_source: -1\n"
+	e := startEnv(t, envOpts{nearClient: url, nearServer: url, serverYAML: lift, clientYAML: lift})
 	e.waitReady(t)
 	for _, tg := range []struct {
 		name, url, host string
