@@ -52,9 +52,20 @@ type Server struct {
 	// certificate is picked by SNI, the rule by Host. Relative paths are
 	// relative to the configuration file's directory.
 	PublicTLS []CertFiles `yaml:"public_tls"`
-	// TLS is the server's identity. With no files, the server makes a
-	// self-signed certificate at start and logs its pin for clients.
+	// TLS is the server's identity. With no files, the server uses a
+	// self-signed certificate it generated, kept in StateDir (or, with no
+	// state directory, made at each start), and logs its pin for clients.
 	TLS ServerTLS `yaml:"tls"`
+	// StateDir is the server's state: the directory where it keeps what
+	// it must remember across restarts, made with mode 0700 if missing.
+	// Today that is the identity it generates when tls names no files
+	// (identity.key, identity.crt and identity.pin), so that its pin stays
+	// the same from one start to the next. A relative path is relative to
+	// the configuration file's directory. Default: $STATE_DIRECTORY when
+	// set (systemd's StateDirectory=), else "state" next to the
+	// configuration file; a configuration built in code, with no file,
+	// has none by default, and its generated key changes at every start.
+	StateDir string `yaml:"state_dir"`
 	// Clients may connect with these ids and tokens.
 	Clients []ClientEntry `yaml:"clients"`
 	// Rules route requests; each belongs to one client.

@@ -138,6 +138,11 @@ func (c *Client) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
+			if pm := c.pinMismatch(err); pm != nil { // identity.go
+				c.log.Error("server key does not match server_pin; not retrying", "err", pm)
+				fatal = pm
+				break
+			}
 			if !retryable(err) {
 				c.log.Error("server refused this client; not retrying", "err", err)
 				fatal = err

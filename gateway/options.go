@@ -16,7 +16,8 @@ type options struct {
 	ingress func([]pipeline.Stage) ([]pipeline.Stage, error)
 	egress  func([]pipeline.Stage) ([]pipeline.Stage, error)
 	tracer  trace.Tracer
-	// configFile is the server's configuration file, watched and reloaded.
+	// configFile is the configuration file: the server's is watched and
+	// reloaded, a client's is named in messages.
 	configFile string
 }
 
@@ -45,7 +46,9 @@ func WithEgressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, error
 
 // WithConfigFile names the file the server's configuration came from: the
 // server watches it and applies changed clients and rules (and Reload reads
-// it again, on SIGHUP for example).
+// it again, on SIGHUP for example), and keeps its state next to it unless
+// state_dir says otherwise. A client only names it in what it says about
+// its settings (a server key that does not match server_pin).
 func WithConfigFile(path string) Option { return func(o *options) { o.configFile = path } }
 
 // WithTracer makes the side record a span per request, with a child span

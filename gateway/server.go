@@ -85,7 +85,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if cfg.TLS.CertFile != "" {
 		s.cert, err = transport.LoadCertificate(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 	} else {
-		s.cert, err = transport.SelfSigned(listenHosts(cfg.Listen)...)
+		s.cert, err = s.generatedIdentity() // identity.go
 	}
 	if err != nil {
 		return nil, err

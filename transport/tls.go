@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -30,6 +31,13 @@ func SelfSigned(hosts ...string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
+	return SelfSignedKey(key, hosts...)
+}
+
+// SelfSignedKey is SelfSigned for a key the caller has: the certificate's
+// pin is the key's, so a certificate made again for a kept key does not
+// change the pin.
+func SelfSignedKey(key crypto.Signer, hosts ...string) (tls.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return tls.Certificate{}, err
@@ -49,7 +57,7 @@ func SelfSigned(hosts ...string) (tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -146,6 +154,20 @@ type ClientTLSOptions struct {
 // does not match the configured pin.
 var ErrPinMismatch = errors.New("server key does not match the pinned key")
 
+// PinMismatchError is the handshake's error when the server presented a
+// key other than the pinned one: Got is the pin of the key it presented,
+// Want the configured pin. errors.Is matches it with ErrPinMismatch.
+type PinMismatchError struct {
+	Got, Want string
+}
+
+func (e *PinMismatchError) Error() string {
+	return fmt.Sprintf("%v: the server presented key %s, but the pin is %s", ErrPinMismatch, e.Got, e.Want)
+}
+
+// Is reports whether target is ErrPinMismatch.
+func (e *PinMismatchError) Is(target error) bool { return target == ErrPinMismatch }
+
 // ClientTLS returns the client's TLS configuration.
 func ClientTLS(o ClientTLSOptions) (*tls.Config, error) {
 	conf := &tls.Config{
@@ -178,11 +200,11 @@ func ClientTLS(o ClientTLSOptions) (*tls.Config, error) {
 		}
 		conf.VerifyConnection = func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
-				return ErrPinMismatch
+				return &PinMismatchError{Got: "none", Want: o.Pin}
 			}
 			got := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
 			if subtle.ConstantTimeCompare(got[:], want) != 1 {
-				return fmt.Errorf("%w: got %s", ErrPinMismatch, Pin(cs.PeerCertificates[0]))
+				return &PinMismatchError{Got: Pin(cs.PeerCertificates[0]), Want: o.Pin}
 			}
 			return nil
 		}

@@ -50,10 +50,8 @@ import (
 // and returns cli.Usagef(...) for a mistake in the command line (exit 2)
 // or any other error for a failure (exit 1; the error is printed once by
 // run, prefixed "tunnel: ").
-//
-// 'tunnel init' (cmd/tunnel/init.go, newInitCmd) registers here:
-// add newInitCmd to this list when that file lands.
 var commands = []func() *cobra.Command{
+	newInitCmd,
 	newServerCmd,
 	newClientCmd,
 	newDemoCmd,

@@ -107,6 +107,7 @@ server_pin: ` + validPin + `
 
 // commandFlags lists each command and every flag its help must show.
 var commandFlags = map[string][]string{
+	"init":         {"--server-address", "--public-http", "--client-id", "--force", "--help"},
 	"server":       {"--config", "--help"},
 	"client":       {"--config", "--help"},
 	"demo":         {"--public", "--forward", "--tunnel", "--log-level", "--help"},

@@ -25,8 +25,10 @@ func newServerCmd() *cobra.Command {
 		Long: `Run the server side of the tunnel with the configuration FILE (YAML; see
 examples/server.yaml for every setting). The server owns the rules and keeps
 each connected client in sync with its own. Without a certificate it makes a
-self-signed one and logs its pin ("server started ... pin=sha256:..."): give
-that pin to the clients as server_pin.
+self-signed one once, keeps it in its state directory (state_dir; default
+$STATE_DIRECTORY, else "state" next to FILE) so that its pin survives
+restarts, and logs its pin ("server started ... pin=sha256:..."): give that
+pin to the clients as server_pin ('tunnel init' writes both files).
 
 The file is watched: a change that validates is applied without a restart,
 and SIGHUP reloads it too.
@@ -148,7 +150,7 @@ func runClient(ctx context.Context, path string, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log))...)
+	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path))...)
 	if err != nil {
 		return err
 	}
