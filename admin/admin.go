@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -155,8 +156,8 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	handler  http.Handler
-	token    [sha256.Size]byte // hash of cfg.Token, when set
-	throttle Throttle          // nil: none
+	token    atomic.Pointer[[sha256.Size]byte] // hash of the token; nil when none is set
+	throttle Throttle                          // nil: none
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -179,7 +180,8 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: o.log, throttle: o.throttle}
 	if cfg.Token != "" {
-		s.token = sha256.Sum256([]byte(cfg.Token))
+		h := sha256.Sum256([]byte(cfg.Token))
+		s.token.Store(&h)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -252,6 +254,32 @@ func writeText(w http.ResponseWriter, status int, body string) {
 	_, _ = w.Write([]byte(body + "\n"))
 }
 
+// SetToken changes the token, at once, for the requests that follow (a
+// reloaded configuration). An empty token turns the check off, which is
+// refused (ErrNonLoopback) for a listener that is not loopback-only.
+func (s *Server) SetToken(token string) error {
+	c := s.cfg
+	c.Token = token
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if token == "" {
+		s.mu.Lock()
+		ln := s.ln
+		s.mu.Unlock()
+		if ln != nil {
+			if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+				return fmt.Errorf("admin: listening on %s: %w", ln.Addr(), ErrNonLoopback)
+			}
+		}
+		s.token.Store(nil)
+		return nil
+	}
+	h := sha256.Sum256([]byte(token))
+	s.token.Store(&h)
+	return nil
+}
+
 // guard adds the headers every admin answer carries, checks the token and
 // counts the requests in flight, so that Shutdown can wait for them.
 func (s *Server) guard(next http.Handler) http.Handler {
@@ -269,7 +297,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		h := w.Header()
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
-		if s.cfg.Token != "" && r.URL.Path != "/healthz" && !s.checkToken(w, r) {
+		if s.token.Load() != nil && r.URL.Path != "/healthz" && !s.checkToken(w, r) {
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -314,8 +342,12 @@ func (s *Server) authorized(r *http.Request) bool {
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
+	want := s.token.Load()
+	if want == nil {
+		return false
+	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	return subtle.ConstantTimeCompare(got[:], s.token[:]) == 1
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 // Handler returns the admin endpoints with the token check, as served by

@@ -33,4 +33,8 @@ const (
 	// address (or, from an address the client id never logged in from,
 	// for its id). Retryable: the reason says when to try again.
 	ConnThrottled uint64 = 0x05
+	// ConnDuplicate: another connection of the same client id is alive
+	// (it answered the server's probe): two clients cannot share an id.
+	// Retryable, with backoff: the id is free once the other one leaves.
+	ConnDuplicate uint64 = 0x06
 )

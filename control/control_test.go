@@ -967,9 +967,14 @@ func TestSessionApplied(t *testing.T) {
 	s.SetApplied(a)
 	a.Version = 99 // SetApplied keeps its own copy
 	require.Equal(t, &control.AppliedState{Version: 3, Hash: "abc", At: t0}, s.Applied())
+	require.Nil(t, s.Refused())
 	s.SetApplied(control.AppliedState{Version: 4, Error: "bad rules", At: t0.Add(time.Second)})
-	require.Equal(t, uint64(4), s.Applied().Version)
-	require.Equal(t, "bad rules", s.Applied().Error)
+	require.Equal(t, uint64(3), s.Applied().Version, "a refusal leaves the rule set in force as it was")
+	require.Equal(t, uint64(4), s.Refused().Version)
+	require.Equal(t, "bad rules", s.Refused().Error)
+	s.SetApplied(control.AppliedState{Version: 5, Hash: "def", At: t0.Add(2 * time.Second)})
+	require.Equal(t, uint64(5), s.Applied().Version)
+	require.Nil(t, s.Refused(), "a later rule set in force clears the refusal")
 }
 
 func TestRegistryConcurrentUse(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
@@ -24,6 +25,8 @@ var ErrUnauthenticated = errors.New("client authentication failed")
 type ServerPeer struct {
 	w     *wire
 	Hello *codec.Hello
+	heard atomic.Int64 // when the client's last message arrived, unix ns
+	nonce atomic.Uint64
 }
 
 // Handshake reads the client's HELLO (within timeout) and checks its version
@@ -66,7 +69,32 @@ func Handshake(ctx context.Context, s Stream, tokens Tokens, timeout time.Durati
 		return nil, fmt.Errorf("%w: client %q", ErrUnauthenticated, hello.ClientID)
 	}
 	hello.Token = "" // not kept past the check
-	return &ServerPeer{w: w, Hello: hello}, nil
+	peer := &ServerPeer{w: w, Hello: hello}
+	peer.heard.Store(time.Now().UnixNano())
+	return peer, nil
+}
+
+// Alive reports whether the client answers: it sends a PING and waits, up
+// to timeout, for any message from the client (its PONG, or anything else
+// it sends meanwhile). Run must be reading the stream.
+func (p *ServerPeer) Alive(ctx context.Context, timeout time.Duration) bool {
+	sent := time.Now().UnixNano()
+	ping := codec.Ping{Nonce: p.nonce.Add(1)}
+	if err := p.w.send(func(b []byte) []byte { return codec.AppendPing(b, ping, false) }); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for p.heard.Load() < sent {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // Accept sends HELLO_ACK.
@@ -122,6 +150,7 @@ func (p *ServerPeer) Run(ctx context.Context, ev ServerEvents) error {
 			}
 			return err
 		}
+		p.heard.Store(time.Now().UnixNano())
 		switch t {
 		case codec.MsgApplied:
 			m, err := codec.ParseApplied(payload)

@@ -20,7 +20,8 @@ type Session struct {
 
 	lastSeen atomic.Int64 // unix nanoseconds
 	conn     atomic.Pointer[pipeline.Conn]
-	applied  atomic.Pointer[AppliedState]
+	applied  atomic.Pointer[AppliedState] // the last rule set the client applied
+	refused  atomic.Pointer[AppliedState] // the last one it refused, until one applies
 }
 
 // AppliedState is what a client last reported applying.
@@ -40,11 +41,25 @@ func (s *Session) LastSeen() time.Time { return time.Unix(0, s.lastSeen.Load()) 
 // Touch records activity now.
 func (s *Session) Touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
 
-// SetApplied records the client's latest APPLIED report.
-func (s *Session) SetApplied(a AppliedState) { s.applied.Store(&a) }
+// SetApplied records the client's latest APPLIED report: a rule set in
+// force (Error empty), which also clears an earlier refusal, or a rule set
+// the client refused (Error says why), which leaves the one in force as it
+// was.
+func (s *Session) SetApplied(a AppliedState) {
+	if a.Error != "" {
+		s.refused.Store(&a)
+		return
+	}
+	s.applied.Store(&a)
+	s.refused.Store(nil)
+}
 
-// Applied returns the client's latest APPLIED report, or nil.
+// Applied returns the rule set the client last reported in force, or nil.
 func (s *Session) Applied() *AppliedState { return s.applied.Load() }
+
+// Refused returns the rule set the client last refused, if none applied
+// since, or nil.
+func (s *Session) Refused() *AppliedState { return s.refused.Load() }
 
 // Registry holds the sessions of a server, one per client id. The zero value
 // is ready to use; safe for concurrent use.

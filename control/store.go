@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/qtunnel/qtunnel/rules"
 )
@@ -23,6 +24,13 @@ type RuleStore struct {
 	keep    int
 	subs    []func(*rules.Table)
 	prepare func(*rules.Table) (commit func(), err error)
+
+	// The rules in force are base (the configuration file's) with
+	// overlay (the admin API's changes) applied; see overlay.go.
+	base      []rules.Rule
+	overlay   Overlay
+	conflicts []Conflict
+	persist   func(Overlay) error // nil: the overlay lives in memory only
 }
 
 // DefaultHistory is how many past versions a store keeps for deltas.
@@ -37,9 +45,60 @@ func NewRuleStore(rs []rules.Rule, keep int) (*RuleStore, error) {
 	if keep <= 0 {
 		keep = DefaultHistory
 	}
-	s := &RuleStore{keep: keep, history: []*rules.Table{t}}
+	s := &RuleStore{keep: keep, history: []*rules.Table{t}, base: slices.Clone(rs)}
 	s.current.Swap(t)
 	return s, nil
+}
+
+// UseOverlay applies o, the admin API's changes kept from an earlier run,
+// on top of the rules in force, and saves every later change of the
+// overlay with persist (nil: the overlay lives in memory only, and is lost
+// at restart). It returns the changes left out as conflicts.
+func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) ([]Conflict, error) {
+	s.mu.Lock()
+	s.persist = persist
+	s.mu.Unlock()
+	var conflicts []Conflict
+	_, err := s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		merged, c, err := merge(s.base, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		conflicts = c
+		return merged, func() { s.overlay, s.conflicts = o, c }, nil
+	}, true)
+	if errors.Is(err, ErrUnchanged) {
+		err = nil
+	}
+	return conflicts, err
+}
+
+// Conflicts returns the admin API's changes left out of the rules in force
+// because they no longer fit the configuration file's rules.
+func (s *RuleStore) Conflicts() []Conflict {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.conflicts)
+}
+
+// Source says where the rule with id in force comes from: "api" (set
+// through the admin API) or "file".
+func (s *RuleStore) Source(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range s.overlay.Changes {
+		if ch.ID == id && ch.Rule != nil {
+			return "api"
+		}
+	}
+	return "file"
+}
+
+// Overlay returns the admin API's changes in force or in conflict.
+func (s *RuleStore) Overlay() Overlay {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Overlay{Changes: slices.Clone(s.overlay.Changes)}
 }
 
 // Table returns the table in force.
@@ -73,41 +132,82 @@ var ErrNoRule = errors.New("no such rule")
 // ErrUnchanged is returned when a change would leave the rules as they are.
 var ErrUnchanged = errors.New("rules unchanged")
 
-// Replace makes rs the whole rule set (a reloaded configuration file).
+// Replace makes rs the configuration file's rules (a reloaded file): the
+// rules in force become rs with the admin API's changes applied. Changes
+// that no longer fit are left out and returned by Conflicts.
 func (s *RuleStore) Replace(rs []rules.Rule) (*rules.Table, error) {
-	return s.change(func([]rules.Rule) ([]rules.Rule, error) { return slices.Clone(rs), nil })
+	return s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		merged, conflicts, err := merge(rs, s.overlay)
+		if err != nil {
+			return nil, nil, err
+		}
+		return merged, func() { s.base, s.conflicts = slices.Clone(rs), conflicts }, nil
+	}, true)
 }
 
-// Put adds r, or replaces the rule with r's id.
+// Put adds r, or replaces the rule with r's id, as a change of the admin
+// API: kept across reloads of the file (and restarts, with an overlay
+// saved by UseOverlay's persist).
 func (s *RuleStore) Put(r rules.Rule) (*rules.Table, error) {
-	return s.change(func(cur []rules.Rule) ([]rules.Rule, error) {
-		for i := range cur {
-			if cur[i].ID == r.ID {
-				cur[i] = r
-				return cur, nil
-			}
-		}
-		return append(cur, r), nil
-	})
+	return s.apiChange(Change{ID: r.ID, Rule: &r, At: time.Now().UTC()})
 }
 
-// Delete removes the rule with id.
+// Delete removes the rule with id, as a change of the admin API.
 func (s *RuleStore) Delete(id string) (*rules.Table, error) {
-	return s.change(func(cur []rules.Rule) ([]rules.Rule, error) {
-		for i := range cur {
-			if cur[i].ID == id {
-				return slices.Delete(cur, i, i+1), nil
-			}
-		}
+	if s.Table().ByID(id) == nil {
 		return nil, fmt.Errorf("%w: %q", ErrNoRule, id)
-	})
+	}
+	return s.apiChange(Change{ID: id, At: time.Now().UTC()})
 }
 
-func (s *RuleStore) change(edit func([]rules.Rule) ([]rules.Rule, error)) (*rules.Table, error) {
+// apiChange applies ch on top of the overlay. A change that does not fit
+// is refused, and nothing changes; an accepted one is saved.
+func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
+	var next Overlay
+	t, err := s.change(func(cur []rules.Rule) ([]rules.Rule, func(), error) {
+		next = s.overlay.with(ch)
+		if ch.Rule == nil && !slices.ContainsFunc(s.base, func(r rules.Rule) bool { return r.ID == ch.ID }) {
+			// A rule only the API had: no tombstone needed.
+			next.Changes = next.Changes[:len(next.Changes)-1]
+		}
+		merged, conflicts, err := merge(s.base, next)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, c := range conflicts {
+			if c.Change.ID == ch.ID {
+				return nil, nil, c.Err
+			}
+		}
+		return merged, func() { s.overlay, s.conflicts = next, conflicts }, nil
+	}, false)
+	if err != nil {
+		return t, err
+	}
+	s.mu.Lock()
+	persist := s.persist
+	s.mu.Unlock()
+	if persist != nil {
+		if perr := persist(next); perr != nil {
+			return t, fmt.Errorf("%w: %v", ErrNotSaved, perr)
+		}
+	}
+	return t, nil
+}
+
+// ErrNotSaved is returned when a change of the admin API is in force but
+// could not be saved: it would be lost at the next restart.
+var ErrNotSaved = errors.New("the change is in force but could not be saved")
+
+// change builds the table edit returns and puts it in force. edit runs
+// under the store's lock; the state it returns to keep (keep, may be nil)
+// is kept only if the table goes into force, or if it equals the one in
+// force and keepUnchanged is set.
+func (s *RuleStore) change(edit func([]rules.Rule) ([]rules.Rule, func(), error), keepUnchanged bool) (*rules.Table, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.current.Load()
-	next, err := edit(cur.Rules())
+	next, keep, err := edit(cur.Rules())
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +215,13 @@ func (s *RuleStore) change(edit func([]rules.Rule) ([]rules.Rule, error)) (*rule
 	if err != nil {
 		return nil, err
 	}
+	if keep == nil {
+		keep = func() {}
+	}
 	if t.Hash() == cur.Hash() {
+		if keepUnchanged {
+			keep()
+		}
 		return cur, ErrUnchanged
 	}
 	var commit func()
@@ -125,6 +231,7 @@ func (s *RuleStore) change(edit func([]rules.Rule) ([]rules.Rule, error)) (*rule
 		}
 	}
 	s.current.Swap(t)
+	keep()
 	if commit != nil {
 		commit()
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/pipeline"
@@ -11,12 +12,35 @@ import (
 	"github.com/qtunnel/qtunnel/stages/egress"
 	"github.com/qtunnel/qtunnel/stages/encode"
 	"github.com/qtunnel/qtunnel/stages/limit"
+	"github.com/qtunnel/qtunnel/stages/ratelimit"
 	"github.com/qtunnel/qtunnel/stages/route"
 )
 
-// chains are the two chains of one side.
+// chains are the two chains of one side. Listeners and stream servers
+// hold the chainRefs; a reload that changes a chain's settings builds new
+// chains aside and puts them in with use, atomically: exchanges under way
+// finish on the chain they started on.
 type chains struct {
-	ingress, egress *pipeline.Chain
+	ingress, egress chainRef
+	limiter         *ratelimit.Limiter // the rate limiter the chains share
+}
+
+// chainRef is the chain in force, as a pipeline.Handler.
+type chainRef struct {
+	p atomic.Pointer[pipeline.Chain]
+}
+
+// Handle implements pipeline.Handler.
+func (r *chainRef) Handle(ctx context.Context, x *pipeline.Exchange) error {
+	return r.p.Load().Handle(ctx, x)
+}
+
+// use puts n's chains in force and returns the ones they replace, in n.
+func (c *chains) use(n *chains) {
+	in, eg, lim := n.ingress.p.Load(), n.egress.p.Load(), n.limiter
+	n.ingress.p.Store(c.ingress.p.Swap(in))
+	n.egress.p.Store(c.egress.p.Swap(eg))
+	n.limiter, c.limiter = c.limiter, lim
 }
 
 // buildChains makes the default stages of both chains, lets the options
@@ -24,6 +48,10 @@ type chains struct {
 // serves as the egress side.
 func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egressDir rules.Direction,
 	conns egress.ConnSource, pool *egress.Pool, k *kit, o options) (*chains, error) {
+	limiter, err := ratelimit.New(c.RateLimit, ratelimit.WithLogger(k.log))
+	if err != nil {
+		return nil, err
+	}
 	frame := int(c.Limits.MaxFrameSize)
 	dec, err := decode.New(decode.Config{MaxFrameSize: frame, TrustedProxies: c.TrustedPrefixes(),
 		AllowSNIMismatch: c.Limits.SNIHostMismatch == config.SNIAllow})
@@ -98,8 +126,8 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	// last before egress, so that it times the whole trip through the
 	// tunnel.
 	obs := k.m.Stage()
-	ing := []pipeline.Stage{obs, dec, ingFlight, rt, k.limiter, ingReq, tun, enc}
-	egr := []pipeline.Stage{obs, dec, egrFlight, rt, k.limiter, k.breaker, up, enc}
+	ing := []pipeline.Stage{obs, dec, ingFlight, rt, limiter, ingReq, tun, enc}
+	egr := []pipeline.Stage{obs, dec, egrFlight, rt, limiter, k.breaker, up, enc}
 	if o.ingress != nil {
 		if ing, err = o.ingress(ing); err != nil {
 			return nil, err
@@ -122,9 +150,12 @@ func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egre
 	if err != nil {
 		return nil, errors.Join(err, ic.Close(ctx))
 	}
-	return &chains{ingress: ic, egress: ec}, nil
+	ch := &chains{limiter: limiter}
+	ch.ingress.p.Store(ic)
+	ch.egress.p.Store(ec)
+	return ch, nil
 }
 
 func (c *chains) close(ctx context.Context) error {
-	return errors.Join(c.ingress.Close(ctx), c.egress.Close(ctx))
+	return errors.Join(c.ingress.p.Load().Close(ctx), c.egress.p.Load().Close(ctx))
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -276,7 +277,7 @@ func obsIngress(tb testing.TB, v obsVariant) func() {
 	stream := &replayStream{}
 	conn := &pipeline.Conn{ClientID: "c", Opener: replayOpener{stream}}
 	ch, tracer := obsChains(tb, v, rules.Forward, conn, &fakeUpstream{})
-	h := &ingressHandler{chain: ch.ingress, log: quietLog, tracer: tracer}
+	h := &ingressHandler{chain: &ch.ingress, log: quietLog, tracer: tracer, access: new(atomic.Bool)}
 	req, _ := http.NewRequest(http.MethodGet, "http://app.test/api/users?page=2", nil)
 	req.RemoteAddr = "127.0.0.1:50000"
 	req.RequestURI = "/api/users?page=2"
@@ -316,7 +317,7 @@ func obsEgress(tb testing.TB, v obsVariant) func() {
 	up := &fakeUpstream{resp: http.Response{StatusCode: 200, ContentLength: 1024}}
 	respHeader := http.Header{"Content-Type": {"application/octet-stream"}}
 	ch, tracer := obsChains(tb, v, rules.Reverse, conn, up)
-	ss := &streamServer{chain: ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer}
+	ss := &streamServer{chain: &ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer, access: new(atomic.Bool)}
 	ctx := context.Background()
 	if ss.log.Enabled(ctx, slog.LevelDebug) {
 		tb.Fatal("the benchmark logs at info")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ type Client struct {
 	ready     chan struct{} // closed when the first rules are applied
 	readyOnce sync.Once
 	applied   atomic.Uint64
+	refused   atomic.Pointer[refusal] // the last rule set that could not be applied, until one is
 }
 
 // NewClient checks cfg (which must have had SetDefaults and Validate) and
@@ -90,7 +92,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(newIngressConfig(c.chains.ingress, &cfg.Common, o.tracer, c.log, c.kit.m), certs, cfg.ShutdownGrace)
+	c.listeners = newListenerSet(newIngressConfig(&c.chains.ingress, &cfg.Common, o.tracer, c.log, c.kit.m, &c.kit.access), certs, cfg.ShutdownGrace)
 	return c, nil
 }
 
@@ -123,7 +125,7 @@ func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(l
 // retrying.
 func (c *Client) Run(ctx context.Context) error {
 	var err error
-	if c.streams, err = newStreamServer(c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.kit.m, c.log, c.cfg.Log.Access); err != nil {
+	if c.streams, err = newStreamServer(&c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.kit.m, c.log, &c.kit.access); err != nil {
 		return err
 	}
 	if err := c.kit.start(ctx); err != nil {
@@ -149,7 +151,12 @@ func (c *Client) Run(ctx context.Context) error {
 				break
 			}
 			d := backoff.Next()
-			if wait, ok := throttledWait(err); ok {
+			if reason, ok := remoteClose(err, codec.ConnDuplicate); ok {
+				// Another client holds this id: retried with backoff, it
+				// gets the id once the other one leaves.
+				c.log.Warn("server refused this connection: another client is connected with this id; retrying",
+					"server", c.cfg.Server, "client", c.cfg.ID, "in", d.Round(time.Millisecond), "reason", reason)
+			} else if wait, ok := throttledWait(err); ok {
 				// Too many failed logins from this address: retried
 				// (unlike a wrong token), once the server checks again.
 				d = max(d, wait)
@@ -325,7 +332,16 @@ func (e *clientEvents) GoAway(reason string) {
 // stays in force and the error goes back to the server.
 func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error) {
 	start := time.Now()
-	defer func() { c.kit.m.ConfigApplied(version, time.Since(start), err) }()
+	defer func() {
+		c.kit.m.ConfigApplied(version, time.Since(start), err)
+		if err != nil {
+			// Said here too, not only to the server: the cause (a busy
+			// port, say) is this host's to fix.
+			c.refused.Store(&refusal{Version: version, Err: err.Error(), At: time.Now()})
+			c.log.Warn("rules not applied; the previous ones stay in force", "version", version,
+				"in_force", c.rules.Load().Version(), "err", err)
+		}
+	}()
 	for _, r := range rs {
 		if r.Client != c.cfg.ID {
 			return fmt.Errorf("rule %q belongs to client %q, not to this client", r.ID, r.Client)
@@ -342,7 +358,7 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	defer c.applyMu.Unlock()
 	pend, err := c.listeners.prepare(t.Listeners(rules.Forward))
 	if err != nil {
-		return err
+		return rulesOfListener(t, err)
 	}
 	c.pool.Warm(context.Background(), rs, rules.Reverse)
 	old := c.rules.Swap(t)
@@ -356,8 +372,35 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 		level = slog.LevelDebug
 	}
 	c.log.Log(context.Background(), level, "rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
+	c.refused.Store(nil)
 	c.readyOnce.Do(func() { close(c.ready) })
 	return nil
+}
+
+// refusal is a rule set the client could not apply.
+type refusal struct {
+	Version uint64
+	Err     string
+	At      time.Time
+}
+
+// rulesOfListener names the rules of t that need the listener a prepare
+// error is about, so that the message says which rule cannot be served.
+func rulesOfListener(t *rules.Table, err error) error {
+	le, ok := errors.AsType[*listenError](err)
+	if !ok {
+		return err
+	}
+	var ids []string
+	for _, r := range t.Rules() {
+		if r.Direction == rules.Forward && r.Listen == le.addr {
+			ids = append(ids, r.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return err
+	}
+	return fmt.Errorf("rule %s: %w", strings.Join(ids, ", "), err)
 }
 
 // drain shuts a live session down gracefully: stop forward listeners and
@@ -419,6 +462,9 @@ func (c *Client) readyErr() error {
 		return notReady("not connected to the tunnel server")
 	case c.applied.Load() == 0:
 		return notReady("no rules applied yet")
+	case c.refused.Load() != nil:
+		r := c.refused.Load()
+		return notReady("rules version %d from the server could not be applied (version %d stays in force): %s", r.Version, c.applied.Load(), r.Err)
 	}
 	return nil
 }
@@ -426,10 +472,19 @@ func (c *Client) readyErr() error {
 // view is /config: the rules in force and the connection. The token is
 // never shown.
 func (c *Client) view() any {
-	return struct {
+	v := struct {
 		tableView
 		Client    string `json:"client"`
 		Server    string `json:"server"`
 		Connected bool   `json:"connected"`
-	}{viewOf(c.rules.Load()), c.cfg.ID, c.cfg.Server, c.conn.Load() != nil}
+		// The last rule set from the server that could not be applied
+		// (version and rules above are the ones in force).
+		RefusedVersion uint64    `json:"refused_version,omitempty"`
+		RefusedError   string    `json:"refused_error,omitempty"`
+		RefusedAt      time.Time `json:"refused_at,omitzero"`
+	}{tableView: viewOf(c.rules.Load()), Client: c.cfg.ID, Server: c.cfg.Server, Connected: c.conn.Load() != nil}
+	if r := c.refused.Load(); r != nil {
+		v.RefusedVersion, v.RefusedError, v.RefusedAt = r.Version, r.Err, r.At
+	}
+	return v
 }

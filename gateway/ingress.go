@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -24,7 +25,7 @@ type ingressHandler struct {
 	chain    pipeline.Handler
 	listener string // routing key: "" for the public listener, else the listen address
 	log      *slog.Logger
-	access   bool           // log.access: each request's record at info
+	access   *atomic.Bool   // log.access: each request's record at info
 	tracer   trace.Tracer   // nil: no request spans
 	inflight sync.WaitGroup // requests being handled, so shutdown can wait for them
 	abuse    func(kind string, remote net.Addr)
@@ -67,7 +68,7 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if span != nil {
 		endRequestSpan(span, x, err)
 	}
-	if level, msg := requestRecord(h.access, "request"); h.log.Enabled(r.Context(), level) {
+	if level, msg := requestRecord(h.access.Load(), "request"); h.log.Enabled(r.Context(), level) {
 		h.log.LogAttrs(r.Context(), level, msg,
 			slog.String("request_id", x.ID), slog.String("method", r.Method), slog.String("host", r.Host),
 			slog.String("path", r.URL.Path), slog.Int("status", x.Status), slog.String("proto", x.Protocol.String()),

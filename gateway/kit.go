@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -15,14 +16,14 @@ import (
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
 	"github.com/qtunnel/qtunnel/stages/egress"
-	"github.com/qtunnel/qtunnel/stages/ratelimit"
 )
 
-// kit is what both sides set up the same way: metrics, the rate limiter,
+// kit is what both sides set up the same way: metrics,
 // the upstream breaker, the admin listener and the login throttles.
 type kit struct {
+	access  atomic.Bool // log.access, changed live by a reload
 	m       *metrics.Metrics
-	limiter *ratelimit.Limiter
+	log     *slog.Logger
 	breaker *breaker.Breaker
 	admin   *admin.Server
 
@@ -36,10 +37,9 @@ type kit struct {
 // label breaker states by rule.
 func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger, ready func() error, view func() any, extra ...admin.Option) (*kit, error) {
 	k := &kit{m: metrics.New(role)}
+	k.access.Store(c.Log.Access)
 	var err error
-	if k.limiter, err = ratelimit.New(c.RateLimit, ratelimit.WithLogger(log)); err != nil {
-		return nil, err
-	}
+	k.log = log
 	onChange := func(upstream string, _, to breaker.State) {
 		st := metrics.BreakerClosed
 		switch to {
@@ -111,6 +111,9 @@ func connStats(client string, qc *quic.Conn) metrics.ConnStats {
 // ruleView is a rule as /config shows it.
 type ruleView struct {
 	rules.Rule
+	// Source is where a server's rule comes from: "file" or "api" (GET
+	// /rules only).
+	Source string `json:"source,omitempty"`
 }
 
 // tableView is what /config shows of a rule table.
@@ -123,7 +126,7 @@ type tableView struct {
 func viewOf(t *rules.Table) tableView {
 	v := tableView{Version: t.Version(), Hash: t.HashHex(), Rules: []ruleView{}}
 	for _, r := range t.Rules() {
-		v.Rules = append(v.Rules, ruleView{r})
+		v.Rules = append(v.Rules, ruleView{Rule: r})
 	}
 	return v
 }

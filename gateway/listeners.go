@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -40,15 +41,15 @@ type ingressConfig struct {
 	lim    config.Limits
 	tracer trace.Tracer // nil: no request spans
 	log    *slog.Logger
-	access bool // log.access: each request's record at info
+	access *atomic.Bool // log.access: each request's record at info (changes live)
 	// abuse is told of each connection ended for abuse (HTTP/2 rapid reset,
 	// CONTINUATION flood) and each request refused for its framing; nil:
 	// nobody is.
 	abuse func(kind string, remote net.Addr)
 }
 
-func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger, m *metrics.Metrics) *ingressConfig {
-	return &ingressConfig{chain: chain, lim: c.Limits, tracer: tracer, log: log, access: c.Log.Access,
+func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger, m *metrics.Metrics, access *atomic.Bool) *ingressConfig {
+	return &ingressConfig{chain: chain, lim: c.Limits, tracer: tracer, log: log, access: access,
 		abuse: func(kind string, remote net.Addr) {
 			// Counted, and logged at debug: an attacker must not be able
 			// to flood the logs (qtunnel_ingress_abuse_total shows it).
@@ -115,7 +116,7 @@ type tcpListener struct {
 	key    string
 	chain  pipeline.Handler
 	log    *slog.Logger
-	access bool // log.access: each connection's record at info
+	access *atomic.Bool // log.access: each connection's record at info
 	ctx    context.Context
 	stopC  context.CancelFunc
 
@@ -124,7 +125,7 @@ type tcpListener struct {
 	wg    sync.WaitGroup // accept loop and connections
 }
 
-func newTCPListener(ln net.Listener, key string, chain pipeline.Handler, log *slog.Logger, access bool) *tcpListener {
+func newTCPListener(ln net.Listener, key string, chain pipeline.Handler, log *slog.Logger, access *atomic.Bool) *tcpListener {
 	l := &tcpListener{ln: ln, key: key, chain: chain, log: log, access: access, conns: map[net.Conn]struct{}{}}
 	l.ctx, l.stopC = context.WithCancel(context.Background())
 	return l
@@ -173,7 +174,7 @@ func (l *tcpListener) handle(c net.Conn) {
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Downstream, x.Listener = c, l.key
 	err := l.chain.Handle(l.ctx, x)
-	if level, msg := requestRecord(l.access, "tcp connection"); l.log.Enabled(l.ctx, level) {
+	if level, msg := requestRecord(l.access.Load(), "tcp connection"); l.log.Enabled(l.ctx, level) {
 		l.log.LogAttrs(l.ctx, level, msg, slog.String("request_id", x.ID),
 			slog.String("listen", l.key), slog.String("remote", c.RemoteAddr().String()), slog.String("rule", ruleID(x)),
 			slog.Int64("bytes_in", x.BytesIn), slog.Int64("bytes_out", x.BytesOut),
@@ -238,6 +239,15 @@ func newListenerSet(ic *ingressConfig, certs []tls.Certificate, grace time.Durat
 	return &listenerSet{ic: ic, certs: certs, grace: grace, live: map[rules.Listener]ingressListener{}}
 }
 
+// listenError is a listener that could not be bound.
+type listenError struct {
+	addr string
+	err  error
+}
+
+func (e *listenError) Error() string { return "listener " + e.addr + ": " + e.err.Error() }
+func (e *listenError) Unwrap() error { return e.err }
+
 // pending is a set of listeners bound by prepare and not yet serving.
 type pending struct {
 	want  []rules.Listener
@@ -273,7 +283,7 @@ func (s *listenerSet) prepare(want []rules.Listener) (*pending, error) {
 		ln, err := net.Listen("tcp", w.Addr)
 		if err != nil {
 			s.closeBound(p)
-			return nil, fmt.Errorf("listener %s: %w", w.Addr, err)
+			return nil, &listenError{addr: w.Addr, err: err}
 		}
 		p.bound[w] = s.make(w, ln)
 	}

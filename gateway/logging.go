@@ -7,17 +7,46 @@ import (
 	"github.com/qtunnel/qtunnel/config"
 )
 
-// NewLogger returns the logger cfg asks for, writing to w.
+// NewLogger returns the logger cfg asks for, writing to w. Its level can
+// be changed while it runs: a server given this logger applies a reloaded
+// log.level to it.
 func NewLogger(cfg config.Log, w io.Writer) (*slog.Logger, error) {
 	level, err := config.ParseLevel(cfg.Level)
 	if err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	lv := new(slog.LevelVar)
+	lv.Set(level)
+	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return slog.New(levelHandler{Handler: h, level: lv}), nil
+}
+
+// levelHandler is a handler whose level can change; the loggers derived
+// from it (With) share it.
+type levelHandler struct {
+	slog.Handler
+	level *slog.LevelVar
+}
+
+func (h levelHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelHandler{Handler: h.Handler.WithAttrs(as), level: h.level}
+}
+
+func (h levelHandler) WithGroup(name string) slog.Handler {
+	return levelHandler{Handler: h.Handler.WithGroup(name), level: h.level}
+}
+
+// setLevel sets the level of log, if NewLogger made it; false otherwise.
+func setLevel(log *slog.Logger, l slog.Level) bool {
+	h, ok := log.Handler().(levelHandler)
+	if ok {
+		h.level.Set(l)
+	}
+	return ok
 }
 
 // requestRecord returns the level and message of the one record a finished

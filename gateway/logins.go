@@ -108,6 +108,16 @@ func addrOf(a net.Addr) netip.Addr {
 // throttledWait reports whether err is the server refusing this client's
 // login because of too many failed logins (codec.ConnThrottled), and how
 // long the server said to wait (zero if it did not say).
+// remoteClose returns the reason of a connection the server closed with
+// code.
+func remoteClose(err error, code uint64) (string, bool) {
+	var ae *quic.ApplicationError
+	if !errors.As(err, &ae) || !ae.Remote || uint64(ae.ErrorCode) != code {
+		return "", false
+	}
+	return ae.ErrorMessage, true
+}
+
 func throttledWait(err error) (time.Duration, bool) {
 	var ae *quic.ApplicationError
 	if !errors.As(err, &ae) || !ae.Remote || uint64(ae.ErrorCode) != codec.ConnThrottled {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/rules"
@@ -21,11 +22,15 @@ import (
 // Changes need the admin token: without one configured the API is
 // read-only. A refused change answers 400 (or 404) with {"error": "..."}
 // and leaves the rules in force alone; an accepted one answers the new
-// version. Changes live in memory: a reload of the configuration file
-// replaces them with the file's rules.
+// version, and is kept: in the server's state directory, merged with the
+// configuration file's rules at every reload and restart by the rule
+// control/overlay.go documents (the API's latest change of an id wins; a
+// change that no longer fits the file is listed under "conflicts" and
+// logged, not dropped). GET /rules says where each rule comes from
+// ("source": "file" or "api").
 type rulesAPI struct {
 	store    *control.RuleStore
-	writable bool
+	writable atomic.Bool // an admin token is set (changes live with admin.token)
 }
 
 func (a *rulesAPI) register(with func(pattern string, h http.Handler)) {
@@ -38,7 +43,7 @@ func (a *rulesAPI) register(with func(pattern string, h http.Handler)) {
 // change refuses h's change when the API is read-only.
 func (a *rulesAPI) change(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !a.writable {
+		if !a.writable.Load() {
 			writeErr(w, http.StatusForbidden, "the rules API is read-only: set admin.token to change rules over it")
 			return
 		}
@@ -59,7 +64,24 @@ func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
 }
 
 func (a *rulesAPI) list(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, viewOf(a.store.Table()))
+	v := viewOf(a.store.Table())
+	for i := range v.Rules {
+		v.Rules[i].Source = a.store.Source(v.Rules[i].ID)
+	}
+	type conflict struct {
+		ID      string      `json:"id"`
+		Rule    *rules.Rule `json:"rule,omitempty"`
+		Deleted bool        `json:"deleted,omitempty"`
+		Error   string      `json:"error"`
+	}
+	out := struct {
+		tableView
+		Conflicts []conflict `json:"conflicts,omitempty"`
+	}{tableView: v}
+	for _, c := range a.store.Conflicts() {
+		out.Conflicts = append(out.Conflicts, conflict{ID: c.Change.ID, Rule: c.Change.Rule, Deleted: c.Change.Rule == nil, Error: c.Err.Error()})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *rulesAPI) get(w http.ResponseWriter, r *http.Request) {
@@ -104,6 +126,8 @@ func (a *rulesAPI) answer(w http.ResponseWriter, t *rules.Table, err error) {
 	switch {
 	case errors.Is(err, control.ErrNoRule):
 		writeErr(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, control.ErrNotSaved):
+		writeErr(w, http.StatusInternalServerError, "%v (version %d is in force until the next restart)", err, t.Version())
 	case err != nil && !errors.Is(err, control.ErrUnchanged):
 		writeErr(w, http.StatusBadRequest, "%v", err)
 	default:

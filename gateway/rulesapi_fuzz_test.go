@@ -52,7 +52,8 @@ func FuzzRulesAPIPut(f *testing.F) {
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
 		store, err := control.NewRuleStore(apiRules, 4)
 		require.NoError(t, err)
-		a := &rulesAPI{store: store, writable: true}
+		a := &rulesAPI{store: store}
+		a.writable.Store(true)
 		before := store.Table()
 
 		status, v, raw := apiCall(t, a.put, http.MethodPut, id, body)
@@ -112,7 +113,8 @@ func TestRulesAPIPutBodyLimit(t *testing.T) {
 	t.Parallel()
 	store, err := control.NewRuleStore(apiRules, 4)
 	require.NoError(t, err)
-	a := &rulesAPI{store: store, writable: true}
+	a := &rulesAPI{store: store}
+	a.writable.Store(true)
 	before := store.Table()
 	body := `{"client":"c1","direction":"reverse","host":"h","upstream":"http://a:1","host_header":"` + strings.Repeat("x", 1<<20) + `"}`
 	status, v, _ := apiCall(t, a.put, http.MethodPut, "big", []byte(body))
@@ -127,7 +129,8 @@ func TestRulesAPIPutRefusesTrailingData(t *testing.T) {
 	t.Parallel()
 	store, err := control.NewRuleStore(apiRules, 4)
 	require.NoError(t, err)
-	a := &rulesAPI{store: store, writable: true}
+	a := &rulesAPI{store: store}
+	a.writable.Store(true)
 	before := store.Table()
 	for _, trailing := range []string{` trailing`, ` {"id":"other"}`, `]`} {
 		body := `{"client":"c1","direction":"reverse","host":"new.test","upstream":"http://a:1"}` + trailing

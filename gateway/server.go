@@ -45,6 +45,11 @@ type Server struct {
 	chains   *chains
 	streams  *streamServer
 
+	api        *rulesAPI
+	connSource egress.ConnSource             // what the tunnel stage asks for a rule's connection
+	running    atomic.Pointer[config.Server] // the configuration in force: the start's, with a reload's live settings
+	pending    atomic.Pointer[[]string]      // settings changed in the file that need a restart
+
 	tunnelLn  *transport.Listener
 	ingress   *ingressConfig    // what the public and TCP listeners share
 	public    []ingressListener // public_http, then public_https if set
@@ -53,7 +58,8 @@ type Server struct {
 
 	mu    sync.Mutex
 	conns map[*serverConn]struct{}
-	wg    sync.WaitGroup // accept loop, connection handlers, public server, sweeper
+	byID  map[string]*serverConn // the tracked connection of each client id
+	wg    sync.WaitGroup         // accept loop, connection handlers, public server, sweeper
 	stop  context.CancelFunc
 	done  chan struct{}
 }
@@ -80,7 +86,7 @@ type serverConn struct {
 // It binds nothing; Start does.
 func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	o := buildOptions(opts)
-	s := &Server{cfg: cfg, o: o, log: o.log.With("side", "server"), conns: map[*serverConn]struct{}{}, done: make(chan struct{})}
+	s := &Server{cfg: cfg, o: o, log: o.log.With("side", "server"), conns: map[*serverConn]struct{}{}, byID: map[string]*serverConn{}, done: make(chan struct{})}
 	var err error
 	if cfg.TLS.CertFile != "" {
 		s.cert, err = transport.LoadCertificate(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -102,6 +108,9 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.store, err = control.NewRuleStore(cfg.Rules, 0); err != nil {
 		return nil, err
 	}
+	if err := s.keepAPIRules(); err != nil {
+		return nil, err
+	}
 	t := s.store.Table()
 	took := time.Since(built) // the first rule set's apply, for the metrics
 	pc := cfg.Egress
@@ -120,7 +129,11 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
-	api := &rulesAPI{store: s.store, writable: cfg.Admin.Token != ""}
+	api := &rulesAPI{store: s.store}
+	api.writable.Store(cfg.Admin.Token != "")
+	s.api = api
+	s.connSource = conns
+	s.running.Store(&cfg)
 	var apiOpts []admin.Option
 	api.register(func(pattern string, h http.Handler) { apiOpts = append(apiOpts, admin.WithHandler(pattern, h)) })
 	if s.kit, err = newKit("server", &cfg.Common, s.store.Store(), s.log, s.ready, s.view, apiOpts...); err != nil {
@@ -132,7 +145,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
-	s.ingress = newIngressConfig(s.chains.ingress, &cfg.Common, o.tracer, s.log, s.kit.m)
+	s.ingress = newIngressConfig(&s.chains.ingress, &cfg.Common, o.tracer, s.log, s.kit.m, &s.kit.access)
 	s.listeners = newListenerSet(s.ingress, nil, cfg.ShutdownGrace)
 	return s, nil
 }
@@ -208,7 +221,7 @@ func (s *Server) Start(ctx context.Context) error {
 	s.pool.Warm(ctx, s.store.Table().Rules(), rules.Forward)
 	// The worker pool is the first thing that runs goroutines: made here,
 	// a server that never starts owns none.
-	if s.streams, err = newStreamServer(s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.kit.m, s.log, s.cfg.Log.Access); err != nil {
+	if s.streams, err = newStreamServer(&s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.kit.m, s.log, &s.kit.access); err != nil {
 		abandon()
 		s.listeners.closeBound(pend)
 		return err
@@ -297,6 +310,15 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		return
 	}
 	id := peer.Hello.ClientID
+	if old := s.connOf(id); old != nil && old.peer.Alive(ctx, duplicateProbe) {
+		// Two live clients with one id would push each other out for
+		// ever: the one that was there first keeps it.
+		from := old.qc.RemoteAddr().String()
+		s.log.Warn("refused a second connection for a client id in use", "client", id, "remote", remote, "connected_from", from)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnDuplicate),
+			fmt.Sprintf("client id %s is already connected from %s; two clients cannot share an id", id, from))
+		return
+	}
 	info := &pipeline.Conn{
 		ClientID:   id,
 		RemoteAddr: qc.RemoteAddr(),
@@ -375,7 +397,7 @@ func (e *serverEvents) Applied(m *codec.Applied) {
 	}
 	// A periodic full sync re-applies the same version: not a change.
 	level := slog.LevelInfo
-	if prev != nil && prev.Error == "" && prev.Version == now.Version && prev.Hash == now.Hash {
+	if prev != nil && prev.Version == now.Version && prev.Hash == now.Hash {
 		level = slog.LevelDebug
 	}
 	e.s.log.Log(context.Background(), level, "client applied rules", "client", e.conn.info.ClientID, "version", m.Version)
@@ -406,6 +428,20 @@ func (e *serverEvents) GoAway(reason string) {
 	e.conn.drains.Go(func() { closeWhenIdle(e.conn.qc.Context(), e.conn.info, e.s.cfg.ShutdownGrace) })
 }
 
+// duplicateProbe is how long a client's live connection has to answer a
+// PING before a new connection with its id takes over.
+const duplicateProbe = time.Second
+
+// connOf returns the live connection of client id, or nil.
+func (s *Server) connOf(id string) *serverConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc := s.byID[id]; sc != nil && sc.qc.Context().Err() == nil {
+		return sc
+	}
+	return nil
+}
+
 func (s *Server) track(sc *serverConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -413,6 +449,7 @@ func (s *Server) track(sc *serverConn) bool {
 		return false // shutting down
 	}
 	s.conns[sc] = struct{}{}
+	s.byID[sc.info.ClientID] = sc
 	s.kit.m.ConnOpened()
 	s.kit.m.SetSessions(len(s.sessions.Sessions()))
 	return true
@@ -422,6 +459,9 @@ func (s *Server) untrack(sc *serverConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, sc)
+	if s.byID[sc.info.ClientID] == sc {
+		delete(s.byID, sc.info.ClientID)
+	}
 	s.kit.m.ConnClosed()
 }
 
@@ -460,8 +500,12 @@ type sessionView struct {
 	LastSeen       time.Time `json:"last_seen"`
 	AppliedVersion uint64    `json:"applied_version,omitempty"`
 	AppliedHash    string    `json:"applied_hash,omitempty"`
-	AppliedError   string    `json:"applied_error,omitempty"`
 	AppliedAt      time.Time `json:"applied_at,omitzero"`
+	// RefusedVersion and RefusedError: the last rule set the client could
+	// not apply (the one in force is applied_version), until one applies.
+	RefusedVersion uint64    `json:"refused_version,omitempty"`
+	RefusedError   string    `json:"refused_error,omitempty"`
+	RefusedAt      time.Time `json:"refused_at,omitzero"`
 }
 
 // view is /config: the rules in force and each client's sessions. Tokens
@@ -470,11 +514,20 @@ func (s *Server) view() any {
 	v := struct {
 		tableView
 		Sessions []sessionView `json:"sessions"`
+		// PendingRestart: settings the configuration file changed that
+		// take effect at the next restart.
+		PendingRestart []string `json:"pending_restart,omitempty"`
 	}{tableView: viewOf(s.store.Table()), Sessions: []sessionView{}}
+	if p := s.pending.Load(); p != nil {
+		v.PendingRestart = *p
+	}
 	for _, ss := range s.sessions.Sessions() {
 		sv := sessionView{Client: ss.ClientID, Session: ss.ID, Connected: ss.Conn() != nil, Created: ss.Created, LastSeen: ss.LastSeen()}
 		if a := ss.Applied(); a != nil {
-			sv.AppliedVersion, sv.AppliedHash, sv.AppliedError, sv.AppliedAt = a.Version, a.Hash, a.Error, a.At
+			sv.AppliedVersion, sv.AppliedHash, sv.AppliedAt = a.Version, a.Hash, a.At
+		}
+		if r := ss.Refused(); r != nil {
+			sv.RefusedVersion, sv.RefusedError, sv.RefusedAt = r.Version, r.Error, r.At
 		}
 		v.Sessions = append(v.Sessions, sv)
 	}

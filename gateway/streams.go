@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -26,7 +27,7 @@ type streamServer struct {
 	workers  *pipeline.WorkerPool[*streamTask]
 	inflight sync.WaitGroup // tasks handed to workers and not finished
 	log      *slog.Logger
-	access   bool // log.access: each stream's record at info
+	access   *atomic.Bool // log.access: each stream's record at info (changes live)
 	maxFrame int
 	tracer   trace.Tracer     // nil: no request spans
 	m        *metrics.Metrics // streams served, refusals and panics
@@ -40,7 +41,7 @@ type streamTask struct {
 
 var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
 
-func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, m *metrics.Metrics, log *slog.Logger, access bool) (*streamServer, error) {
+func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, m *metrics.Metrics, log *slog.Logger, access *atomic.Bool) (*streamServer, error) {
 	ss := &streamServer{chain: chain, log: log, access: access, maxFrame: maxFrame, tracer: tracer, m: m}
 	w, err := pipeline.NewWorkerPool(size, (*streamTask).run, func(v any) {
 		m.CountError(pipeline.Egress, metrics.KindInternal)
@@ -125,7 +126,7 @@ func (ss *streamServer) serveStream(ctx context.Context, s pipeline.Stream, conn
 	if span != nil {
 		endRequestSpan(span, x, err)
 	}
-	if level, msg := requestRecord(ss.access, "stream"); ss.log.Enabled(ctx, level) {
+	if level, msg := requestRecord(ss.access.Load(), "stream"); ss.log.Enabled(ctx, level) {
 		ss.log.LogAttrs(ctx, level, msg,
 			slog.String("request_id", x.ID), slog.String("client", conn.ClientID), slog.String("rule", x.Head.RuleID),
 			slog.String("method", x.Head.Method), slog.String("path", x.Head.Path), slog.Int("status", x.Status),

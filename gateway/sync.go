@@ -99,9 +99,12 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 func (s *Server) Rules() *control.RuleStore { return s.store }
 
 // Reload reads the configuration file again (WithConfigFile) and applies
-// its clients and rules. A file that does not parse or validate changes
-// nothing; the error lists every problem with its line. Other settings
-// take effect at the next start.
+// what can change live (config.LiveSettings: clients, rules, log level and
+// access log, the admin token, rate limits, the request limits, trusted
+// proxies). A file that does not parse or validate changes nothing; the
+// error lists every problem with its line. The settings that need a
+// restart are named in a warning, and in /config as pending_restart,
+// until the server restarts (or the file goes back).
 func (s *Server) Reload() error {
 	if s.o.configFile == "" {
 		return errors.New("reload: the server was not started from a configuration file")
@@ -128,6 +131,10 @@ func (s *Server) reload() error {
 	if _, err := s.store.Replace(cfg.Rules); err != nil && !errors.Is(err, control.ErrUnchanged) {
 		return err
 	}
+	s.logConflicts(s.store.Conflicts())
+	if err := s.applyLive(cfg); err != nil {
+		return err
+	}
 	old := s.tokens.Swap(&tokens)
 	// A client that was removed, or whose token changed, is disconnected.
 	s.mu.Lock()
@@ -137,6 +144,70 @@ func (s *Server) reload() error {
 		}
 	}
 	s.mu.Unlock()
+	return nil
+}
+
+// applyLive puts in force the live settings of next, a reloaded file, and
+// records the others as pending. Only what changed is touched.
+func (s *Server) applyLive(next *config.Server) error {
+	running := s.running.Load()
+	changed, err := config.Changed(*running, *next)
+	if err != nil {
+		return err
+	}
+	inForce := config.WithLive(*running, *next)
+	var applied []string
+	rebuild := false
+	for _, p := range changed {
+		if !config.Live(p) {
+			continue
+		}
+		switch {
+		case p == "rules" || p == "clients":
+			continue // the caller's
+		case p == "log.level":
+			l, err := config.ParseLevel(next.Log.Level)
+			if err != nil || !setLevel(s.o.log, l) {
+				inForce.Log.Level = running.Log.Level
+				continue // not this server's logger to change: pending
+			}
+		case p == "log.access":
+			s.kit.access.Store(next.Log.Access)
+		case p == "admin.token":
+			if err := s.kit.admin.SetToken(next.Admin.Token); err != nil {
+				return fmt.Errorf("admin.token: %w", err)
+			}
+			s.api.writable.Store(next.Admin.Token != "")
+		default:
+			rebuild = true // limits, rate limits, trusted proxies: the chains
+		}
+		applied = append(applied, p)
+	}
+	if rebuild {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Limits.HandshakeTimeout)
+		defer cancel()
+		n, err := buildChains(ctx, &inForce.Common, s.store.Store(), rules.Forward, s.connSource, s.pool, s.kit, s.o)
+		if err != nil {
+			return err
+		}
+		s.chains.use(n) // n now holds the chains it replaced
+		if err := n.close(ctx); err != nil {
+			s.log.Debug("closing the replaced chains", "err", err)
+		}
+	}
+	s.running.Store(&inForce)
+	// Pending: what the file says and the server, as started, does not.
+	still, err := config.Changed(inForce, *next)
+	if err != nil {
+		return err
+	}
+	s.pending.Store(&still)
+	if len(applied) > 0 {
+		s.log.Info("settings changed live", "settings", applied)
+	}
+	if len(still) > 0 {
+		s.log.Warn("settings changed in the configuration file take effect at the next restart", "settings", still)
+	}
 	return nil
 }
 

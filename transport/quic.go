@@ -22,12 +22,16 @@ import (
 type Config struct {
 	// HandshakeTimeout bounds the QUIC and TLS handshake. If zero, 10s.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
-	// IdleTimeout closes a connection that received nothing for this long.
-	// If zero, 30s.
+	// IdleTimeout is the liveness timeout: a connection on which nothing
+	// was received for this long is dead (a peer killed, a network cut),
+	// and is closed; the requests on it fail at once with 502, a client's
+	// /readyz turns not ready and it reconnects. Both sides send keep-alives
+	// (KeepAlive) well inside it, so a live peer is never taken for dead.
+	// If zero, 5s.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// KeepAlive is how often a quiet connection sends a keep-alive packet.
-	// The client also sends its control-stream heartbeat this often. If
-	// zero, 10s.
+	// The client also sends its control-stream heartbeat this often. At
+	// most half of IdleTimeout. If zero, 1.5s.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	// MaxStreams is how many concurrent request streams the peer may open
 	// on one connection (S3). If zero, 1000.
@@ -48,6 +52,12 @@ type Config struct {
 	ConnWindow uint64 `yaml:"conn_window"`
 }
 
+// Default liveness timeout and keep-alive period (see Config).
+const (
+	DefaultIdleTimeout = 5 * time.Second
+	DefaultKeepAlive   = 1500 * time.Millisecond
+)
+
 // Default receive windows (see Config).
 const (
 	DefaultStreamWindow = 1 << 20
@@ -62,7 +72,9 @@ func orDuration(v, d time.Duration) time.Duration {
 }
 
 // KeepAlivePeriod returns KeepAlive or its default.
-func (c Config) KeepAlivePeriod() time.Duration { return orDuration(c.KeepAlive, 10*time.Second) }
+func (c Config) KeepAlivePeriod() time.Duration {
+	return min(orDuration(c.KeepAlive, DefaultKeepAlive), orDuration(c.IdleTimeout, DefaultIdleTimeout)/2)
+}
 
 // QUIC returns the quic-go configuration for c.
 func (c Config) QUIC() *quic.Config {
@@ -79,7 +91,7 @@ func (c Config) QUIC() *quic.Config {
 	}
 	return &quic.Config{
 		HandshakeIdleTimeout:  orDuration(c.HandshakeTimeout, 10*time.Second),
-		MaxIdleTimeout:        orDuration(c.IdleTimeout, 30*time.Second),
+		MaxIdleTimeout:        orDuration(c.IdleTimeout, DefaultIdleTimeout),
 		KeepAlivePeriod:       c.KeepAlivePeriod(),
 		MaxIncomingStreams:    streams,
 		MaxIncomingUniStreams: -1,
@@ -273,6 +285,17 @@ func IsStreamLimit(err error) bool {
 		return true
 	}
 	_, ok := errors.AsType[quic.StreamLimitReachedError](err)
+	return ok
+}
+
+// ConnLost reports whether err says that the stream's connection is gone
+// without a word from the peer: its liveness (idle) timeout passed, or a
+// stateless reset came from a peer that lost its state.
+func ConnLost(err error) bool {
+	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
+		return true
+	}
+	_, ok := errors.AsType[*quic.StatelessResetError](err)
 	return ok
 }
 

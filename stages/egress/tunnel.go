@@ -344,6 +344,9 @@ func streamError(ctx context.Context, err error) error {
 	if code, ok := transport.StreamCode(err); ok && code == codec.StreamRefused {
 		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel peer is at capacity, retry", RetryAfter: time.Second, Err: err}
 	}
+	if transport.ConnLost(err) {
+		return &pipeline.Reject{Status: http.StatusBadGateway, Message: "tunnel connection lost: the other side stopped answering", RetryAfter: time.Second, Err: err}
+	}
 	return &pipeline.Reject{Status: http.StatusBadGateway, Message: "tunnel stream failed", Err: err}
 }
 
