@@ -99,7 +99,11 @@ func (s *slowUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // minutes) is far more than finishing them takes.
 func TestSIGTERMDrainsRequestsInFlight(t *testing.T) {
 	t.Parallel()
-	for _, side := range []string{"server", "client"} {
+	// server: reverse requests through the server's public listener;
+	// client: forward requests through the client's listener; client,
+	// reverse: reverse requests the client serves (the server's public
+	// listener stays open; the client's drain must answer them).
+	for _, side := range []string{"server", "client", "client, reverse"} {
 		t.Run(side, func(t *testing.T) {
 			t.Parallel()
 			slow := newSlowUpstream()
@@ -111,8 +115,11 @@ func TestSIGTERMDrainsRequestsInFlight(t *testing.T) {
 			e := startEnv(t, envOpts{nearClient: url, nearServer: url, grace: "2m", serverYAML: uncapped, clientYAML: uncapped})
 			e.waitReady(t)
 			target, host, victim := "http://"+e.public+"/slow", appHost, e.server
-			if side == "client" {
+			switch side {
+			case "client":
 				target, host, victim = "http://"+e.forward+"/slow", "", e.client
+			case "client, reverse":
+				victim = e.client
 			}
 			const n = 200
 			c := newClient(t)
@@ -138,10 +145,23 @@ func TestSIGTERMDrainsRequestsInFlight(t *testing.T) {
 			signalled := time.Now()
 			victim.signal(syscall.SIGTERM)
 			// New connections are refused once the listener is closed,
-			// while the 200 are still held.
+			// while the 200 are still held; through a draining client, new
+			// requests are refused with 503.
 			addr := strings.TrimPrefix(strings.TrimSuffix(target, "/slow"), "http://")
 			deadline = time.Now().Add(time.Minute)
-			for {
+			for side == "client, reverse" {
+				resp, err := c.Do(request(t, http.MethodGet, "http://"+e.public+"/new", host, nil))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusServiceUnavailable {
+						break
+					}
+				}
+				require.True(t, time.Now().Before(deadline), "new requests still reach the client a minute after its SIGTERM")
+				waitTick()
+			}
+			for side != "client, reverse" {
 				conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 				if err == nil {
 					conn.Close()
