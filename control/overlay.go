@@ -24,12 +24,22 @@ import (
 //
 // The rules in force are the base with the overlay applied in the order the
 // changes were made: a stored rule replaces the file's rule of its id (or
-// is added), a tombstone removes it. A change of the overlay that no longer
-// fits the base (the file now gives its host to another client, say) is a
-// conflict: it is left out of the rules in force, reported (Conflicts, the
-// server's log, /rules), and kept in the overlay until someone resolves
-// it: by changing the file, or by replacing or deleting the rule through
-// the API. Nothing is dropped silently.
+// is added), a tombstone removes it.
+//
+// The latest edit of a rule wins, wherever it was made. Each change keeps
+// the file's rule of its id as it was when the change was made (File); when
+// the file's rule of that id is later edited (changed, added or removed,
+// noticed at a reload or at a restart), the file's edit is the newer one:
+// the API's change is superseded, taken out of the overlay, and reported
+// (Replace's result, the server's log). Reloading an unchanged file, or a
+// file with other rules changed, keeps the API's changes in force.
+//
+// A change of the overlay that no longer fits the base (the file now gives
+// its host to another client, say) is a conflict: it is left out of the
+// rules in force, reported (Conflicts, the server's log, /rules), and kept
+// in the overlay until someone resolves it: by changing the file, or by
+// replacing or deleting the rule through the API. Nothing is dropped
+// silently.
 
 // OverlayFile is the file in the state directory that holds the overlay.
 const OverlayFile = "api-rules.json"
@@ -40,6 +50,10 @@ type Change struct {
 	ID   string      `json:"id"`
 	Rule *rules.Rule `json:"rule,omitempty"`
 	At   time.Time   `json:"at"`
+	// File is the configuration file's rule of this id when the change was
+	// made (nil: the file had none). A file whose rule of this id differs
+	// from it was edited since, and its edit supersedes this change.
+	File *rules.Rule `json:"file_rule,omitempty"`
 }
 
 // Overlay is the changes made through the API, oldest first, one per id.
@@ -65,6 +79,37 @@ func (c Conflict) String() string {
 func (o Overlay) with(ch Change) Overlay {
 	out := slices.DeleteFunc(slices.Clone(o.Changes), func(c Change) bool { return c.ID == ch.ID })
 	return Overlay{Changes: append(out, ch)}
+}
+
+// sameRule says whether a and b (nil: no rule) are the same rule.
+func sameRule(a, b *rules.Rule) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return rules.Hash([]rules.Rule{*a}) == rules.Hash([]rules.Rule{*b})
+}
+
+// fileRule returns base's rule with id, or nil.
+func fileRule(base []rules.Rule, id string) *rules.Rule {
+	i := slices.IndexFunc(base, func(r rules.Rule) bool { return r.ID == id })
+	if i < 0 {
+		return nil
+	}
+	r := base[i]
+	return &r
+}
+
+// supersede splits o into the changes still newer than base's rules and
+// those whose rule the file has edited since they were made.
+func supersede(base []rules.Rule, o Overlay) (kept Overlay, superseded []Change) {
+	for _, ch := range o.Changes {
+		if sameRule(ch.File, fileRule(base, ch.ID)) {
+			kept.Changes = append(kept.Changes, ch)
+		} else {
+			superseded = append(superseded, ch)
+		}
+	}
+	return kept, superseded
 }
 
 // apply returns base with the changes applied in order.

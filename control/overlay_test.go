@@ -25,7 +25,7 @@ func TestAPIChangesSurviveFileReloads(t *testing.T) {
 	s, err := control.NewRuleStore(file, 0)
 	require.NoError(t, err)
 	var saved []control.Overlay
-	_, err = s.UseOverlay(control.Overlay{}, func(o control.Overlay) error { saved = append(saved, o); return nil })
+	_, _, err = s.UseOverlay(control.Overlay{}, func(o control.Overlay) error { saved = append(saved, o); return nil })
 	require.NoError(t, err)
 
 	_, err = s.Put(revRule("api", "c1", "api.test"))
@@ -42,7 +42,7 @@ func TestAPIChangesSurviveFileReloads(t *testing.T) {
 
 	// The file is reloaded (a comment added, and a rule of its own).
 	file = append(file, revRule("new", "c1", "new.test"))
-	_, err = s.Replace(file)
+	_, _, err = s.Replace(file)
 	require.NoError(t, err)
 	tb := s.Table()
 	require.NotNil(t, tb.ByID("api"), "a rule added through the API stays")
@@ -70,7 +70,7 @@ func TestAPIChangeThatNoLongerFitsIsReportedNotDropped(t *testing.T) {
 	_, err = s.Put(revRule("shop", "c1", "shop.test"))
 	require.NoError(t, err)
 
-	_, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test"), revRule("theirs", "c2", "shop.test")})
+	_, _, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test"), revRule("theirs", "c2", "shop.test")})
 	require.NoError(t, err)
 	require.Nil(t, s.Table().ByID("shop"), "left out of the rules in force")
 	require.NotNil(t, s.Table().ByID("theirs"))
@@ -82,19 +82,79 @@ func TestAPIChangeThatNoLongerFitsIsReportedNotDropped(t *testing.T) {
 	require.Len(t, s.Overlay().Changes, 1, "kept until someone resolves it")
 
 	// Resolved by the file: the API's rule comes back into force.
-	_, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test")})
+	_, _, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test")})
 	require.NoError(t, err)
 	require.NotNil(t, s.Table().ByID("shop"))
 	require.Empty(t, s.Conflicts())
 
 	// A PUT that does not fit is refused outright, and not kept.
-	_, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test"), revRule("theirs", "c2", "shop2.test")})
+	_, _, err = s.Replace([]rules.Rule{revRule("web", "c1", "web.test"), revRule("theirs", "c2", "shop2.test")})
 	require.NoError(t, err)
 	_, err = s.Put(revRule("grab", "c1", "shop2.test"))
 	require.Error(t, err)
 	for _, ch := range s.Overlay().Changes {
 		require.NotEqual(t, "grab", ch.ID)
 	}
+}
+
+// TestLaterFileEditSupersedesAPIChange: the latest edit of a rule wins.
+// An API change stays in force while the file's rule of its id is as it
+// was when the change was made; once the file edits that rule (changes,
+// adds or removes it), at a reload or while the server was down, the
+// file's edit is in force and the API's change is reported as superseded
+// and taken out of the saved overlay.
+func TestLaterFileEditSupersedesAPIChange(t *testing.T) {
+	t.Parallel()
+	withPrefix := func(r rules.Rule, p string) rules.Rule { r.PathPrefix = p; return r }
+	web, dyn := revRule("web", "c1", "web.test"), revRule("dyn", "c1", "dyn.test")
+	s, err := control.NewRuleStore([]rules.Rule{web}, 0)
+	require.NoError(t, err)
+	var saved control.Overlay
+	_, _, err = s.UseOverlay(control.Overlay{}, func(o control.Overlay) error { saved = o; return nil })
+	require.NoError(t, err)
+
+	// The API sets a rule the file does not have, and changes one it has.
+	_, err = s.Put(withPrefix(dyn, "/api"))
+	require.NoError(t, err)
+	_, err = s.Put(withPrefix(web, "/api"))
+	require.NoError(t, err)
+
+	// A reload with the file as it was: both API changes stay.
+	_, sup, err := s.Replace([]rules.Rule{web})
+	require.ErrorIs(t, err, control.ErrUnchanged)
+	require.Empty(t, sup)
+	require.Equal(t, "/api", s.Table().ByID("dyn").PathPrefix)
+
+	// The file now adds dyn: its edit is the newer, the API's is superseded.
+	_, sup, err = s.Replace([]rules.Rule{web, withPrefix(dyn, "/file")})
+	require.NoError(t, err)
+	require.Len(t, sup, 1)
+	require.Equal(t, "dyn", sup[0].ID)
+	require.Equal(t, "/file", s.Table().ByID("dyn").PathPrefix)
+	require.Equal(t, "file", s.Source("dyn"))
+	require.Equal(t, "/api", s.Table().ByID("web").PathPrefix, "web's file rule was not edited: the API's change stays")
+	require.Len(t, saved.Changes, 1, "the superseded change is taken out of the saved overlay")
+
+	// The API deletes dyn; then the file removes dyn too: nothing to
+	// supersede in force (dyn stays gone), and the tombstone goes.
+	_, err = s.Delete("dyn")
+	require.NoError(t, err)
+	require.Nil(t, s.Table().ByID("dyn"))
+	_, sup, err = s.Replace([]rules.Rule{web})
+	require.ErrorIs(t, err, control.ErrUnchanged)
+	require.Len(t, sup, 1)
+	require.Nil(t, s.Table().ByID("dyn"))
+
+	// While the server was down, the file changed web: at the restart the
+	// file's edit wins over the saved API change.
+	s2, err := control.NewRuleStore([]rules.Rule{withPrefix(web, "/new")}, 0)
+	require.NoError(t, err)
+	sup, conflicts, err := s2.UseOverlay(saved, func(o control.Overlay) error { saved = o; return nil })
+	require.NoError(t, err)
+	require.Empty(t, conflicts)
+	require.Len(t, sup, 1)
+	require.Equal(t, "/new", s2.Table().ByID("web").PathPrefix)
+	require.Empty(t, saved.Changes)
 }
 
 // TestOverlayFile: the overlay is written atomically, owner-only, and read
@@ -126,7 +186,7 @@ func TestOverlayFile(t *testing.T) {
 
 	s, err := control.NewRuleStore(nil, 0)
 	require.NoError(t, err)
-	_, err = s.UseOverlay(control.Overlay{}, func(control.Overlay) error { return errors.New("disk full") })
+	_, _, err = s.UseOverlay(control.Overlay{}, func(control.Overlay) error { return errors.New("disk full") })
 	require.NoError(t, err)
 	_, err = s.Put(r)
 	require.ErrorIs(t, err, control.ErrNotSaved)

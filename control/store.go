@@ -53,24 +53,32 @@ func NewRuleStore(rs []rules.Rule, keep int) (*RuleStore, error) {
 // UseOverlay applies o, the admin API's changes kept from an earlier run,
 // on top of the rules in force, and saves every later change of the
 // overlay with persist (nil: the overlay lives in memory only, and is lost
-// at restart). It returns the changes left out as conflicts.
-func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) ([]Conflict, error) {
+// at restart). Changes whose rule the file has edited since they were made
+// are superseded (see overlay.go): they are taken out and returned. It
+// returns the changes left out as conflicts too.
+func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) (superseded []Change, conflicts []Conflict, err error) {
 	s.mu.Lock()
 	s.persist = persist
 	s.mu.Unlock()
-	var conflicts []Conflict
-	_, err := s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
-		merged, c, err := merge(s.base, o)
+	var kept Overlay
+	_, err = s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		kept, superseded = supersede(s.base, o)
+		merged, c, err := merge(s.base, kept)
 		if err != nil {
 			return nil, nil, err
 		}
 		conflicts = c
-		return merged, func() { s.overlay, s.conflicts = o, c }, nil
+		return merged, func() { s.overlay, s.conflicts = kept, c }, nil
 	}, true)
 	if errors.Is(err, ErrUnchanged) {
 		err = nil
 	}
-	return conflicts, err
+	if err == nil && len(superseded) > 0 && persist != nil {
+		if perr := persist(kept); perr != nil {
+			err = fmt.Errorf("%w: %v", ErrNotSaved, perr)
+		}
+	}
+	return superseded, conflicts, err
 }
 
 // Conflicts returns the admin API's changes left out of the rules in force
@@ -133,16 +141,35 @@ var ErrNoRule = errors.New("no such rule")
 var ErrUnchanged = errors.New("rules unchanged")
 
 // Replace makes rs the configuration file's rules (a reloaded file): the
-// rules in force become rs with the admin API's changes applied. Changes
-// that no longer fit are left out and returned by Conflicts.
-func (s *RuleStore) Replace(rs []rules.Rule) (*rules.Table, error) {
-	return s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
-		merged, conflicts, err := merge(rs, s.overlay)
+// rules in force become rs with the admin API's changes applied. A change
+// whose rule the file has edited since it was made is superseded by the
+// file's edit: it is taken out of the overlay and returned. Changes that no
+// longer fit are left out and returned by Conflicts.
+func (s *RuleStore) Replace(rs []rules.Rule) (*rules.Table, []Change, error) {
+	var kept Overlay
+	var superseded []Change
+	t, err := s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		kept, superseded = supersede(rs, s.overlay)
+		merged, conflicts, err := merge(rs, kept)
 		if err != nil {
 			return nil, nil, err
 		}
-		return merged, func() { s.base, s.conflicts = slices.Clone(rs), conflicts }, nil
+		return merged, func() { s.base, s.overlay, s.conflicts = slices.Clone(rs), kept, conflicts }, nil
 	}, true)
+	if err != nil && !errors.Is(err, ErrUnchanged) {
+		return t, nil, err
+	}
+	if len(superseded) > 0 {
+		s.mu.Lock()
+		persist := s.persist
+		s.mu.Unlock()
+		if persist != nil {
+			if perr := persist(kept); perr != nil {
+				return t, superseded, fmt.Errorf("%w: %v", ErrNotSaved, perr)
+			}
+		}
+	}
+	return t, superseded, err
 }
 
 // Put adds r, or replaces the rule with r's id, as a change of the admin
@@ -165,6 +192,7 @@ func (s *RuleStore) Delete(id string) (*rules.Table, error) {
 func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
 	var next Overlay
 	t, err := s.change(func(cur []rules.Rule) ([]rules.Rule, func(), error) {
+		ch.File = fileRule(s.base, ch.ID)
 		next = s.overlay.with(ch)
 		if ch.Rule == nil && !slices.ContainsFunc(s.base, func(r rules.Rule) bool { return r.ID == ch.ID }) {
 			// A rule only the API had: no tombstone needed.

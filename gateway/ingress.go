@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,6 +53,7 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	body := r.Body // as net/http gave it; stages may wrap r.Body
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Request, x.Writer, x.Listener = r, w, h.listener
 	ctx := r.Context()
@@ -78,11 +80,7 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.Release()
 	if r.ProtoMajor == 1 && r.ContentLength != 0 && w.Header().Get("Connection") == "close" {
-		// The answer closes the connection because the body was not read
-		// to its end; net/http would still read the rest of it when the
-		// handler returns (to reuse the connection it is closing), for as
-		// long as the user cares not to send it. It is not wanted.
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		lingerOnBody(w, body)
 	}
 	if abort {
 		// The head is out; the only honest signal left is to cut the
@@ -117,6 +115,31 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 	}
 	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
 	return false
+}
+
+// Lingering on an unread body: an HTTP/1 answer sent before the request's
+// body was read to its end (a refusal: 413, 429, 503...) closes the
+// connection. Closed with the rest of the body unread, the connection is
+// reset, and a reset can reach the user while it is still sending, before
+// it reads the answer: it sees "connection reset" instead of the answer.
+// So the answer is sent first, then up to lingerBytes of the body are read
+// and thrown away, for at most lingerTime (a slow sender costs no more),
+// and only then is the connection closed.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// lingerOnBody sends the answer written to w and reads what is left of
+// body as said above; after it, nothing more is read from the connection
+// (net/http would otherwise go on reading the body, to reuse a connection
+// it is closing).
+func lingerOnBody(w http.ResponseWriter, body io.Reader) {
+	rc := http.NewResponseController(w)
+	if rc.Flush() == nil && rc.SetReadDeadline(time.Now().Add(lingerTime)) == nil && body != nil {
+		_, _ = io.CopyN(io.Discard, body, lingerBytes)
+	}
+	_ = rc.SetReadDeadline(time.Now())
 }
 
 // tooSlow reports whether err is the 408 of a user too slow to send: the

@@ -128,7 +128,9 @@ func (s *Server) reload() error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.store.Replace(cfg.Rules); err != nil && !errors.Is(err, control.ErrUnchanged) {
+	_, superseded, err := s.store.Replace(cfg.Rules)
+	s.logSuperseded(superseded)
+	if err != nil && !errors.Is(err, control.ErrUnchanged) {
 		return err
 	}
 	s.logConflicts(s.store.Conflicts())
