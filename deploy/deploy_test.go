@@ -35,9 +35,20 @@ import (
 // versionVar is the variable that make dist and the Dockerfile stamp.
 const versionVar = "github.com/qtunnel/qtunnel/internal/version.Version"
 
-// platforms are make dist's targets, in its order.
-var platforms = []struct{ goos, goarch string }{
+// allPlatforms are make dist's targets, in its order.
+var allPlatforms = []struct{ goos, goarch string }{
 	{"linux", "amd64"}, {"linux", "arm64"}, {"darwin", "arm64"},
+}
+
+// distPlatforms are the targets TestDist builds: linux/amd64 only (each
+// target is a cold build of everything, a minute or more on two cores,
+// and make test must stay short), all of them with DIST_ALL=1 set, as a
+// release check does. make -n dist shows the whole default list either way.
+func distPlatforms() []struct{ goos, goarch string } {
+	if os.Getenv("DIST_ALL") == "1" {
+		return allPlatforms
+	}
+	return allPlatforms[:1]
 }
 
 // root is the repository's root: this package's parent folder.
@@ -111,7 +122,8 @@ func describe(ctx context.Context, dir string) string {
 }
 
 // TestDist runs `make dist` once into a temporary folder (nice'd, so that
-// tests running beside it keep the CPU) and checks what it made: one
+// tests running beside it keep the CPU), for distPlatforms, and checks what
+// it made: one
 // static, -trimpath binary per platform for the right OS and CPU, stamped
 // with the version git describe gives; SHA256SUMS in sha256sum's format,
 // matching every binary; and the linux/amd64 binary runs here.
@@ -132,7 +144,12 @@ func TestDist(t *testing.T) {
 	if want[0] == "" {
 		want[0] = describe(ctx, repo)
 	}
-	argv := []string{"make", "-C", repo, "--no-print-directory", "dist", "DIST=" + dist}
+	platforms := distPlatforms()
+	var list []string
+	for _, p := range platforms {
+		list = append(list, p.goos+"/"+p.goarch)
+	}
+	argv := []string{"make", "-C", repo, "--no-print-directory", "dist", "DIST=" + dist, "PLATFORMS=" + strings.Join(list, " ")}
 	if nice, err := exec.LookPath("nice"); err == nil {
 		argv = append([]string{nice, "-n", "19"}, argv...)
 	}
@@ -199,6 +216,11 @@ func TestDist(t *testing.T) {
 		require.NoError(t, r.err, "%s", r)
 		require.Regexp(t, `CGO_ENABLED=0 GOOS=\$os GOARCH=\$arch \S+ build -trimpath`, r.stdout)
 		require.Contains(t, r.stdout, `-ldflags "-s -w -X `+versionVar+`=$v"`)
+		var all []string
+		for _, p := range allPlatforms {
+			all = append(all, p.goos+"/"+p.goarch)
+		}
+		require.Contains(t, r.stdout, "for p in "+strings.Join(all, " ")+";", "make dist's default targets")
 	})
 
 	// Until the binary links the version package, the linker has nothing

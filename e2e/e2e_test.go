@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -150,14 +151,20 @@ func TestSIGTERMDrainsRequestsInFlight(t *testing.T) {
 			addr := strings.TrimPrefix(strings.TrimSuffix(target, "/slow"), "http://")
 			deadline = time.Now().Add(time.Minute)
 			for side == "client, reverse" {
-				resp, err := c.Do(request(t, http.MethodGet, "http://"+e.public+"/new", host, nil))
+				// A request that reached the client before it read the
+				// signal is in flight like the 200, and held as they are:
+				// each try gives up after a few seconds and tries again.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				resp, err := c.Do(request(t, http.MethodGet, "http://"+e.public+"/new", host, nil).WithContext(ctx))
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 					if resp.StatusCode == http.StatusServiceUnavailable {
+						cancel()
 						break
 					}
 				}
+				cancel()
 				require.True(t, time.Now().Before(deadline), "new requests still reach the client a minute after its SIGTERM")
 				waitTick()
 			}

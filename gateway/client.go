@@ -408,6 +408,7 @@ func rulesOfListener(t *rules.Table, err error) error {
 // send no more streams, wait for the streams in flight, then close.
 func (c *Client) drain(s *clientSession) {
 	c.log.Info("client shutting down")
+	c.streams.refuse()
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
 	defer cancel()
 	c.listeners.shutdown(ctx)

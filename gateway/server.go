@@ -566,6 +566,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("server shutting down")
 	s.serving.Store(false) // /readyz says so at once
+	s.streams.refuse()     // forward requests not yet started: 503, retry
 	_ = s.tunnelLn.StopAccepting()
 	// Reverse requests in flight use client connections: finish them first.
 	var lwg sync.WaitGroup

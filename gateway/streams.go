@@ -31,7 +31,15 @@ type streamServer struct {
 	maxFrame int
 	tracer   trace.Tracer     // nil: no request spans
 	m        *metrics.Metrics // streams served, refusals and panics
+	refusing atomic.Bool      // set by refuse: the side is shutting down
 }
+
+// refuse makes every stream opened from now on refused at once with
+// codec.StreamRefused (503 and Retry-After on the other side), while the
+// streams in flight go on: called first thing when the side shuts down, so
+// that a stream the peer opens before it has read the GOAWAY does not
+// start work the drain would then have to wait for.
+func (ss *streamServer) refuse() { ss.refusing.Store(true) }
 
 type streamTask struct {
 	srv  *streamServer
@@ -55,13 +63,20 @@ func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tr
 }
 
 // serve accepts streams on qc until the connection ends. A stream that finds
-// every worker busy is refused at once with codec.StreamRefused, which the
-// ingress side turns into 503 with Retry-After: the work is never queued.
+// every worker busy, or that arrives after refuse, is refused at once with
+// codec.StreamRefused, which the ingress side turns into 503 with
+// Retry-After: the work is never queued.
 func (ss *streamServer) serve(qc *quic.Conn, info *pipeline.Conn) {
 	for {
 		s, err := qc.AcceptStream(qc.Context())
 		if err != nil {
 			return // the connection is gone: nothing to retry on it
+		}
+		if ss.refusing.Load() {
+			s.CancelRead(quic.StreamErrorCode(codec.StreamRefused))
+			s.CancelWrite(quic.StreamErrorCode(codec.StreamRefused))
+			ss.log.Debug("stream refused: shutting down", "client", info.ClientID)
+			continue
 		}
 		t := taskPool.Get().(*streamTask)
 		t.srv, t.s, t.conn = ss, s, info

@@ -342,7 +342,7 @@ func streamError(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	if code, ok := transport.StreamCode(err); ok && code == codec.StreamRefused {
-		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel peer is at capacity, retry", RetryAfter: time.Second, Err: err}
+		return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "tunnel peer refused the request (at capacity or shutting down), retry", RetryAfter: time.Second, Err: err}
 	}
 	if transport.ConnLost(err) {
 		return &pipeline.Reject{Status: http.StatusBadGateway, Message: "tunnel connection lost: the other side stopped answering", RetryAfter: time.Second, Err: err}
