@@ -48,14 +48,16 @@ vet:
 staticcheck:
 	$(GO) run $(STATICCHECK) $(PKGS)
 
-## bench: the load harness, tunnel vs direct vs raw quic-go, medians of 3 runs
-## (about 8 minutes); writes bench/results/{results.json,chart.svg,*.log}.
+## bench: the load harness (cmd/tunnel-bench, a command of its own so that
+## bin/tunnel links no load generator), tunnel vs direct vs raw quic-go,
+## medians of 3 runs (about 8 minutes); writes
+## bench/results/{results.json,chart.svg,*.log}.
 bench:
-	$(GO) run ./cmd/tunnel bench -runs 3 -out bench/results
+	$(GO) run ./cmd/tunnel-bench -runs 3 -out bench/results
 
 ## bench-quick: the same scenarios in under a minute, for spot checks.
 bench-quick:
-	$(GO) run ./cmd/tunnel bench -quick -out bench/out
+	$(GO) run ./cmd/tunnel-bench -quick -out bench/out
 
 ## bench-micro: hot-path micro-benchmarks with allocations.
 bench-micro:

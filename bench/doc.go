@@ -1,7 +1,8 @@
 // Package bench is the load harness that drives tuning of the hot path.
 //
 // It starts a sample upstream (in the harness process), a tunnel server and
-// a tunnel client (separate processes, the shipped binary), and runs each
+// a tunnel client (separate processes, the shipped binary: Options.Binary,
+// else cmd/tunnel built by BuildTunnel), and runs each
 // scenario three ways in the same run: directly against the upstream,
 // through the reverse tunnel and through the forward tunnel. It also
 // measures the transport's ceiling, raw quic-go, in the same run. Load comes
@@ -12,4 +13,8 @@
 //
 // Results are a table (with progress while it runs), a JSON file and an SVG
 // chart; see BENCHMARKS.md for the figures and the commands.
+//
+// Its command line is cmd/tunnel-bench (make bench, make bench-quick), not a
+// command of the gateway binary: cmd/tunnel imports nothing of this package
+// or of its load generator (cmd/tunnel's TestBinaryLinksNoLoadGenerator).
 package bench

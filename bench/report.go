@@ -6,6 +6,7 @@ import (
 	"html"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -148,6 +149,32 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		_ = tw.Flush()
 	}
+}
+
+// Save writes results.json (WriteJSON) and chart.svg (WriteSVG) to dir,
+// creating it if need be, and returns their paths.
+func (r *Report) Save(dir string) (jsonPath, svgPath string, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	jsonPath, svgPath = filepath.Join(dir, "results.json"), filepath.Join(dir, "chart.svg")
+	for _, f := range []struct {
+		path  string
+		write func(io.Writer) error
+	}{{jsonPath, r.WriteJSON}, {svgPath, r.WriteSVG}} {
+		file, err := os.Create(f.path)
+		if err != nil {
+			return "", "", err
+		}
+		err = f.write(file)
+		if cerr := file.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return "", "", err
+		}
+	}
+	return jsonPath, svgPath, nil
 }
 
 // WriteJSON writes the report as indented JSON.

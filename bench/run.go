@@ -18,7 +18,9 @@ import (
 // Options configures a harness run. The zero value is the full run.
 type Options struct {
 	// Binary is the tunnel binary to run as server and client. Default:
-	// this executable.
+	// built from TunnelPackage by BuildTunnel, into ProfileDir (kept there
+	// beside the profiles, for go tool pprof) or else into a temporary
+	// directory removed when Run returns.
 	Binary string
 	// Duration of each load run. Default 5s.
 	Duration time.Duration
@@ -50,13 +52,6 @@ func Quick() Options {
 }
 
 func (o *Options) defaults() error {
-	if o.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		o.Binary = exe
-	}
 	if o.Duration <= 0 {
 		o.Duration = 5 * time.Second
 	}
@@ -170,6 +165,23 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	want := func(name string) bool { return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, name) }
 	say := func(format string, args ...any) { fmt.Fprintf(o.Progress, format+"\n", args...) }
 
+	if o.Binary == "" {
+		dir := o.ProfileDir
+		if dir == "" {
+			tmp, err := os.MkdirTemp("", "qtunnel-bench-bin-")
+			if err != nil {
+				return nil, err
+			}
+			defer os.RemoveAll(tmp)
+			dir = tmp
+		}
+		say("building the tunnel binary: go build %s", TunnelPackage)
+		bin, err := BuildTunnel(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		o.Binary = bin
+	}
 	e, err := startEnv(ctx, o.Binary, o.ProfileDir, o.TunnelEnv)
 	if err != nil {
 		return nil, err

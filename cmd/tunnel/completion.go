@@ -14,7 +14,7 @@ func newCompletionCmd() *cobra.Command {
 		Use:   "completion bash|zsh|fish|powershell",
 		Short: "Print a shell completion script for tunnel",
 		Long: `Print the script that teaches a shell to complete tunnel's commands, flags
-and arguments (configuration files, scenario names, log levels). The script
+and arguments (configuration files, kinds of configuration, log levels). The script
 asks tunnel itself for the completions, so it keeps up with the binary.
 
 bash needs the bash-completion package; zsh needs compinit enabled

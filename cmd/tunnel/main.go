@@ -6,7 +6,6 @@
 //	tunnel demo [--public ADDR] [--forward ADDR] [--tunnel ADDR]
 //	tunnel check-config [server|client] [--config] FILE
 //	tunnel hash-token [--token-file FILE] (else the token on stdin)
-//	tunnel bench [--quick] [--scenario NAME,...] ...
 //	tunnel version
 //	tunnel completion bash|zsh|fish|powershell
 //	tunnel help [COMMAND]
@@ -17,7 +16,10 @@
 //
 // With QTUNNEL_PROFILE=PREFIX in its environment, the process writes a CPU
 // profile to PREFIX.cpu.pprof and an allocation profile to
-// PREFIX.allocs.pprof when it exits (the bench harness's -profile flag).
+// PREFIX.allocs.pprof when it exits (the -profile flag of tunnel-bench).
+//
+// The benchmark harness is a command of its own, cmd/tunnel-bench, so that
+// this binary links no load generator (TestBinaryLinksNoLoadGenerator).
 package main
 
 import (
@@ -57,7 +59,6 @@ var commands = []func() *cobra.Command{
 	newDemoCmd,
 	newCheckConfigCmd,
 	newHashTokenCmd,
-	newBenchCmd,
 	newVersionCmd,
 	newCompletionCmd,
 }
@@ -65,7 +66,7 @@ var commands = []func() *cobra.Command{
 const rootLong = `tunnel runs either side of a qtunnel, a bidirectional QUIC tunnel gateway
 that carries HTTP/1.1, HTTP/2, gRPC, WebSocket and TCP between a server and
 its clients, and the tools around it: a demo on loopback, a configuration
-checker, a token hasher and a benchmark harness.
+checker and a token hasher.
 
 Flags take one dash or two: -config FILE is --config FILE.
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,7 +115,6 @@ var commandFlags = map[string][]string{
 	"demo":         {"--public", "--forward", "--tunnel", "--log-level", "--help"},
 	"check-config": {"--config", "--help"},
 	"hash-token":   {"--token-file", "--help"},
-	"bench":        {"--quick", "--duration", "--runs", "--bulk", "--idle", "--scenario", "--out", "--profile", "--binary", "--tunnel-env", "--help"},
 	"version":      {"--help"},
 	"completion":   {"--help"},
 	"help":         {"--help"},
@@ -239,8 +240,6 @@ func TestFlagErrorOnce(t *testing.T) {
 		{args: []string{"client", "--bogus"}, want: "unknown flag: --bogus"},
 		{args: []string{"server", "-config"}, want: "flag needs an argument: --config"},
 		{args: []string{"demo", "-public"}, want: "flag needs an argument: --public"},
-		{args: []string{"bench", "-runs", "many"}, want: `invalid argument "many" for "--runs" flag: strconv.ParseInt: parsing "many": invalid syntax`},
-		{args: []string{"bench", "-quick", "-bulk", "lots"}, want: `--bulk: "lots" is not a size (such as 4096, 64KiB, 10MiB)`},
 		{args: []string{"check-config", "-x"}, want: "unknown shorthand flag: 'x' in -x"},
 		{args: []string{"hash-token", "--token"}, want: "unknown flag: --token"},
 		{args: []string{"completion", "--shell", "bash"}, want: "unknown flag: --shell"},
@@ -543,6 +542,7 @@ func TestCompletion(t *testing.T) {
 		for c := range commandFlags {
 			require.Regexp(t, `(?m)^`+regexp.QuoteMeta(c)+`\t`, r.stdout, "completes %s", c)
 		}
+		require.NotRegexp(t, `(?m)^bench\t`, r.stdout, "the harness is cmd/tunnel-bench")
 	})
 	t.Run("check-config kinds", func(t *testing.T) {
 		t.Parallel()
@@ -553,9 +553,9 @@ func TestCompletion(t *testing.T) {
 	})
 	t.Run("flags", func(t *testing.T) {
 		t.Parallel()
-		r := runWithoutStdin(t, "__complete", "bench", "--s")
+		r := runWithoutStdin(t, "__complete", "demo", "--l")
 		require.Equal(t, 0, r.code, r.stderr)
-		require.Regexp(t, `(?m)^--scenario\t`, r.stdout)
+		require.Regexp(t, `(?m)^--log-level\t`, r.stdout)
 	})
 	t.Run("no shell", func(t *testing.T) {
 		t.Parallel()
@@ -563,6 +563,35 @@ func TestCompletion(t *testing.T) {
 		runTunnel("", "completion").requireExit(t, 2, "tunnel completion: name the shell: bash, zsh, fish or powershell\n"+hint)
 		runTunnel("", "completion", "tcsh").requireExit(t, 2, "tunnel completion: \"tcsh\" is not a shell this can complete for: bash, zsh, fish or powershell\n"+hint)
 	})
+}
+
+// TestBinaryLinksNoLoadGenerator: the gateway binary does not link the
+// benchmark harness or its load generator (vegeta and the HdrHistogram and
+// t-digest it records latencies in), directly or through any package it
+// imports; the harness is a command of its own, cmd/tunnel-bench.
+func TestBinaryLinksNoLoadGenerator(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skipf("the go command is not on PATH, and this test asks it for the binary's imports: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	list := exec.CommandContext(ctx, "go", "list", "-deps", ".")
+	list.Stderr = &stderr
+	out, err := list.Output()
+	require.NoError(t, err, "go list -deps ./cmd/tunnel: %s", stderr.String())
+	deps := strings.Fields(string(out))
+	require.Contains(t, deps, "github.com/qtunnel/qtunnel/gateway", "go list -deps lists the binary's imports")
+	forbidden := []string{"vegeta", "hdrhistogram", "tdigest", "github.com/qtunnel/qtunnel/bench"}
+	var linked []string
+	for _, p := range deps {
+		if slices.ContainsFunc(forbidden, func(f string) bool { return strings.Contains(strings.ToLower(p), f) }) {
+			linked = append(linked, p)
+		}
+	}
+	require.Empty(t, linked, "cmd/tunnel links the load harness or its load generator, which belong to cmd/tunnel-bench only; "+
+		"go list -deps -f '{{.ImportPath}}: {{.Imports}}' ./cmd/tunnel shows which import brings them")
 }
 
 // TestBuiltBinary builds the binary as make build does and runs it.

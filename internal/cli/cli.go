@@ -1,8 +1,9 @@
 // Package cli holds what the tunnel command line needs beyond assembling
 // commands: exit codes and usage errors, reading Go-style one-dash long
 // flags, telling a server's configuration from a client's, reading a token,
-// and the shutdown and reload signals. cmd/tunnel assembles its commands
-// from these; nothing here knows about cobra's commands.
+// and the shutdown and reload signals. cmd/tunnel (and cmd/tunnel-bench)
+// assemble their commands from these; nothing here knows about cobra's
+// commands.
 package cli
 
 import (

@@ -1,11 +1,26 @@
+// Command tunnel-bench is the load harness of BENCHMARKS.md, package bench
+// behind a command line: it runs each scenario against the tunnel (server
+// and client as processes of the tunnel binary), directly against the
+// upstream, and over raw quic-go, and reports the medians.
+//
+//	tunnel-bench [--quick] [--runs N] [--scenario NAME,...] [--out DIR] ...
+//
+// It is a command of its own rather than a command of cmd/tunnel so that
+// the gateway binary links no load generator (vegeta, HdrHistogram);
+// cmd/tunnel's TestBinaryLinksNoLoadGenerator keeps it so. Without
+// --binary it builds cmd/tunnel with go build, so run it in the repository
+// (make bench, make bench-quick, go run ./cmd/tunnel-bench).
+//
+// Flags take one dash or two. Exit codes, as tunnel's: 0 success, 1
+// failure, 2 usage error, 130 a second SIGINT or SIGTERM forced the exit.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -16,26 +31,66 @@ import (
 	"github.com/qtunnel/qtunnel/internal/cli"
 )
 
-func newBenchCmd() *cobra.Command {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run runs the command line args and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := newCmd()
+	cmd.SetIn(strings.NewReader(""))
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	if len(args) == 0 || (args[0] != cobra.ShellCompRequestCmd && args[0] != cobra.ShellCompNoDescRequestCmd) {
+		args = cli.OneDashLongFlags(args, cmd.Flags().Lookup)
+	}
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	var usage *cli.UsageError
+	switch {
+	case err == nil:
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "tunnel-bench: %v\nRun 'tunnel-bench --help' for usage.\n", err)
+	default:
+		fmt.Fprintln(stderr, "tunnel-bench:", err)
+	}
+	return cli.ExitCode(err)
+}
+
+func newCmd() *cobra.Command {
 	var (
 		o                           bench.Options
 		quick                       bool
 		bulk, scenarios, out, tEnvs string
 	)
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "tunnel-bench",
 		Short: "Run the benchmark harness: the tunnel beside direct connections",
 		Long: `Run the load harness (BENCHMARKS.md): each scenario against the tunnel
-(server and client as processes of this binary), directly against the
+(server and client as processes of the tunnel binary), directly against the
 upstream, and over raw quic-go, reporting the medians. It writes
 results.json and chart.svg to --out, and the processes' logs beside them.
-The full run takes about 8 minutes; --quick is a spot check under a minute.`,
-		Example: `  tunnel bench --quick
-  tunnel bench --runs 3 --out bench/results
-  tunnel bench --scenario h1-c64 --runs 5 --profile /tmp/prof
-  tunnel bench --tunnel-env GOMAXPROCS=1`,
-		Args:              noArgs(""),
+The full run takes about 8 minutes; --quick is a spot check under a minute.
+
+Without --binary it builds the tunnel binary (go build ./cmd/tunnel), so
+run it in the repository; with --profile that binary is kept in the
+profile directory, for go tool pprof.
+
+Flags take one dash or two. Exit codes: 0 success, 1 failure, 2 usage
+error, 130 a second SIGINT or SIGTERM forced the exit.`,
+		Example: `  tunnel-bench --quick
+  tunnel-bench --runs 3 --out bench/results
+  tunnel-bench --scenario h1-c64 --runs 5 --profile /tmp/prof
+  tunnel-bench --tunnel-env GOMAXPROCS=1
+  go run ./cmd/tunnel-bench -quick -out bench/out`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return cli.Usagef("unexpected argument %q", args[0])
+			}
+			return nil
+		},
 		ValidArgsFunction: cobra.NoFileCompletions,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if quick {
 				q := bench.Quick()
@@ -68,6 +123,7 @@ The full run takes about 8 minutes; --quick is a spot check under a minute.`,
 			return runBench(cmd, o, out)
 		},
 	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Usage(err) })
 	f := cmd.Flags()
 	f.BoolVar(&quick, "quick", false, "spot check: 1s runs, one run each, 128 MiB bulk (under a minute)")
 	f.DurationVar(&o.Duration, "duration", 0, "length of each load run (default 5s)")
@@ -77,7 +133,7 @@ The full run takes about 8 minutes; --quick is a spot check under a minute.`,
 	f.StringVar(&scenarios, "scenario", "", "comma-separated scenarios to run (default all): "+strings.Join(bench.ScenarioNames, ","))
 	f.StringVar(&out, "out", "bench/results", "directory for results.json and chart.svg")
 	f.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
-	f.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: this one)")
+	f.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: go build ./cmd/tunnel)")
 	f.StringVar(&tEnvs, "tunnel-env", "", "comma-separated VAR=value pairs for the server and client, such as GOGC=200")
 	_ = cmd.RegisterFlagCompletionFunc("scenario", cobra.FixedCompletions(bench.ScenarioNames, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.MarkFlagDirname("out")
@@ -104,34 +160,25 @@ func runBench(cmd *cobra.Command, o bench.Options, out string) error {
 	if err != nil {
 		return err
 	}
-	rep.Command = benchCommandLine(cmd.Flags())
+	rep.Command = commandLine(cmd.Flags())
 	fmt.Fprintln(stdout)
 	rep.WriteTable(stdout)
 	if out == "" {
 		return nil
 	}
-	for name, write := range map[string]func(io.Writer) error{"results.json": rep.WriteJSON, "chart.svg": rep.WriteSVG} {
-		f, err := os.Create(filepath.Join(out, name))
-		if err != nil {
-			return err
-		}
-		err = write(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
+	jsonPath, svgPath, err := rep.Save(out)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(stdout, "\nwrote %s and %s\n", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"))
+	fmt.Fprintf(stdout, "\nwrote %s and %s\n", jsonPath, svgPath)
 	return nil
 }
 
-// benchCommandLine is the command that produced a report, for its
-// results.json: "tunnel bench -out bench/results -runs 3" (the flags set,
+// commandLine is the command that produced a report, for its
+// results.json: "tunnel-bench -out bench/results -runs 3" (the flags set,
 // by name).
-func benchCommandLine(fs *pflag.FlagSet) string {
-	line := "tunnel bench"
+func commandLine(fs *pflag.FlagSet) string {
+	line := "tunnel-bench"
 	fs.Visit(func(f *pflag.Flag) {
 		switch {
 		case f.Value.Type() == "bool" && f.Value.String() == "true":
@@ -144,3 +191,7 @@ func benchCommandLine(fs *pflag.FlagSet) string {
 	})
 	return line
 }
+
+// forceExit ends the process when a second signal arrives during a
+// graceful stop.
+func forceExit() { os.Exit(cli.ExitForced) }
