@@ -246,14 +246,7 @@ func obsChains(tb testing.TB, v obsVariant, egressDir rules.Direction, conn *pip
 	if v.sampler != nil {
 		o.tracer = benchTracerOf(tb, v.sampler)
 	}
-	o.egress = func(st []pipeline.Stage) ([]pipeline.Stage, error) {
-		for i, s := range st {
-			if _, ok := s.(*egress.Upstream); ok {
-				st[i] = up
-			}
-		}
-		return st, nil
-	}
+	o.egressEdits = []pipeline.Edit{pipeline.Replace(egress.Name, pipeline.Name(egress.Name, up))}
 	pool, err := egress.NewPool(egress.PoolConfig{Logger: quietLog})
 	if err != nil {
 		tb.Fatal(err)

@@ -85,6 +85,9 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	}
 	c.kit.m.SetConnStats(c.connStats)
 	c.kit.watchPool(c.pool)
+	if c.kit.rules, err = newRuleStages(o.modules, rules.Forward, tracerOption(o.tracer)); err != nil {
+		return nil, err
+	}
 	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, c.kit, o); err != nil {
 		return nil, err
 	}
@@ -356,12 +359,18 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	}
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	stages, err := c.kit.rules.prepare(context.Background(), t)
+	if err != nil {
+		return err
+	}
 	pend, err := c.listeners.prepare(t.Listeners(rules.Forward))
 	if err != nil {
+		c.kit.rules.discard(stages)
 		return rulesOfListener(t, err)
 	}
 	c.pool.Warm(context.Background(), rs, rules.Reverse)
 	old := c.rules.Swap(t)
+	c.kit.rules.commit(stages)
 	c.applied.Store(version)
 	c.listeners.commit(pend)
 	c.pool.Retain(t.Rules()) // health checkers and connections of removed upstreams
@@ -438,6 +447,9 @@ func (c *Client) shutdown() error {
 	c.listeners.wait()
 	c.pool.Close()
 	if cerr := c.chains.close(ctx); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if cerr := c.kit.rules.close(ctx); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
 	if kerr := c.kit.stop(); kerr != nil {

@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/gateway"
+	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/route"
 )
 
 // A server and a client in one process: a reverse rule makes an upstream on
@@ -72,4 +75,56 @@ func Example() {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	// Output: 200 hello app.example.test via http
+}
+
+// A stage of your own, put in the ingress chain by name: here an API-key
+// check before route, whose refusal carries a WWW-Authenticate field.
+// IngressOrder names the stages it can go before or after.
+func ExampleWithIngressEdits() {
+	apiKey := pipeline.Name("api_key", pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+		if x.Request != nil && x.Request.Header.Get("X-Api-Key") != "open-sesame" {
+			return &pipeline.Reject{Status: http.StatusUnauthorized, Message: "an API key is required",
+				Header: http.Header{"Www-Authenticate": {`ApiKey realm="app"`}}}
+		}
+		return next.Handle(ctx, x)
+	}))
+	fmt.Println(strings.Join(gateway.IngressOrder(), " -> "))
+
+	scfg := config.Server{
+		Listen: "127.0.0.1:0", PublicHTTP: "127.0.0.1:0",
+		Clients: []config.ClientEntry{{ID: "laptop", TokenSHA256: control.HashToken("s3cret").String()}},
+		Rules: []rules.Rule{{ID: "app", Client: "laptop", Direction: rules.Reverse,
+			Host: "app.example.test", Upstream: "http://127.0.0.1:9"}},
+	}
+	scfg.SetDefaults()
+	srv, err := gateway.NewServer(scfg, gateway.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		gateway.WithIngressEdits(pipeline.Before(route.Name, apiKey)))
+	if err != nil {
+		panic(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+srv.PublicAddr().String()+"/", nil)
+	req.Host = "app.example.test"
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Println(resp.StatusCode, resp.Header.Get("Www-Authenticate"), resp.Header.Get("X-Request-Id") != "")
+	fmt.Print(string(body))
+	// Output:
+	// observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
+	// 401 ApiKey realm="app" true
+	// qtunnel: an API key is required
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/route"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -438,18 +439,9 @@ func TestUserStagesExtendTheChain(t *testing.T) {
 	})
 	// Insert the stage right after route on the server's egress chain (the
 	// forward direction reaches the upstream from the server).
-	afterRoute := func(defaults []pipeline.Stage) ([]pipeline.Stage, error) {
-		for i, s := range defaults {
-			if n, ok := s.(pipeline.Namer); ok && n.Name() == "route" {
-				out := append(append([]pipeline.Stage{}, defaults[:i+1]...), stamp)
-				return append(out, defaults[i+1:]...), nil
-			}
-		}
-		return nil, errors.New("no route stage")
-	}
 	p := startPair(t, pairOpts{
 		rules:      []rules.Rule{forwardRule("fwd", "127.0.0.1:0", up.URL)},
-		serverOpts: []gateway.Option{gateway.WithEgressStages(afterRoute)},
+		serverOpts: []gateway.Option{gateway.WithEgressEdits(pipeline.After(route.Name, pipeline.Name("stamp", stamp)))},
 	})
 	_, body := get(t, h1Client(t), p.forwardURL(t, "127.0.0.1:0", "/ok"), "")
 	require.Equal(t, "stamped by egress for rule fwd", body)

@@ -108,12 +108,13 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 		httpx.WriteGRPCError(x.Writer, status, msg, retry, x.ID)
 		return false
 	}
-	if x.Request != nil && x.Request.ProtoMajor == 1 && x.Request.ContentLength != 0 {
-		// The body may be unread: close rather than wait for it.
-		httpx.WriteErrorClose(x.Writer, status, msg, retry, x.ID)
-		return false
+	var extra http.Header
+	if rj, ok := errors.AsType[*pipeline.Reject](err); ok {
+		extra = rj.Header
 	}
-	httpx.WriteError(x.Writer, status, msg, retry, x.ID)
+	// An HTTP/1 body may be unread: close rather than wait for it.
+	closeConn := x.Request != nil && x.Request.ProtoMajor == 1 && x.Request.ContentLength != 0
+	httpx.WriteErrorHeader(x.Writer, status, msg, retry, x.ID, extra, closeConn)
 	return false
 }
 

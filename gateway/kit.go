@@ -26,6 +26,9 @@ type kit struct {
 	log     *slog.Logger
 	breaker *breaker.Breaker
 	admin   *admin.Server
+	// rules runs the rules' own stage lists in the ingress chain; it
+	// outlives the chains, which a reload may rebuild.
+	rules *ruleStages
 
 	// adminLogins throttles admin requests with a wrong token;
 	// tunnelLogins (server only, nil on a client) tunnel handshakes.

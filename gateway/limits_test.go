@@ -220,20 +220,14 @@ func rss() uint64 {
 	return pages * uint64(os.Getpagesize())
 }
 
-// captureGuard is a WithIngressStages option that keeps the chain's
-// in-flight limit stage in *g.
-func captureGuard(g **limit.Guard) gateway.Option {
-	return gateway.WithIngressStages(func(st []pipeline.Stage) ([]pipeline.Stage, error) {
-		for _, s := range st {
-			if lg, ok := s.(*limit.Guard); ok {
-				*g = lg
-			}
-		}
-		if *g == nil {
-			return nil, errors.New("no limit stage in the ingress chain")
-		}
-		return st, nil
-	})
+// captureGuard puts a guard of max in-flight exchanges in the place of the
+// ingress chain's in-flight limit, as the side would build it, and keeps
+// it in *g for the test to watch.
+func captureGuard(t *testing.T, g **limit.Guard, max int) gateway.Option {
+	lg, err := limit.New(limit.Config{MaxInFlight: max})
+	require.NoError(t, err)
+	*g = lg
+	return gateway.WithIngressEdits(pipeline.Replace(limit.Name, lg))
 }
 
 // TestLimitOverload503 sends 5000 requests at once to a reverse rule whose
@@ -278,7 +272,7 @@ func TestLimitOverload503(t *testing.T) {
 	p := startPair(t, pairOpts{
 		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
 		serverMutate: func(c *config.Server) { c.Limits.MaxInFlight = maxInFlight },
-		serverOpts:   []gateway.Option{captureGuard(&guard)},
+		serverOpts:   []gateway.Option{captureGuard(t, &guard, maxInFlight)},
 	})
 	resp, body := get(t, h1Client(t), p.publicURL("/warm"), appHost)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)

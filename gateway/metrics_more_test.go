@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/decode"
 )
 
 // heldUpstream counts the connections it accepts, as net/http sees them,
@@ -222,11 +222,8 @@ func TestMetricsStagePanicIsInternal(t *testing.T) {
 		rules:        []rules.Rule{reverseRule("rev", appHost, up.URL)},
 		serverMutate: func(c *config.Server) { withAdmin(&c.Common) },
 		clientMutate: func(c *config.Client) { withAdmin(&c.Common) },
-		clientOpts: []gateway.Option{gateway.WithEgressStages(func(d []pipeline.Stage) ([]pipeline.Stage, error) {
-			// Right after decode (observe, decode, ...), which reads the
-			// path from the stream.
-			return slices.Insert(d, 2, pipeline.Stage(panicker)), nil
-		})},
+		// Right after decode, which reads the path from the stream.
+		clientOpts: []gateway.Option{gateway.WithEgressEdits(pipeline.After(decode.Name, pipeline.Name("panicker", panicker)))},
 	})
 	hc := h1Client(t)
 	// The panicking side resets the stream: the user gets a 502 for it,

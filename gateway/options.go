@@ -12,10 +12,11 @@ import (
 type Option func(*options)
 
 type options struct {
-	log     *slog.Logger
-	ingress func([]pipeline.Stage) ([]pipeline.Stage, error)
-	egress  func([]pipeline.Stage) ([]pipeline.Stage, error)
-	tracer  trace.Tracer
+	log *slog.Logger
+	// ingressEdits and egressEdits change the chains' order tables.
+	ingressEdits, egressEdits []pipeline.Edit
+	tracer                    trace.Tracer
+	modules                   []pipeline.Module // besides stages.Modules
 	// configFile is the configuration file: the server's is watched and
 	// reloaded, a client's is named in messages.
 	configFile string
@@ -32,16 +33,31 @@ func buildOptions(opts []Option) options {
 // WithLogger sets the logger. Default slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithIngressStages lets the caller rewrite the ingress chain: it receives
-// the default stages (decode, route, egress, encode) and returns the chain
-// to build, with stages added, replaced or reordered.
-func WithIngressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, error)) Option {
-	return func(o *options) { o.ingress = f }
+// WithIngressEdits changes the ingress chain: each edit puts a stage of
+// yours before or after a stage of the chain, by name, or replaces or
+// removes one (pipeline.Before, After, Replace, Remove). IngressOrder
+// lists the names; an edit that names no stage of the chain fails the
+// side's start with an error that lists them. Options add up: edits apply
+// in the order given.
+//
+//	gateway.WithIngressEdits(pipeline.Before(egress.Name, myStage))
+func WithIngressEdits(edits ...pipeline.Edit) Option {
+	return func(o *options) { o.ingressEdits = append(o.ingressEdits, edits...) }
 }
 
-// WithEgressStages is WithIngressStages for the egress chain.
-func WithEgressStages(f func(defaults []pipeline.Stage) ([]pipeline.Stage, error)) Option {
-	return func(o *options) { o.egress = f }
+// WithEgressEdits is WithIngressEdits for the egress chain (EgressOrder).
+func WithEgressEdits(edits ...pipeline.Edit) Option {
+	return func(o *options) { o.egressEdits = append(o.egressEdits, edits...) }
+}
+
+// WithModules adds stage modules that rules' stage lists may name, beside
+// the ones the gateway ships (stages.Modules): this is how a gateway of
+// your own runs a stage you wrote, configured per rule in YAML. A client
+// runs the stages of its forward rules, so it needs the modules they name
+// too; a name neither side knows refuses the rules with an error that
+// lists the names known.
+func WithModules(ms ...pipeline.Module) Option {
+	return func(o *options) { o.modules = append(o.modules, ms...) }
 }
 
 // WithConfigFile names the file the server's configuration came from: the

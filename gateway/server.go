@@ -142,9 +142,20 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	s.kit.m.ConfigApplied(t.Version(), took, nil)
 	s.kit.m.SetConnStats(s.connStats)
 	s.kit.watchPool(s.pool)
+	if s.kit.rules, err = newRuleStages(o.modules, rules.Reverse, tracerOption(o.tracer)); err != nil {
+		return nil, err
+	}
 	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
 		return nil, err
 	}
+	// The rules' own stages are built with the rules: a stage list that
+	// does not build stops the start here.
+	set, err := s.kit.rules.prepare(ctx, s.store.Table())
+	if err != nil {
+		_ = s.chains.close(ctx)
+		return nil, err
+	}
+	s.kit.rules.commit(set)
 	s.ingress = newIngressConfig(&s.chains.ingress, &cfg.Common, o.tracer, s.log, s.kit.m, &s.kit.access)
 	s.listeners = newListenerSet(s.ingress, nil, cfg.ShutdownGrace)
 	return s, nil
@@ -627,6 +638,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	if err := s.chains.close(closeCtx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.kit.rules.close(closeCtx); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.kit.stop(); err != nil {

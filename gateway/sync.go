@@ -69,8 +69,14 @@ func (s *Server) push(ctx context.Context, sc *serverConn) {
 func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 	start := time.Now()
 	old := s.store.Table() // still in force: prepare runs before the swap
+	stages, err := s.kit.rules.prepare(context.Background(), t)
+	if err != nil {
+		s.kit.m.ConfigApplied(t.Version(), time.Since(start), err)
+		return nil, err
+	}
 	pend, err := s.listeners.prepare(t.Listeners(rules.Reverse))
 	if err != nil {
+		s.kit.rules.discard(stages)
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), err)
 		return nil, err
 	}
@@ -78,6 +84,7 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 	// checks start with the rules rather than at their first request.
 	s.pool.Warm(context.Background(), t.Rules(), rules.Forward)
 	return func() {
+		s.kit.rules.commit(stages)
 		s.listeners.commit(pend)
 		s.pool.Retain(t.Rules())
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), nil)

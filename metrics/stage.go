@@ -76,10 +76,13 @@ func (m *Metrics) Stage() pipeline.Stage {
 	return &observer{m: m}
 }
 
+// StageName is the observe stage's name in the chains' order.
+const StageName = "observe"
+
 type observer struct{ m *Metrics }
 
 // Name implements pipeline.Namer.
-func (*observer) Name() string { return "observe" }
+func (*observer) Name() string { return StageName }
 
 // Handle implements pipeline.Stage.
 func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
@@ -166,7 +169,7 @@ func Classify(err error) ErrorKind {
 
 type passThrough struct{}
 
-func (passThrough) Name() string { return "observe" }
+func (passThrough) Name() string { return StageName }
 
 func (passThrough) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	return next.Handle(ctx, x)

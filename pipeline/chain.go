@@ -56,10 +56,17 @@ func (l *link) blame(err error) {
 	}
 }
 
-// terminal ends every chain: the last stage's next.
+// terminal ends every chain: the last stage's next. A chain run by Then
+// goes on with the handler Then was given.
 type terminal struct{}
 
-func (terminal) Handle(context.Context, *Exchange) error { return nil }
+func (terminal) Handle(ctx context.Context, x *Exchange) error {
+	if h := x.then; h != nil {
+		x.then = nil // the chain it leads back to ends with its own terminal
+		return h.Handle(ctx, x)
+	}
+	return nil
+}
 
 // Option configures a Chain.
 type Option func(*options)
@@ -135,6 +142,18 @@ func New(ctx context.Context, stages []Stage, opts ...Option) (*Chain, error) {
 // Handle runs x through the chain.
 func (c *Chain) Handle(ctx context.Context, x *Exchange) error {
 	return c.links[0].Handle(ctx, x)
+}
+
+// Then runs x through the chain and, where the chain ends, through next:
+// the chain acts as one stage of another (next is that stage's next). A
+// stage of the chain that does not call its next stops x before next, as
+// in any chain. Then allocates nothing.
+func (c *Chain) Then(ctx context.Context, x *Exchange, next Handler) error {
+	saved := x.then
+	x.then = next
+	err := c.links[0].Handle(ctx, x)
+	x.then = saved
+	return err
 }
 
 // Names returns the stage names in order.

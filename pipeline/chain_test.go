@@ -293,7 +293,7 @@ func TestRegistry(t *testing.T) {
 	t.Parallel()
 	var r pipeline.Registry
 	type cfg struct{ N int }
-	require.NoError(t, r.Register("noop", func(decode func(any) error) (pipeline.Stage, error) {
+	noop := pipeline.Module{Name: "noop", New: func(decode func(any) error) (pipeline.Stage, error) {
 		var c cfg
 		if err := decode(&c); err != nil {
 			return nil, err
@@ -302,15 +302,22 @@ func TestRegistry(t *testing.T) {
 			return nil, errors.New("n must not be negative")
 		}
 		return pipelinetest.NoOp{}, nil
-	}))
-	require.Error(t, r.Register("noop", func(func(any) error) (pipeline.Stage, error) { return nil, nil }))
+	}}
+	require.NoError(t, r.Register(noop))
+	require.ErrorContains(t, r.Register(noop), `stage "noop" is already registered`)
+	require.Error(t, r.Register(pipeline.Module{Name: "nameless-new"}))
+	m, ok := r.Module("noop")
+	require.True(t, ok)
+	require.Equal(t, pipeline.HTTPProtocols, m.Protocols, "zero Protocols means the HTTP ones")
+	require.True(t, m.Protocols.Has(pipeline.ProtoGRPC))
+	require.False(t, m.Protocols.Has(pipeline.ProtoTCP))
 	s, err := r.Build("noop", nil)
 	require.NoError(t, err)
 	require.NotNil(t, s)
 	_, err = r.Build("noop", func(v any) error { v.(*cfg).N = -1; return nil })
 	require.ErrorContains(t, err, `stage "noop": n must not be negative`)
 	_, err = r.Build("nope", nil)
-	require.ErrorContains(t, err, `unknown stage "nope"`)
+	require.ErrorContains(t, err, `unknown stage "nope" (known: [noop])`)
 	require.Equal(t, []string{"noop"}, r.Names())
 }
 

@@ -155,6 +155,7 @@ type Exchange struct {
 	Frames codec.Reader
 	Body   codec.Body
 
+	then    Handler // where a chain run by Chain.Then goes on
 	resp    http.Response
 	strs    [8]string   // see Strings
 	strsN   int         // how many of strs were handed out

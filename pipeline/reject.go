@@ -20,6 +20,12 @@ type Reject struct {
 	Message string
 	// RetryAfter is sent as Retry-After when positive.
 	RetryAfter time.Duration
+	// Header holds fields to send with the answer (WWW-Authenticate on a
+	// 401, say). The answer's own fields (Content-Type, Content-Length,
+	// X-Request-Id, Retry-After) cannot be overridden. A Reject made on
+	// the egress side crosses the tunnel as an ERROR frame, which carries
+	// no fields: Header is for the ingress side's stages.
+	Header http.Header
 	// Err is the cause, for logs; it is not shown to the user.
 	Err error
 	// Stage names the stage that refused; the chain fills it in.

@@ -118,6 +118,12 @@ type Rule struct {
 	// HostHeader, if set, replaces the Host header sent upstream. By default
 	// the client's Host is kept (and also sent as X-Forwarded-Host).
 	HostHeader string `json:"host_header,omitempty" yaml:"host_header"`
+	// Stages are the rule's own stages (authentication, IP filter, header
+	// rules...), run in this order on the side where the rule's requests
+	// arrive from users: the server for reverse rules, the client for
+	// forward rules. They run after route and the rate limit, before the
+	// request limit and egress. Each names a stage module that side knows.
+	Stages []StageRef `json:"stages,omitempty" yaml:"stages"`
 }
 
 // Load-balancing policies (Rule.LoadBalance).
@@ -353,6 +359,9 @@ func (r *Rule) Validate(i int) error {
 		if _, port, err := net.SplitHostPort(r.Listen); err != nil || port == "" {
 			return fail("listen", "%q is not host:port", r.Listen)
 		}
+	}
+	if field, msg := validateStages(r.Stages); field != "" {
+		return fail(field, "%s", msg)
 	}
 	if r.Protocol == ProtoTCP {
 		if r.Host != "" || (r.PathPrefix != "" && r.PathPrefix != "/") || r.ListenTLS || r.UpstreamHTTP2 || r.HostHeader != "" {

@@ -1,10 +1,13 @@
 // Package stages is the home of the gateway's stage packages, one stage per
-// sub-package: decode, route, egress, encode (and, as they land, rate-limit,
-// breaker, timeout, size limit). Each has a Config whose zero value is the
-// documented default and a New(Config, ...) constructor that validates
-// everything before the first request. The default chain on both sides is
+// sub-package: decode, limit, route, ratelimit, breaker, egress, encode.
+// Each exports its Name, a Config whose zero value is the documented
+// default, and a New(Config, ...) constructor that validates everything
+// before the first request. The gateway's order tables (gateway/order.go)
+// put them in its two chains:
 //
-//	decode -> route -> egress -> encode
+//	ingress: observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
+//	egress:  observe -> decode -> limit -> route -> ratelimit -> breaker -> egress -> encode
 //
-// and any stage, the user's own included, can be placed anywhere in it.
+// and any stage, the user's own included, can be put before or after any
+// of them, or in its place, by name (pipeline.Before, After, Replace).
 package stages

@@ -78,7 +78,14 @@ func ValidRequestID(id string) bool {
 // WriteError answers with the gateway's own error: status, Retry-After when
 // positive, the request id, and a one-line plain-text body that says why.
 func WriteError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string) {
-	writeError(w, status, msg, retryAfter, requestID, false)
+	writeError(w, status, msg, retryAfter, requestID, false, nil)
+}
+
+// WriteErrorHeader is WriteError with extra fields (WWW-Authenticate...),
+// added before the answer's own, which they cannot override; closeConn is
+// WriteErrorClose's.
+func WriteErrorHeader(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string, extra http.Header, closeConn bool) {
+	writeError(w, status, msg, retryAfter, requestID, closeConn, extra)
 }
 
 // WriteErrorClose is WriteError for a request after which an HTTP/1
@@ -87,13 +94,16 @@ func WriteError(w http.ResponseWriter, status int, msg string, retryAfter time.D
 // not read to its end. Without it net/http would read the rest of the body
 // before answering, and wait as long as the user cares not to send it.
 func WriteErrorClose(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string) {
-	writeError(w, status, msg, retryAfter, requestID, true)
+	writeError(w, status, msg, retryAfter, requestID, true, nil)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string, closeConn bool) {
+func writeError(w http.ResponseWriter, status int, msg string, retryAfter time.Duration, requestID string, closeConn bool, extra http.Header) {
 	h := w.Header()
 	for k := range h {
 		delete(h, k)
+	}
+	for k, v := range extra {
+		h[http.CanonicalHeaderKey(k)] = v
 	}
 	if closeConn {
 		h.Set("Connection", "close")

@@ -21,9 +21,9 @@
 //
 // The stage keys on Exchange.Rule, so it must come after route, and it
 // judges the upstream by what the stages after it return, so it must come
-// before egress:
+// before egress. The gateway's egress chain:
 //
-//	decode -> route -> [ratelimit ->] breaker -> egress -> encode
+//	observe -> decode -> limit -> route -> ratelimit -> breaker -> egress -> encode
 //
 // Its place is the egress side, next to the upstream; on the ingress side
 // the peer's own refusals (its breaker's 503s) would count against the
@@ -228,7 +228,10 @@ func New(cfg Config, opts ...Option) (*Breaker, error) {
 }
 
 // Name implements pipeline.Namer.
-func (b *Breaker) Name() string { return "breaker" }
+func (b *Breaker) Name() string { return Name }
+
+// Name is the stage's name in the chains' order.
+const Name = "breaker"
 
 // Key is the circuit a rule's requests count against: its upstream, shared
 // by every rule with the same one. A rule with several upstreams has a

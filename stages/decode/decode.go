@@ -62,7 +62,10 @@ func New(cfg Config) (*Decoder, error) {
 }
 
 // Name implements pipeline.Namer.
-func (d *Decoder) Name() string { return "decode" }
+func (d *Decoder) Name() string { return Name }
+
+// Name is the stage's name in the chains' order.
+const Name = "decode"
 
 // Handle implements pipeline.Stage.
 func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {

@@ -96,7 +96,7 @@ func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
 }
 
 // Name implements pipeline.Namer.
-func (t *Tunnel) Name() string { return "egress" }
+func (t *Tunnel) Name() string { return Name }
 
 // Handle implements pipeline.Stage.
 func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {

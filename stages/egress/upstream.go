@@ -38,7 +38,11 @@ func NewUpstream(pool *Pool) (*Upstream, error) {
 }
 
 // Name implements pipeline.Namer.
-func (u *Upstream) Name() string { return "egress" }
+func (u *Upstream) Name() string { return Name }
+
+// Name is the name of both egress stages (Tunnel on the ingress side,
+// Upstream on the egress side) in the chains' order.
+const Name = "egress"
 
 // Handle implements pipeline.Stage. It sends the request to the upstream
 // the rule's balancer picks and, when the rule allows retries and it is

@@ -50,7 +50,10 @@ func New(cfg Config) (*Encoder, error) {
 }
 
 // Name implements pipeline.Namer.
-func (e *Encoder) Name() string { return "encode" }
+func (e *Encoder) Name() string { return Name }
+
+// Name is the stage's name in the chains' order.
+const Name = "encode"
 
 // ErrNoResponse is returned when encode runs and no stage set a response.
 var ErrNoResponse = errors.New("encode: no stage set a response (is egress before encode?)")

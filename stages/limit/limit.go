@@ -26,10 +26,7 @@
 //
 // The per-rule body limit keys on Exchange.Rule, so the stage comes after
 // route; the timeout must enclose the egress stage, and the stages that
-// read the body (egress) must run inside it:
-//
-//	ingress: decode -> route -> [ratelimit ->] limit -> egress -> encode
-//	egress:  decode -> route -> [ratelimit ->] [breaker ->] limit -> egress -> encode
+// read the body (egress) must run inside it.
 //
 // On the egress side the breaker goes before (outside) limit so that it
 // sees the 504 of a slow upstream as the failure it is (inside, it would
@@ -40,12 +37,13 @@
 // RequestTimeout after it. Every guard off (the zero Config) costs a few
 // nanoseconds, so an unused instance is harmless.
 //
-// The gateway does just that on both sides: an instance with MaxInFlight
-// alone right after decode, so that overload is refused before any other
-// work, and one with MaxBodySize and RequestTimeout just before egress:
+// The gateway uses two instances: one with MaxInFlight alone right after
+// decode, so that overload is refused before any other work ("limit", on
+// both sides), and, on the ingress side, one with the body and time limits
+// just before egress ("request_limit"):
 //
-//	ingress: decode -> limit(in flight) -> route -> ratelimit -> limit(body, timeout) -> egress -> encode
-//	egress:  decode -> limit(in flight) -> route -> ratelimit -> breaker -> limit(timeout) -> egress -> encode
+//	ingress: observe -> decode -> limit (in flight) -> route -> ratelimit -> rule_stages -> request_limit (body, time, pace) -> egress -> encode
+//	egress:  observe -> decode -> limit (in flight) -> route -> ratelimit -> breaker -> egress -> encode
 //
 // # How the timeout sees the answer start
 //
@@ -222,7 +220,7 @@ func New(cfg Config) (*Guard, error) {
 	}
 	cfg.SetDefaults()
 	return &Guard{
-		name:        cmp.Or(cfg.Name, "limit"),
+		name:        cmp.Or(cfg.Name, Name),
 		maxInFlight: int64(cfg.MaxInFlight),
 		maxBody:     cfg.MaxBodySize,
 		timeout:     cfg.RequestTimeout,
@@ -245,6 +243,14 @@ func plural(n int, noun string) string {
 
 // Name implements pipeline.Namer.
 func (g *Guard) Name() string { return g.name }
+
+// The names the gateway gives its guards in the chains' order: Name, the
+// in-flight limit (a Config without a Name), and RequestName, the ingress
+// side's request limit (body, time to the answer, pace).
+const (
+	Name        = "limit"
+	RequestName = "request_limit"
+)
 
 // InFlight returns how many exchanges are past the stage now, for metrics.
 // It counts only when MaxInFlight is set (it is 0 otherwise).

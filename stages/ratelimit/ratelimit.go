@@ -4,9 +4,10 @@
 // the time until that bucket has a token again, and never reaches the
 // stages after this one.
 //
-// The stage keys on Exchange.Rule, so it must come after route:
+// The stage keys on Exchange.Rule, so it must come after route, as in the
+// gateway's ingress chain:
 //
-//	decode -> route -> ratelimit -> ... -> egress -> encode
+//	observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
 //
 // Requests without a rule pass unlimited. The per-address limit applies on
 // the ingress side only, to the request's source (Exchange.Source, set by
@@ -218,7 +219,10 @@ func New(cfg Config, opts ...Option) (*Limiter, error) {
 }
 
 // Name implements pipeline.Namer.
-func (l *Limiter) Name() string { return "ratelimit" }
+func (l *Limiter) Name() string { return Name }
+
+// Name is the stage's name in the chains' order.
+const Name = "ratelimit"
 
 // Handle implements pipeline.Stage.
 func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {

@@ -46,7 +46,10 @@ func New(cfg Config) (*Router, error) {
 }
 
 // Name implements pipeline.Namer.
-func (r *Router) Name() string { return "route" }
+func (r *Router) Name() string { return Name }
+
+// Name is the stage's name in the chains' order.
+const Name = "route"
 
 // Handle implements pipeline.Stage.
 func (r *Router) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
