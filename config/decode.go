@@ -54,6 +54,7 @@ var (
 	sizeType         = reflect.TypeFor[Size]()
 	sizeLimitType    = reflect.TypeFor[SizeLimit]()
 	unmarshalerType  = reflect.TypeFor[yaml.Unmarshaler]()
+	stageRefType     = reflect.TypeFor[rules.StageRef]()
 	textType         = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
@@ -232,7 +233,9 @@ func (c *treeCheck) merge(v *yaml.Node, t reflect.Type, path string, line int) b
 
 // leaf checks a single value by decoding it alone.
 func (c *treeCheck) leaf(n *yaml.Node, t reflect.Type, path string, line int) bool {
-	if n.Kind != yaml.ScalarNode {
+	// A rule's stage entry decodes itself from a map of one key (or a bare
+	// name): decoding it says whether it fits.
+	if n.Kind != yaml.ScalarNode && t != stageRefType {
 		if t.Kind() == reflect.Interface {
 			return true
 		}
@@ -254,6 +257,9 @@ var (
 
 // leafMessage says why the scalar n is not a t.
 func leafMessage(n *yaml.Node, t reflect.Type, err error) string {
+	if t == stageRefType {
+		return yamlLinePrefix.ReplaceAllString(err.Error(), "") // it says what it takes
+	}
 	v := n.Value
 	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 && t.Kind() != reflect.String {
 		plain := *n

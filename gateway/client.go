@@ -54,9 +54,13 @@ type Client struct {
 	refused   atomic.Pointer[refusal] // the last rule set that could not be applied, until one is
 }
 
-// NewClient checks cfg (which must have had SetDefaults and Validate) and
+// NewClient fills cfg's defaults (SetDefaults), checks it (Validate) and
 // builds the client. It connects to nothing; Run does.
 func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	o := buildOptions(opts)
 	c := &Client{cfg: cfg, o: o, log: o.log.With("side", "client", "client", cfg.ID), ready: make(chan struct{})}
 	var err error

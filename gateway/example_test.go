@@ -128,3 +128,85 @@ func ExampleWithIngressEdits() {
 	// 401 ApiKey realm="app" true
 	// qtunnel: an API key is required
 }
+
+// A stage of your own, registered as a module and named, with its
+// settings, in a rule's stage list in the server's YAML: the gateway runs
+// it on the rule's requests (here a reverse rule, so on the server).
+func ExampleWithModules() {
+	// The module: a name, a Config whose zero value works, a constructor.
+	type tenantConfig struct {
+		Tenant string `yaml:"tenant"`
+	}
+	tenant := pipeline.Module{Name: "tenant", New: func(decode func(any) error) (pipeline.Stage, error) {
+		var c tenantConfig
+		if err := decode(&c); err != nil {
+			return nil, err
+		}
+		return pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+			x.Request.Header.Set("X-Tenant", c.Tenant)
+			return next.Handle(ctx, x)
+		}), nil
+	}}
+
+	// The upstream near the client says which tenant it was told.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "tenant %s", r.Header.Get("X-Tenant"))
+	})}
+	go up.Serve(ln)
+	defer up.Close()
+
+	yamlText := fmt.Sprintf(`
+listen: 127.0.0.1:0
+public_http: 127.0.0.1:0
+clients:
+  - {id: laptop, token_sha256: %s}
+rules:
+  - id: app
+    client: laptop
+    direction: reverse
+    host: app.example.test
+    upstream: http://%s
+    stages:
+      - tenant: {tenant: acme}
+`, control.HashToken("s3cret"), ln.Addr())
+	scfg, err := config.ParseServer("server.yaml", []byte(yamlText))
+	if err != nil {
+		panic(err)
+	}
+	quiet := gateway.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := gateway.NewServer(*scfg, quiet, gateway.WithModules(tenant))
+	if err != nil {
+		panic(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	cl, err := gateway.NewClient(config.Client{ID: "laptop", Token: "s3cret", Server: srv.TunnelAddr().String(), ServerPin: srv.Pin()}, quiet)
+	if err != nil {
+		panic(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cl.Run(ctx) }()
+	<-cl.Ready()
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+srv.PublicAddr().String()+"/", nil)
+	req.Host = "app.example.test"
+	tr := &http.Transport{}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tr.CloseIdleConnections()
+	fmt.Println(resp.StatusCode, string(body))
+
+	stop()
+	<-done
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	// Output: 200 tenant acme
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
@@ -132,4 +133,24 @@ func TestChainsFollowTheOrderTables(t *testing.T) {
 	}
 	require.ErrorContains(t, err, `egress chain: pipeline: after nope: no stage "nope" in the chain (stages: observe, decode, limit, route, ratelimit, breaker, egress, encode)`)
 	require.False(t, slices.Contains(log.Events(), "provision late"), "nothing was built for a chain that failed")
+}
+
+// TestZeroConfigWorks: a zero configuration gets its defaults at
+// construction (a server with no settings builds; Start would bind the
+// default ports), and what has no default is refused at construction
+// with what is missing, never later with an internal error.
+func TestZeroConfigWorks(t *testing.T) {
+	t.Parallel()
+	_, err := gateway.NewServer(config.Server{}, gateway.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	_, err = gateway.NewClient(config.Client{})
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "worker pool")
+	t.Logf("NewClient(config.Client{}): %v", err)
+
+	// Only the addresses set (loopback, any port): it starts and stops.
+	s, err := gateway.NewServer(config.Server{Listen: "127.0.0.1:0", PublicHTTP: "127.0.0.1:0"}, gateway.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	require.NoError(t, s.Start(context.Background()))
+	require.NoError(t, s.Shutdown(context.Background()))
 }

@@ -229,3 +229,27 @@ func tracerOption(t trace.Tracer) pipeline.Option {
 	}
 	return pipeline.WithTracer(t)
 }
+
+// CheckRuleStages builds, and closes again, the stage lists of the rules
+// in rs that the side serving dir's requests runs (rules.Reverse: a
+// server; rules.Forward: a client), with the modules the gateway ships and
+// extra: what a start or a reload would refuse, said without running one
+// (tunnel check-config).
+func CheckRuleStages(rs []rules.Rule, dir rules.Direction, extra ...pipeline.Module) error {
+	t, err := rules.NewTable(1, rs)
+	if err != nil {
+		return err
+	}
+	st, err := newRuleStages(extra, dir, nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	set, err := st.prepare(ctx, t)
+	if err != nil {
+		return err
+	}
+	st.discard(set)
+	return nil
+}

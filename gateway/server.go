@@ -81,10 +81,15 @@ type serverConn struct {
 	sentHash    []byte
 }
 
-// NewServer checks cfg (which must have had SetDefaults and Validate), makes
-// or loads the server identity, and builds the rule table and the chains.
-// It binds nothing; Start does.
+// NewServer fills cfg's defaults (SetDefaults: zero settings take their
+// documented default) and checks it (Validate: every problem at once),
+// makes or loads the server identity, and builds the rule table and the
+// chains. It binds nothing; Start does.
 func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	o := buildOptions(opts)
 	s := &Server{cfg: cfg, o: o, log: o.log.With("side", "server"), conns: map[*serverConn]struct{}{}, byID: map[string]*serverConn{}, done: make(chan struct{})}
 	var err error

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -41,10 +43,59 @@ func (s StageRef) Decode(v any) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(s.Settings)) // JSON is YAML
 	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+	err := dec.Decode(v)
+	if err == nil || errors.Is(err, io.EOF) {
+		return nil
+	}
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
 		return fmt.Errorf("settings: %w", err)
 	}
-	return nil
+	// Said in the file's words: the setting, not the Go type.
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		m = lineNumber.ReplaceAllString(m, "")
+		if f := unknownField.FindStringSubmatch(m); f != nil {
+			m = fmt.Sprintf("unknown setting %q (settings: %s)", f[1], strings.Join(settingNames(v), ", "))
+		} else if c := cannotDecode.FindStringSubmatch(m); c != nil {
+			m = fmt.Sprintf("%s is not a %s", c[1], c[2])
+		}
+		msgs[i] = m
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+var (
+	lineNumber   = regexp.MustCompile(`^line \d+: `)
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	cannotDecode = regexp.MustCompile(`^cannot unmarshal !!\w+ (.*) into (\S+)$`)
+)
+
+// settingNames lists the yaml names of the fields of the struct v points
+// to, for a message about a setting that is not one of them.
+func settingNames(v any) []string {
+	t := reflect.TypeOf(v)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	var names []string
+	for f := range t.Fields() {
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		names = append(names, name)
+	}
+	return names
 }
 
 // MarshalJSON writes {"name": settings}.

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -121,7 +121,7 @@ func runServer(ctx context.Context, path string, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path))...)
+	srv, err := gateway.NewServer(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path), gateway.WithModules(settingsOf(ctx).modules...))...)
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func runClient(ctx context.Context, path string, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path))...)
+	cl, err := gateway.NewClient(*cfg, append(opts, gateway.WithLogger(log), gateway.WithConfigFile(path), gateway.WithModules(settingsOf(ctx).modules...))...)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"bufio"
@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/internal/e2etest"
+	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 )
 
@@ -577,7 +578,7 @@ func TestBinaryLinksNoLoadGenerator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stderr bytes.Buffer
-	list := exec.CommandContext(ctx, "go", "list", "-deps", ".")
+	list := exec.CommandContext(ctx, "go", "list", "-deps", "..")
 	list.Stderr = &stderr
 	out, err := list.Output()
 	require.NoError(t, err, "go list -deps ./cmd/tunnel: %s", stderr.String())
@@ -601,7 +602,7 @@ func TestBuiltBinary(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	bin := filepath.Join(t.TempDir(), "tunnel")
-	build := exec.Command("go", "build", "-ldflags", "-X github.com/qtunnel/qtunnel/internal/version.Version=v9.8.7-test", "-o", bin, ".")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/qtunnel/qtunnel/internal/version.Version=v9.8.7-test", "-o", bin, "..")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 
@@ -677,4 +678,35 @@ func TestRunReportsErrors(t *testing.T) {
 	var buf bytes.Buffer
 	require.Equal(t, 1, report(newRootCmd(), errors.New("boom"), &buf))
 	require.Equal(t, "tunnel: boom\n", buf.String())
+}
+
+// TestCheckConfigChecksRuleStages: check-config builds the stage lists of
+// the rules the server runs, as a start would: an unknown stage, settings
+// a stage refuses, or a stage list of the wrong shape exits 1 naming the
+// rule and the entry; a good list passes. A module added with WithModules
+// is known to it.
+func TestCheckConfigChecksRuleStages(t *testing.T) {
+	t.Parallel()
+	withStages := func(list string) string { return validServer + "    stages: " + list + "\n" }
+	for _, tt := range []struct{ name, stages, want string }{
+		{"unknown", "[{ipfilters: {}}]", `rule "web": stages[0]: unknown stage "ipfilters" (known: [auth ipfilter])`},
+		{"bad settings", "[{ipfilter: {allow: [10.0.0.0/33]}}]", `10.0.0.0/33`},
+		{"unknown setting", "[{ipfilter: {alow: [10.0.0.0/8]}}]", `unknown setting "alow" (settings: allow, deny)`},
+		{"two keys", "[{ipfilter: {}, auth: {}}]", `a map of one key`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := runTunnel("", "check-config", "server", writeFile(t, "s.yaml", withStages(tt.stages)))
+			require.Equal(t, 1, r.code, "stdout: %s", r.stdout)
+			require.Contains(t, r.stderr, tt.want)
+			t.Logf("%s: %s", tt.name, strings.TrimSpace(r.stderr))
+		})
+	}
+	r := runTunnel("", "check-config", "server", writeFile(t, "s.yaml", withStages("[{ipfilter: {allow: [10.0.0.0/8]}}]")))
+	require.Equal(t, 0, r.code, r.stderr)
+
+	custom := pipeline.Module{Name: "custom", New: func(func(any) error) (pipeline.Stage, error) { return pipelinetest.NoOp{}, nil }}
+	var out, errOut bytes.Buffer
+	code := run([]string{"check-config", "server", writeFile(t, "s.yaml", withStages("[custom]"))}, strings.NewReader(""), &out, &errOut, WithModules(custom))
+	require.Equal(t, 0, code, errOut.String())
 }

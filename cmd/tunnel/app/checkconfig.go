@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"fmt"
@@ -8,7 +8,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/qtunnel/qtunnel/config"
+	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/internal/cli"
+	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/rules"
 )
 
 func newCheckConfigCmd() *cobra.Command {
@@ -61,7 +64,7 @@ server_pin a client's. Which one it assumed is said on standard error.`,
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "%s: checking it as a %s configuration (it sets %s)\n", path, kind, strings.Join(settings, ", "))
 			}
-			summary, err := checkConfig(kind, path, data)
+			summary, err := checkConfig(kind, path, data, settingsOf(cmd.Context()).modules)
 			if err != nil {
 				return err
 			}
@@ -74,13 +77,17 @@ server_pin a client's. Which one it assumed is said on standard error.`,
 	return cmd
 }
 
-// checkConfig parses and checks a configuration of the given kind, and the
-// files it names, and sums up a good one.
-func checkConfig(kind cli.Kind, path string, data []byte) (string, error) {
+// checkConfig parses and checks a configuration of the given kind, the
+// files it names and, for a server, the stage lists of the rules it runs
+// (with the modules the gateway ships and extra), and sums up a good one.
+func checkConfig(kind cli.Kind, path string, data []byte, extra []pipeline.Module) (string, error) {
 	if kind == cli.Server {
 		c, err := config.ParseServer(path, data)
 		if err == nil {
 			err = config.CheckFiles(path, data, c)
+		}
+		if err == nil {
+			err = gateway.CheckRuleStages(c.Rules, rules.Reverse, extra...)
 		}
 		if err != nil {
 			return "", err
