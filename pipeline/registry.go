@@ -24,6 +24,24 @@ type Module struct {
 	New func(decode func(v any) error) (Stage, error)
 }
 
+// NewModule makes the Module of a stage package from its name, the
+// protocols it handles, and its constructor from a Config: New decodes the
+// settings into a zero C (errors say the stage's name) and calls newStage,
+// whose failure gives a nil Stage, never a typed nil.
+func NewModule[C any, S Stage](name string, protocols Protocols, newStage func(C) (S, error)) Module {
+	return Module{Name: name, Protocols: protocols, New: func(decode func(v any) error) (Stage, error) {
+		var c C
+		if err := decode(&c); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		s, err := newStage(c)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}}
+}
+
 // Protocols is a set of Protocol values.
 type Protocols uint16
 

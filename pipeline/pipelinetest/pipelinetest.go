@@ -1,6 +1,9 @@
-// Package pipelinetest holds helpers for testing stages and chains: a stage
-// that records the order it runs in, handlers that answer or fail, and a
-// goroutine leak check for TestMain.
+// Package pipelinetest holds helpers for testing stages and chains with
+// package pipeline alone: Serve runs a chain on a request as the gateway's
+// listener does and returns the response the user would get; Answer is a
+// stage that answers as an upstream would; Recorder logs the order stages
+// run in; NoOp and Fail pass on or refuse; Stream is an in-memory tunnel
+// stream; VerifyNoLeaks is the goroutine leak check for TestMain.
 package pipelinetest
 
 import (

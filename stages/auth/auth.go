@@ -288,21 +288,7 @@ func (s *Stage) readUsersFile(path string, from map[string]string) []error {
 }
 
 // Module lets configuration name the stage ("auth"), on HTTP rules.
-var Module = pipeline.Module{
-	Name:      Name,
-	Protocols: pipeline.HTTPProtocols,
-	New: func(decode func(any) error) (pipeline.Stage, error) {
-		var c Config
-		if err := decode(&c); err != nil {
-			return nil, fmt.Errorf("%s: %w", Name, err)
-		}
-		s, err := New(c)
-		if err != nil {
-			return nil, err // not a typed nil in the interface
-		}
-		return s, nil
-	},
-}
+var Module = pipeline.NewModule(Name, pipeline.HTTPProtocols, New)
 
 // Name implements pipeline.Namer.
 func (s *Stage) Name() string { return Name }

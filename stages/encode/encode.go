@@ -58,11 +58,21 @@ const Name = "encode"
 // ErrNoResponse is returned when encode runs and no stage set a response.
 var ErrNoResponse = errors.New("encode: no stage set a response (is egress before encode?)")
 
+// ErrNoStream is returned when encode runs on the egress side and the
+// exchange has no tunnel stream (Exchange.Stream) to write the answer to.
+var ErrNoStream = errors.New("encode: an egress exchange needs a Stream")
+
 // Handle implements pipeline.Stage.
 func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	resp := x.Response
 	if resp == nil {
 		return ErrNoResponse
+	}
+	if x.Side == pipeline.Egress && x.Stream == nil {
+		if x.Upgraded != nil {
+			_ = x.Upgraded.Close() // as splice does on its failures
+		}
+		return ErrNoStream
 	}
 	if x.Upgraded != nil {
 		if err := e.splice(x, resp); err != nil {

@@ -136,6 +136,46 @@ func TestNoResponse(t *testing.T) {
 	}
 }
 
+// TestEgressWithoutStream: on the egress side the answer goes to the tunnel
+// stream; without one, encode says so instead of failing on a nil stream,
+// whether the answer has a body or switched protocols (whose far end it
+// closes, as on any failure to splice).
+func TestEgressWithoutStream(t *testing.T) {
+	t.Parallel()
+	for _, upgraded := range []bool{false, true} {
+		t.Run(map[bool]string{false: "body", true: "upgraded"}[upgraded], func(t *testing.T) {
+			t.Parallel()
+			x := pipeline.Acquire(pipeline.Egress)
+			defer x.Release()
+			resp := x.NewResponse()
+			resp.StatusCode, resp.ContentLength = http.StatusOK, 2
+			resp.Header = http.Header{}
+			resp.Body = io.NopCloser(strings.NewReader("ok"))
+			far := &closeCounter{}
+			if upgraded {
+				resp.StatusCode = http.StatusSwitchingProtocols
+				x.Upgraded = far
+			}
+			n := &next{}
+			var err error
+			require.NotPanics(t, func() { err = newEncoder(t, encode.Config{}).Handle(context.Background(), x, n) })
+			require.ErrorIs(t, err, encode.ErrNoStream)
+			require.EqualError(t, err, "encode: an egress exchange needs a Stream")
+			require.False(t, n.called)
+			require.Zero(t, x.Status, "nothing was delivered")
+			require.Equal(t, map[bool]int{false: 0, true: 1}[upgraded], far.closed)
+		})
+	}
+}
+
+// closeCounter is an upgraded connection that counts its Close calls.
+type closeCounter struct {
+	io.ReadWriter
+	closed int
+}
+
+func (c *closeCounter) Close() error { c.closed++; return nil }
+
 // ---- ingress side: to the user ----
 
 // toUser returns an ingress exchange that answers on w, released when the

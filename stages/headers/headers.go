@@ -208,21 +208,7 @@ func New(c Config) (*Stage, error) {
 }
 
 // Module lets configuration name the stage ("headers"), on HTTP rules.
-var Module = pipeline.Module{
-	Name:      Name,
-	Protocols: pipeline.HTTPProtocols,
-	New: func(decode func(any) error) (pipeline.Stage, error) {
-		var c Config
-		if err := decode(&c); err != nil {
-			return nil, fmt.Errorf("%s: %w", Name, err)
-		}
-		s, err := New(c)
-		if err != nil {
-			return nil, err // not a typed nil in the interface
-		}
-		return s, nil
-	},
-}
+var Module = pipeline.NewModule(Name, pipeline.HTTPProtocols, New)
 
 // Name implements pipeline.Namer.
 func (s *Stage) Name() string { return Name }

@@ -111,21 +111,7 @@ func New(c Config) (*Stage, error) {
 
 // Module lets configuration name the stage ("ipfilter"), on rules of every
 // kind.
-var Module = pipeline.Module{
-	Name:      Name,
-	Protocols: pipeline.AllProtocols,
-	New: func(decode func(any) error) (pipeline.Stage, error) {
-		var c Config
-		if err := decode(&c); err != nil {
-			return nil, fmt.Errorf("%s: %w", Name, err)
-		}
-		s, err := New(c)
-		if err != nil {
-			return nil, err // not a typed nil in the interface
-		}
-		return s, nil
-	},
-}
+var Module = pipeline.NewModule(Name, pipeline.AllProtocols, New)
 
 // Name implements pipeline.Namer.
 func (s *Stage) Name() string { return Name }

@@ -10,13 +10,12 @@ import (
 	"time"
 
 	"github.com/qtunnel/qtunnel/pipeline"
-	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/limit"
 )
 
-// The limit stage on the ingress side, after route: one exchange at a time,
-// request bodies of up to 16 bytes (64 for the "uploads" rule), and 20ms
-// for the answer to start. Each refusal is what the user gets.
+// The limit stage on the ingress side: one exchange at a time, request
+// bodies of up to 16 bytes, and 20ms for the answer to start. Each refusal
+// is what the user gets.
 func ExampleGuard() {
 	guard, err := limit.New(limit.Config{
 		MaxInFlight:    1,
@@ -26,7 +25,6 @@ func ExampleGuard() {
 	if err != nil {
 		panic(err)
 	}
-	guard.SetRuleMaxBody("uploads", 64)
 
 	// forward stands for egress and encode: it streams the body to the
 	// upstream and writes the answer.
@@ -40,7 +38,7 @@ func ExampleGuard() {
 		fmt.Printf("200 (the upstream got %d bytes)\n", n)
 		return nil
 	})
-	send := func(rule, body string, chunked bool, next pipeline.Handler) {
+	send := func(body string, chunked bool, next pipeline.Handler) {
 		x := pipeline.Acquire(pipeline.Ingress)
 		defer x.Release()
 		x.Request = httptest.NewRequest(http.MethodPost, "http://app.example.test/", strings.NewReader(body))
@@ -49,31 +47,28 @@ func ExampleGuard() {
 			x.Request.Body = io.NopCloser(strings.NewReader(body))
 		}
 		x.Writer = httptest.NewRecorder()
-		x.Rule = &rules.Rule{ID: rule}
 		if err := guard.Handle(context.Background(), x, next); err != nil {
 			status, msg, retry := pipeline.Answer(err)
 			fmt.Printf("%d %s (Retry-After: %v)\n", status, msg, retry)
 		}
 	}
 
-	send("web", "hello", false, forward)
-	send("web", strings.Repeat("x", 20), false, forward)
-	send("uploads", strings.Repeat("x", 20), false, forward)
-	send("web", strings.Repeat("x", 40), true, forward)
+	send("hello", false, forward)
+	send(strings.Repeat("x", 20), false, forward)
+	send(strings.Repeat("x", 40), true, forward)
 	// A second exchange while the first is in flight.
-	send("web", "", false, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error {
-		send("web", "", false, forward)
+	send("", false, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error {
+		send("", false, forward)
 		return nil
 	}))
 	// An upstream that never answers.
-	send("web", "", false, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
+	send("", false, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 		<-ctx.Done()
 		return ctx.Err()
 	}))
 	// Output:
 	// 200 (the upstream got 5 bytes)
 	// 413 request body of 20 bytes exceeds the limit of 16 bytes (Retry-After: 0s)
-	// 200 (the upstream got 20 bytes)
 	// 413 request body exceeds the limit of 16 bytes (Retry-After: 0s)
 	// 503 gateway at capacity (1 request in flight), retry (Retry-After: 1s)
 	// 504 no answer within 20ms (Retry-After: 0s)

@@ -9,7 +9,7 @@
 //     further, and a body of unknown length (chunked, HTTP/2 without
 //     content-length) is counted as it streams and cut at the limit, which
 //     fails the exchange with 413 if no answer was written yet. Bodies are
-//     never buffered. SetRuleMaxBody overrides the limit per rule.
+//     never buffered.
 //   - RequestTimeout (S19) bounds the wait for the answer's head, not the
 //     whole exchange: once the answer starts, streams, downloads and
 //     WebSockets may last as long as they need. An exchange with no answer
@@ -24,9 +24,9 @@
 //
 // # Where it goes
 //
-// The per-rule body limit keys on Exchange.Rule, so the stage comes after
-// route; the timeout must enclose the egress stage, and the stages that
-// read the body (egress) must run inside it.
+// The stage does not read Exchange.Rule, so it needs no route before it;
+// the timeout must enclose the egress stage, and the stages that read the
+// body (egress) must run inside it.
 //
 // On the egress side the breaker goes before (outside) limit so that it
 // sees the 504 of a slow upstream as the failure it is (inside, it would
@@ -81,17 +81,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/qtunnel/qtunnel/pipeline"
-	"github.com/qtunnel/qtunnel/rules"
 )
 
 // minTimeout is the shortest RequestTimeout accepted: anything shorter is
@@ -106,10 +103,10 @@ type Config struct {
 	// zero, no limit.
 	MaxInFlight int `yaml:"max_in_flight"`
 	// MaxBodySize is the largest request body accepted from users, in
-	// bytes, on the ingress side. SetRuleMaxBody overrides it per rule. A
-	// streaming call (gRPC client or bidi streaming) is one body for the
-	// whole call: give such rules their own limit, or none. If zero, no
-	// limit (bodies stream; the gateway never buffers them).
+	// bytes, on the ingress side, the same for every rule. A streaming
+	// call (gRPC client or bidi streaming) is one body for the whole call:
+	// the limit bounds all it sends. If zero, no limit (bodies stream; the
+	// gateway never buffers them).
 	MaxBodySize int64 `yaml:"max_body_size"`
 	// RequestTimeout bounds the wait for the answer's head: from the
 	// moment the exchange reaches this stage to the first byte of the
@@ -208,9 +205,6 @@ type Guard struct {
 	idleTimeout time.Duration
 	capacityMsg string
 	timeoutMsg  string
-
-	mu        sync.Mutex                       // serializes SetRuleMaxBody
-	overrides atomic.Pointer[map[string]int64] // rule id -> limit (< 0: none); nil if empty; copy on write
 }
 
 // New returns a limit stage, or an error naming every invalid setting.
@@ -252,77 +246,24 @@ const (
 	RequestName = "request_limit"
 )
 
-// InFlight returns how many exchanges are past the stage now, for metrics.
-// It counts only when MaxInFlight is set (it is 0 otherwise).
-func (g *Guard) InFlight() int { return int(g.inflight.Load()) }
-
-// SetRuleMaxBody overrides MaxBodySize for one rule: n > 0 is the rule's
-// limit in bytes, n < 0 lifts the limit for the rule, and 0 removes the
-// override (MaxBodySize applies again; call it when a rule is removed).
-// Safe for concurrent use with Handle; it takes effect for exchanges that
-// reach the stage afterwards. Setting the value a rule already has costs a
-// map lookup; a change copies the override table, so that lookups take no
-// lock: it is meant for the rules that have an override of their own (tens
-// or hundreds), set on reload, not for every rule of a large table.
-func (g *Guard) SetRuleMaxBody(ruleID string, n int64) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var old map[string]int64
-	if p := g.overrides.Load(); p != nil {
-		old = *p
-	}
-	if cur, ok := old[ruleID]; (ok && cur == n) || (!ok && n == 0) {
-		return
-	}
-	m := maps.Clone(old)
-	if n == 0 {
-		delete(m, ruleID)
-	} else {
-		if m == nil {
-			m = make(map[string]int64, 1)
-		}
-		m[strings.Clone(ruleID)] = n
-	}
-	if len(m) == 0 {
-		g.overrides.Store(nil)
-		return
-	}
-	g.overrides.Store(&m)
-}
-
-// bodyLimit is the body limit for an exchange of rule r (nil: no rule yet),
-// 0 for none.
-func (g *Guard) bodyLimit(r *rules.Rule) int64 {
-	if r != nil {
-		if p := g.overrides.Load(); p != nil {
-			if n, ok := (*p)[r.ID]; ok {
-				return max(n, 0)
-			}
-		}
-	}
-	return g.maxBody
-}
-
 // Handle implements pipeline.Stage. The checks run cheapest and most
 // definitive first: a declared body too large is refused (413) before the
 // exchange takes an in-flight slot, so that it is not told to retry (503)
 // what can never pass.
 func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
-	var limit int64
+	limit := g.maxBody
 	var r *http.Request
-	if x.Side == pipeline.Ingress && x.Request != nil {
-		if limit = g.bodyLimit(x.Rule); limit > 0 {
-			r = x.Request
-			if r.ContentLength > limit {
-				return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
-					Message: "request body of " + strconv.FormatInt(r.ContentLength, 10) +
-						" bytes exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
-			}
-			// A declared length within the limit is held to by net/http,
-			// which ends the body there: only unknown lengths are counted.
-			if r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
-				r = nil
-			}
+	if limit > 0 && x.Side == pipeline.Ingress && x.Request != nil {
+		r = x.Request
+		if r.ContentLength > limit {
+			return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
+				Message: "request body of " + strconv.FormatInt(r.ContentLength, 10) +
+					" bytes exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
+		}
+		// A declared length within the limit is held to by net/http,
+		// which ends the body there: only unknown lengths are counted.
+		if r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
+			r = nil
 		}
 	}
 	if g.maxInFlight > 0 {

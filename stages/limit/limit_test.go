@@ -204,7 +204,7 @@ func TestZeroConfigPassesEverything(t *testing.T) {
 	}))
 	require.NoError(t, err)
 	require.True(t, reached)
-	require.Zero(t, g.InFlight(), "counted only when MaxInFlight is set")
+	require.Zero(t, limit.InFlight(g), "counted only when MaxInFlight is set")
 }
 
 // block is a next stage that reports entering on entered and stays until
@@ -237,7 +237,7 @@ func TestInFlightAdmitsExactlyN(t *testing.T) {
 	for range n {
 		<-entered
 	}
-	require.Equal(t, n, g.InFlight())
+	require.Equal(t, n, limit.InFlight(g))
 
 	start := time.Now()
 	reached := false
@@ -252,14 +252,14 @@ func TestInFlightAdmitsExactlyN(t *testing.T) {
 	rj := requireReject(t, err, http.StatusServiceUnavailable, "gateway at capacity (3 requests in flight), retry")
 	require.Equal(t, time.Second, rj.RetryAfter)
 	require.ErrorIs(t, err, pipeline.ErrOverloaded)
-	require.Equal(t, n, g.InFlight(), "a refused exchange holds no slot")
+	require.Equal(t, n, limit.InFlight(g), "a refused exchange holds no slot")
 
 	close(releases[0])
 	require.NoError(t, <-done)
 	release := make(chan struct{})
 	go func() { done <- runIngress(g, block(entered, release)) }()
 	<-entered // the freed slot was taken
-	require.Equal(t, n, g.InFlight())
+	require.Equal(t, n, limit.InFlight(g))
 	err = runIngress(g, pass)
 	requireReject(t, err, http.StatusServiceUnavailable, "gateway at capacity (3 requests in flight), retry")
 
@@ -270,7 +270,7 @@ func TestInFlightAdmitsExactlyN(t *testing.T) {
 	for range n {
 		require.NoError(t, <-done)
 	}
-	require.Zero(t, g.InFlight())
+	require.Zero(t, limit.InFlight(g))
 }
 
 func TestInFlightUnderContention(t *testing.T) {
@@ -305,7 +305,7 @@ func TestInFlightUnderContention(t *testing.T) {
 	require.LessOrEqual(t, peak.Load(), int64(n), "never more than MaxInFlight inside")
 	require.Positive(t, passed.Load())
 	require.EqualValues(t, 64*200, passed.Load()+refused.Load())
-	require.Zero(t, g.InFlight(), "every slot was given back")
+	require.Zero(t, limit.InFlight(g), "every slot was given back")
 }
 
 func TestInFlightSlotIsReleasedOnErrorAndPanic(t *testing.T) {
@@ -314,12 +314,12 @@ func TestInFlightSlotIsReleasedOnErrorAndPanic(t *testing.T) {
 	fail := errors.New("upstream down")
 	err := runIngress(g, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return fail }))
 	require.ErrorIs(t, err, fail)
-	require.Zero(t, g.InFlight())
+	require.Zero(t, limit.InFlight(g))
 
 	require.Panics(t, func() {
 		_ = runIngress(g, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { panic("boom") }))
 	})
-	require.Zero(t, g.InFlight())
+	require.Zero(t, limit.InFlight(g))
 	require.NoError(t, runIngress(g, pass))
 }
 
@@ -525,81 +525,41 @@ func TestStreamedBodyCutButAnswered(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestRuleMaxBody(t *testing.T) {
+// MaxBodySize applies alike to every rule, and to an exchange with no rule
+// yet.
+func TestMaxBodyIsTheSameForEveryRule(t *testing.T) {
 	t.Parallel()
 	g := newGuard(t, limit.Config{MaxBodySize: 100})
-	g.SetRuleMaxBody("uploads", 1000)
-	g.SetRuleMaxBody("free", -1)
-	g.SetRuleMaxBody("web", 0) // no override: nothing to remove
-	tests := []struct {
-		rule string
-		size int
-		want int // 0: passes
-	}{
-		{"web", 100, 0},
-		{"web", 101, http.StatusRequestEntityTooLarge},
-		{"uploads", 1000, 0},
-		{"uploads", 1001, http.StatusRequestEntityTooLarge},
-		{"free", 1 << 20, 0},
-		{"", 101, http.StatusRequestEntityTooLarge}, // no rule yet: the default
-	}
-	for _, tt := range tests {
+	for _, rule := range []string{"web", "uploads", ""} {
 		for _, declared := range []bool{true, false} {
-			x := ingress(strings.Repeat("b", tt.size), declared, tt.rule)
-			var got bytes.Buffer
-			var readErr error
-			err := g.Handle(context.Background(), x, forward(&got, &readErr))
-			x.Release()
-			if tt.want == 0 {
-				require.NoError(t, err, "rule %q, %d bytes, declared %v", tt.rule, tt.size, declared)
-				continue
+			for _, tt := range []struct{ size, want int }{{100, 0}, {101, http.StatusRequestEntityTooLarge}} {
+				size, want := tt.size, tt.want
+				x := ingress(strings.Repeat("b", size), declared, rule)
+				var got bytes.Buffer
+				var readErr error
+				err := g.Handle(context.Background(), x, forward(&got, &readErr))
+				x.Release()
+				if want == 0 {
+					require.NoError(t, err, "rule %q, %d bytes, declared %v", rule, size, declared)
+					require.Equal(t, size, got.Len())
+					continue
+				}
+				status, _, _ := pipeline.Answer(err)
+				require.Equal(t, want, status, "rule %q, %d bytes, declared %v", rule, size, declared)
 			}
-			status, _, _ := pipeline.Answer(err)
-			require.Equal(t, tt.want, status, "rule %q, %d bytes, declared %v", tt.rule, tt.size, declared)
 		}
 	}
+	requireReject(t, runRule(g, "uploads", 101), http.StatusRequestEntityTooLarge,
+		"request body of 101 bytes exceeds the limit of 100 bytes")
 
-	g.SetRuleMaxBody("uploads", 0)
-	err := runRule(g, "uploads", 101)
-	requireReject(t, err, http.StatusRequestEntityTooLarge, "request body of 101 bytes exceeds the limit of 100 bytes")
-	g.SetRuleMaxBody("free", 0)
-	require.Error(t, runRule(g, "free", 101), "cleared: the default applies again")
-
-	// Overrides without a default.
 	g = newGuard(t, limit.Config{})
-	g.SetRuleMaxBody("small", 5)
-	require.Error(t, runRule(g, "small", 6))
-	require.NoError(t, runRule(g, "other", 1<<20))
+	require.NoError(t, runRule(g, "uploads", 1<<20), "no MaxBodySize: no limit")
 }
 
 func runRule(g *limit.Guard, rule string, size int) error {
 	x := ingress(strings.Repeat("b", size), true, rule)
 	defer x.Release()
 	return g.Handle(context.Background(), x, pass)
-}
-
-func TestRuleMaxBodyIsConcurrencySafe(t *testing.T) {
-	t.Parallel()
-	g := newGuard(t, limit.Config{MaxBodySize: 100})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := range 500 {
-			g.SetRuleMaxBody("web", int64(i%3-1)*1000) // -1000, 0, 1000
-		}
-	})
-	for range 8 {
-		wg.Go(func() {
-			for range 500 {
-				if err := runRule(g, "web", 500); err != nil {
-					status, _, _ := pipeline.Answer(err)
-					if status != http.StatusRequestEntityTooLarge {
-						t.Errorf("got %d, want 413", status)
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // timedExchange returns an exchange of side with the writer of its answer:
@@ -891,7 +851,6 @@ func TestWrappedWriterKeepsTheUsersFeatures(t *testing.T) {
 func TestAllowedPathDoesNotAllocate(t *testing.T) {
 	for _, cfg := range []limit.Config{{}, {MaxInFlight: 100, MaxBodySize: 1 << 20}} {
 		g := newGuard(t, cfg)
-		g.SetRuleMaxBody("uploads", 1<<30)
 		x := ingress("hello", true, "web")
 		ctx := context.Background()
 		allocs := testing.AllocsPerRun(1000, func() {
@@ -945,7 +904,6 @@ func BenchmarkOff(b *testing.B) {
 // declared body within the limit, the exchange allowed.
 func BenchmarkAllowed(b *testing.B) {
 	g := newGuard(b, limit.Config{MaxInFlight: 1000, MaxBodySize: 1 << 20})
-	g.SetRuleMaxBody("uploads", 1<<30)
 	x := ingress("hello", true, "web")
 	defer x.Release()
 	ctx := context.Background()

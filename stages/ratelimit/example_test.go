@@ -13,18 +13,19 @@ import (
 )
 
 // The rate-limit stage after route: each rule may take 2 requests a second
-// (a burst of 2), and one rule is allowed more. Over the limit, the answer is
-// 429 with a Retry-After and the reason.
+// (a burst of 2), and each client 10 a second over all its rules (a burst
+// of 3). Over a limit, the answer is 429 with a Retry-After and the reason;
+// a request refused by one limit spends no token of the others.
 func ExampleLimiter() {
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	now := start
 	limiter, err := ratelimit.New(ratelimit.Config{
-		PerRule: ratelimit.Limit{Rate: 2},
+		PerRule:   ratelimit.Limit{Rate: 2},
+		PerClient: ratelimit.Limit{Rate: 10, Burst: 3},
 	}, ratelimit.WithClock(func() time.Time { return now }))
 	if err != nil {
 		panic(err)
 	}
-	limiter.SetRuleLimit("api", ratelimit.Limit{Rate: 10, Burst: 3})
 
 	forward := pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 		fmt.Println("-> upstream of", x.Rule.ID)
@@ -43,18 +44,16 @@ func ExampleLimiter() {
 	for range 3 {
 		send("web")
 	}
-	for range 4 {
+	for range 2 {
 		send("api")
 	}
-	now = now.Add(500 * time.Millisecond) // one more token for web
+	now = now.Add(500 * time.Millisecond) // a token for web, laptop's burst refilled
 	send("web")
 	// Output:
 	// -> upstream of web
 	// -> upstream of web
 	// 429 rate limit of rule "web" exceeded (2 requests/s) (Retry-After: 1s)
 	// -> upstream of api
-	// -> upstream of api
-	// -> upstream of api
-	// 429 rate limit of rule "api" exceeded (10 requests/s) (Retry-After: 1s)
+	// 429 rate limit of client "laptop" exceeded (10 requests/s) (Retry-After: 1s)
 	// -> upstream of web
 }

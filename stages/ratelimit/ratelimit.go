@@ -85,7 +85,7 @@ func (l Limit) unlimited() bool { return l.Rate == 0 }
 // no limits at all.
 type Config struct {
 	// PerRule limits each rule (keyed by rule id), whoever sends to it.
-	// SetRuleLimit overrides it for one rule. If zero, no limit.
+	// If zero, no limit.
 	PerRule Limit `yaml:"per_rule"`
 	// PerClient limits each tunnel client: the connection's client id on
 	// the egress side, the rule's client on the ingress side. If zero, no
@@ -176,16 +176,14 @@ type Limiter struct {
 	v6bits                    int
 	clock                     clock.Clock
 	log                       *slog.Logger
-	sweep                     clock.Sweep  // once per IPIdle/2
-	nOverride                 atomic.Int32 // len(overrides): 0 skips the rule map when PerRule is off
+	sweep                     clock.Sweep // once per IPIdle/2
 	ips                       ipTable
 	// The maps' locks are written by every request: keep the fields
 	// above, read by every request, off their cache lines.
 	_ [64]byte
 
-	rules     bucketMap // by rule id
-	overrides map[string]Limit
-	clients   bucketMap // by client id
+	rules   bucketMap // by rule id
+	clients bucketMap // by client id
 }
 
 // New returns a rate-limit stage, or an error naming every invalid setting.
@@ -210,7 +208,6 @@ func New(cfg Config, opts ...Option) (*Limiter, error) {
 		clock:     clock.New(o.clock),
 		log:       o.log,
 		rules:     bucketMap{m: make(map[string]*bucket)},
-		overrides: make(map[string]Limit),
 		clients:   bucketMap{m: make(map[string]*bucket)},
 	}
 	l.ips.init(cfg.MaxIPs)
@@ -246,15 +243,12 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	var cid string
 	if !l.perClient.unlimited() {
 		if cid = clientID(x); cid != "" {
-			client = l.clients.get(cid, off, l.limitFor)
+			client = l.clients.get(cid, off, l.perClient)
 		}
 	}
 	var rule *bucket
-	if !l.perRule.unlimited() || l.nOverride.Load() > 0 {
-		rule = l.rules.get(x.Rule.ID, off, l.ruleLimit)
-		if rule.rl == nil {
-			rule = nil // an override made this rule unlimited
-		}
+	if !l.perRule.unlimited() {
+		rule = l.rules.get(x.Rule.ID, off, l.perRule)
 	}
 
 	// Look before taking: a request refused by one limit spends no token
@@ -286,56 +280,6 @@ func (l *Limiter) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	}
 	return next.Handle(ctx, x)
 }
-
-// SetRuleLimit overrides PerRule for one rule; Limit{} makes the rule
-// unlimited. Setting the limit a rule already has changes nothing (its
-// bucket keeps its tokens), so the gateway may apply every rule's limit on
-// each reload; a changed limit starts the rule with a full bucket. An
-// invalid limit is logged and ignored: check it with Limit.Validate first.
-// Call ClearRuleLimit when a rule is removed.
-func (l *Limiter) SetRuleLimit(ruleID string, lim Limit) {
-	if err := lim.Validate(); err != nil {
-		l.log.Warn("ratelimit: ignoring an invalid rule limit", "rule", ruleID, "err", err)
-		return
-	}
-	lim = lim.normalized()
-	l.rules.mu.Lock()
-	defer l.rules.mu.Unlock()
-	if old, ok := l.overrides[ruleID]; ok && old == lim {
-		return
-	}
-	l.overrides[strings.Clone(ruleID)] = lim
-	l.nOverride.Store(int32(len(l.overrides)))
-	delete(l.rules.m, ruleID)
-}
-
-// ClearRuleLimit removes a rule's override, so PerRule applies to it
-// again, and forgets its bucket.
-func (l *Limiter) ClearRuleLimit(ruleID string) {
-	l.rules.mu.Lock()
-	defer l.rules.mu.Unlock()
-	if _, ok := l.overrides[ruleID]; !ok {
-		return
-	}
-	delete(l.overrides, ruleID)
-	l.nOverride.Store(int32(len(l.overrides)))
-	delete(l.rules.m, ruleID)
-}
-
-// TrackedIPs returns how many source addresses have a bucket now, for
-// metrics. It never exceeds MaxIPs.
-func (l *Limiter) TrackedIPs() int { return l.ips.len() }
-
-// ruleLimit is the limit of a rule's new bucket; l.rules.mu is held.
-func (l *Limiter) ruleLimit(id string) Limit {
-	if lim, ok := l.overrides[id]; ok {
-		return lim
-	}
-	return l.perRule
-}
-
-// limitFor is the limit of a client's new bucket.
-func (l *Limiter) limitFor(string) Limit { return l.perClient }
 
 func clientID(x *pipeline.Exchange) string {
 	if x.Conn != nil && x.Conn.ClientID != "" {
@@ -418,7 +362,7 @@ func (l *Limiter) forgetIdle(now time.Time, off int64) {
 
 // bucket is the token bucket of one rule or client.
 type bucket struct {
-	rl   *rate.Limiter // nil: unlimited (a rule override)
+	rl   *rate.Limiter
 	lim  Limit
 	last atomic.Int64 // offset of the last request, to within a second
 }
@@ -431,16 +375,16 @@ type bucketMap struct {
 	m  map[string]*bucket
 }
 
-// get returns key's bucket, creating it with limitOf(key) (called with mu
-// held) if it has none.
-func (bm *bucketMap) get(key string, off int64, limitOf func(string) Limit) *bucket {
+// get returns key's bucket, creating it with lim (a limit, not Limit{}) if
+// it has none.
+func (bm *bucketMap) get(key string, off int64, lim Limit) *bucket {
 	bm.mu.RLock()
 	b := bm.m[key]
 	bm.mu.RUnlock()
 	if b == nil {
 		bm.mu.Lock()
 		if b = bm.m[key]; b == nil {
-			b = newBucket(limitOf(key))
+			b = &bucket{rl: rate.NewLimiter(rate.Limit(lim.Rate), lim.Burst), lim: lim}
 			bm.m[strings.Clone(key)] = b
 		}
 		bm.mu.Unlock()
@@ -453,19 +397,11 @@ func (bm *bucketMap) get(key string, off int64, limitOf func(string) Limit) *buc
 	return b
 }
 
-func newBucket(lim Limit) *bucket {
-	b := &bucket{lim: lim}
-	if !lim.unlimited() {
-		b.rl = rate.NewLimiter(rate.Limit(lim.Rate), lim.Burst)
-	}
-	return b
-}
-
 func (bm *bucketMap) sweep(now time.Time, cutoff int64) {
 	bm.mu.Lock()
 	defer bm.mu.Unlock()
 	for k, b := range bm.m {
-		if b.last.Load() <= cutoff && (b.rl == nil || b.rl.TokensAt(now) >= float64(b.lim.Burst)) {
+		if b.last.Load() <= cutoff && b.rl.TokensAt(now) >= float64(b.lim.Burst) {
 			delete(bm.m, k)
 		}
 	}

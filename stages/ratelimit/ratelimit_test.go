@@ -300,55 +300,21 @@ func TestRefusedRequestsSpendNothing(t *testing.T) {
 	require.Equal(t, 1, passed, "the refusal by the rule did not spend the address's token")
 }
 
-func TestRuleOverride(t *testing.T) {
+// Each rule has its own bucket, shared by whoever sends to it.
+func TestRuleKeys(t *testing.T) {
 	t.Parallel()
-	var logs bytes.Buffer
-	clk := stagetest.NewClock()
-	l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 1, Burst: 1}}, clk,
-		ratelimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	l := newLimiter(t, ratelimit.Config{PerRule: ratelimit.Limit{Rate: 1, Burst: 2}}, stagetest.NewClock())
 
-	l.SetRuleLimit("big", ratelimit.Limit{Rate: 10})
-	passed, rj := count(t, l, 20, req{rule: "big"})
-	require.Equal(t, 10, passed)
-	require.Equal(t, `rate limit of rule "big" exceeded (10 requests/s)`, rj.Message)
-	passed, _ = count(t, l, 20, req{rule: "small"})
-	require.Equal(t, 1, passed, "other rules keep the default")
+	passed, _ := count(t, l, 1, req{rule: "web", client: "laptop", remote: "203.0.113.1:1"})
+	require.Equal(t, 1, passed)
+	passed, rj := count(t, l, 5, req{rule: "web", client: "desktop", remote: "203.0.113.2:1"})
+	require.Equal(t, 1, passed, "the rule's burst is shared by its clients and addresses")
+	require.Equal(t, `rate limit of rule "web" exceeded (1 requests/s)`, rj.Message)
 
-	l.SetRuleLimit("big", ratelimit.Limit{Rate: 10, Burst: 10})
-	passed, _ = count(t, l, 1, req{rule: "big"})
-	require.Zero(t, passed, "setting the same limit again does not refill the bucket")
-
-	l.SetRuleLimit("big", ratelimit.Limit{Rate: 2})
-	passed, _ = count(t, l, 5, req{rule: "big"})
-	require.Equal(t, 2, passed, "a changed limit applies at once")
-
-	l.SetRuleLimit("small", ratelimit.Limit{})
-	passed, _ = count(t, l, 100, req{rule: "small"})
-	require.Equal(t, 100, passed, "Limit{} makes a rule unlimited")
-
-	l.SetRuleLimit("small", ratelimit.Limit{Rate: -5})
-	passed, _ = count(t, l, 100, req{rule: "small"})
-	require.Equal(t, 100, passed, "an invalid override is ignored")
-	require.Contains(t, logs.String(), "invalid rule limit")
-	require.Contains(t, logs.String(), "rule=small")
-
-	l.ClearRuleLimit("small")
-	passed, _ = count(t, l, 5, req{rule: "small"})
-	require.Equal(t, 1, passed, "cleared: the default applies again")
-	l.ClearRuleLimit("never-set")
-}
-
-func TestOverrideWithoutDefault(t *testing.T) {
-	t.Parallel()
-	l := newLimiter(t, ratelimit.Config{}, stagetest.NewClock())
-	l.SetRuleLimit("limited", ratelimit.Limit{Rate: 1, Burst: 3})
-	passed, _ := count(t, l, 10, req{rule: "limited"})
-	require.Equal(t, 3, passed)
-	passed, _ = count(t, l, 10, req{rule: "other"})
-	require.Equal(t, 10, passed)
-	l.ClearRuleLimit("limited")
-	passed, _ = count(t, l, 10, req{rule: "limited"})
-	require.Equal(t, 10, passed)
+	passed, _ = count(t, l, 5, req{rule: "api", client: "laptop"})
+	require.Equal(t, 2, passed, "another rule has its own bucket")
+	passed, _ = count(t, l, 5, req{egress: true, rule: "db", connClient: "laptop"})
+	require.Equal(t, 2, passed, "on the egress side too")
 }
 
 func TestIPTableIsBoundedLRU(t *testing.T) {
@@ -365,11 +331,11 @@ func TestIPTableIsBoundedLRU(t *testing.T) {
 	for i := range 100 {
 		passed, _ = count(t, l, 1, req{rule: "web", remote: fmt.Sprintf("10.0.%d.%d:1", i/250, i%250)})
 		require.Equal(t, 1, passed)
-		require.LessOrEqual(t, l.TrackedIPs(), 10)
+		require.LessOrEqual(t, ratelimit.TrackedIPs(l), 10)
 		passed, _ = count(t, l, 1, hot) // keeps hot recently used
 		require.Zero(t, passed, "a recently used address keeps its (empty) bucket")
 	}
-	require.Equal(t, 10, l.TrackedIPs())
+	require.Equal(t, 10, ratelimit.TrackedIPs(l))
 	passed, _ = count(t, l, 1, cold)
 	require.Equal(t, 1, passed, "the least recently used address was forgotten: a fresh burst")
 	require.Equal(t, 1, bytes.Count(logs.Bytes(), []byte("table is full")), "logged once, not per eviction")
@@ -384,11 +350,11 @@ func TestIPTableIsBoundedWhenSharded(t *testing.T) {
 		_, err := run(l, req{rule: "web", remote: fmt.Sprintf("10.%d.%d.%d:1", i>>16, (i>>8)&255, i&255)})
 		require.NoError(t, err)
 		if i%1000 == 0 {
-			require.LessOrEqual(t, l.TrackedIPs(), maxIPs)
+			require.LessOrEqual(t, ratelimit.TrackedIPs(l), maxIPs)
 		}
 	}
-	require.LessOrEqual(t, l.TrackedIPs(), maxIPs)
-	require.Greater(t, l.TrackedIPs(), maxIPs*9/10, "every shard filled up")
+	require.LessOrEqual(t, ratelimit.TrackedIPs(l), maxIPs)
+	require.Greater(t, ratelimit.TrackedIPs(l), maxIPs*9/10, "every shard filled up")
 }
 
 func TestIdleIPsAreForgotten(t *testing.T) {
@@ -398,15 +364,15 @@ func TestIdleIPsAreForgotten(t *testing.T) {
 	for i := range 10 {
 		_, _ = run(l, req{rule: "web", remote: fmt.Sprintf("10.0.0.%d:1", i)})
 	}
-	require.Equal(t, 10, l.TrackedIPs())
+	require.Equal(t, 10, ratelimit.TrackedIPs(l))
 
 	clk.Advance(4 * time.Minute)
 	_, _ = run(l, req{rule: "web", remote: "10.0.1.1:1"})
-	require.Equal(t, 11, l.TrackedIPs(), "nothing is idle yet, and no sweep is due before IPIdle/2")
+	require.Equal(t, 11, ratelimit.TrackedIPs(l), "nothing is idle yet, and no sweep is due before IPIdle/2")
 
 	clk.Advance(7 * time.Minute) // 11m: the first ten are idle for 11m, 10.0.1.1 for 7m
 	_, _ = run(l, req{rule: "web", remote: "10.0.1.2:1"})
-	require.Equal(t, 2, l.TrackedIPs(), "the sweep dropped the ten idle addresses")
+	require.Equal(t, 2, ratelimit.TrackedIPs(l), "the sweep dropped the ten idle addresses")
 
 	passed, _ := count(t, l, 1, req{rule: "web", remote: "10.0.0.1:1"})
 	require.Equal(t, 1, passed, "a forgotten address starts with a full burst")
@@ -429,7 +395,7 @@ func TestIPInUseIsKept(t *testing.T) {
 
 	clk.Advance(7 * time.Minute)                          // 11m: first seen 11m ago, last seen 7m ago
 	_, _ = run(l, req{rule: "web", remote: "10.0.0.2:1"}) // runs the sweep
-	require.Equal(t, 2, l.TrackedIPs())
+	require.Equal(t, 2, ratelimit.TrackedIPs(l))
 	passed, _ = count(t, l, 1, busy)
 	require.Zero(t, passed, "its bucket was kept, still empty")
 }
@@ -485,7 +451,7 @@ func TestConcurrentBurstIsExact(t *testing.T) {
 	}
 	wg.Wait()
 	require.EqualValues(t, 100, passed.Load(), "50 goroutines share one burst of 100")
-	require.LessOrEqual(t, l.TrackedIPs(), 8)
+	require.LessOrEqual(t, ratelimit.TrackedIPs(l), 8)
 }
 
 func TestConcurrentChurn(t *testing.T) {
@@ -502,9 +468,6 @@ func TestConcurrentChurn(t *testing.T) {
 				if i%50 == 0 {
 					clk.Advance(300 * time.Millisecond)
 				}
-				if g == 0 && i%20 == 0 {
-					l.SetRuleLimit(fmt.Sprintf("r%d", i%3), ratelimit.Limit{Rate: float64(1 + i%7)})
-				}
 				_, err := run(l, req{rule: fmt.Sprintf("r%d", i%5), client: fmt.Sprintf("c%d", g%4),
 					remote: fmt.Sprintf("10.1.%d.%d:1", g, i%7)})
 				if err != nil {
@@ -515,7 +478,7 @@ func TestConcurrentChurn(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	require.LessOrEqual(t, l.TrackedIPs(), 16)
+	require.LessOrEqual(t, ratelimit.TrackedIPs(l), 16)
 }
 
 // The allowed path allocates nothing for keys seen before.
