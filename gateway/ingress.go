@@ -17,7 +17,6 @@ import (
 	"github.com/qtunnel/qtunnel/internal/edgeguard"
 	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/pipeline"
-	"github.com/qtunnel/qtunnel/stages/encode"
 )
 
 // ingressHandler serves the user requests of one listener through the
@@ -95,8 +94,7 @@ func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err err
 	if ctx.Err() != nil && !tooSlow(err) {
 		return false // the user went away; nobody to answer
 	}
-	var gone encode.UserGoneError
-	if errors.As(err, &gone) {
+	if _, gone := errors.AsType[pipeline.UserGoneError](err); gone {
 		return false
 	}
 	if x.Status != 0 {

@@ -49,43 +49,20 @@ var DurationBuckets = []float64{
 var ApplyBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
 
 // ErrorKind says why an exchange failed; it is the kind label of
-// qtunnel_errors_total. The set is fixed.
-type ErrorKind uint8
+// qtunnel_errors_total, and pipeline.Classify gives it.
+type ErrorKind = pipeline.Kind
 
-// Error kinds. Classify maps an error to one of them.
+// Error kinds: pipeline's, for CountError.
 const (
-	// KindRejected: a stage answered with a status of its own (404 no
-	// route, 502 upstream unreachable, 504 upstream timeout, ...).
-	KindRejected ErrorKind = iota
-	// KindUpstream: the far side of the tunnel answered with an ERROR
-	// frame (it could not reach or use its upstream).
-	KindUpstream
-	// KindTunnel: the tunnel itself failed (stream reset, malformed
-	// frames, connection lost) or the error is of no known type.
-	KindTunnel
-	// KindTimeout: a deadline passed.
-	KindTimeout
-	// KindOverload: a bounded resource was full; the answer was 503 with
-	// Retry-After and the request may be retried.
-	KindOverload
-	// KindCanceled: the requester went away.
-	KindCanceled
-	// KindInternal: a bug, such as a panic in a stage. Classify never
-	// returns it; the gateway counts it with CountError.
-	KindInternal
-
-	numKinds = iota
+	KindRejected = pipeline.KindRejected
+	KindUpstream = pipeline.KindUpstream
+	KindTunnel   = pipeline.KindTunnel
+	KindTimeout  = pipeline.KindTimeout
+	KindOverload = pipeline.KindOverload
+	KindCanceled = pipeline.KindCanceled
+	KindInternal = pipeline.KindInternal
+	numKinds     = pipeline.NumKinds
 )
-
-var kindNames = [numKinds]string{"rejected", "upstream", "tunnel", "timeout", "overload", "canceled", "internal"}
-
-// String returns the kind's label value.
-func (k ErrorKind) String() string {
-	if int(k) < len(kindNames) {
-		return kindNames[k]
-	}
-	return "internal"
-}
 
 // BreakerState is the state of a circuit breaker, the value of
 // qtunnel_breaker_state.
@@ -242,7 +219,7 @@ func (m *Metrics) newSideSeries(s pipeline.Side) *sideSeries {
 	name := s.String()
 	ss := &sideSeries{inflight: m.inflight.WithLabelValues(name)}
 	for k := range ss.errors {
-		ss.errors[k] = m.errors.WithLabelValues(name, kindNames[k])
+		ss.errors[k] = m.errors.WithLabelValues(name, ErrorKind(k).String())
 	}
 	return ss
 }

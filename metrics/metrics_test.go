@@ -3,7 +3,6 @@ package metrics_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -226,33 +225,6 @@ func TestStageCountsInFlightWhileTheChainRuns(t *testing.T) {
 	drive(t, c, pipeline.Egress, dbRule, http.StatusOK, nil)
 	require.Equal(t, 1.0, during)
 	require.Equal(t, 0.0, value(t, scrape(t, m), "qtunnel_requests_in_flight", map[string]string{"side": "egress"}))
-}
-
-func TestClassify(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		err  error
-		want metrics.ErrorKind
-	}{
-		{"reject 404", pipeline.Rejectf(http.StatusNotFound, "no route"), metrics.KindRejected},
-		{"reject 503 without retry-after", pipeline.Rejectf(http.StatusServiceUnavailable, "down"), metrics.KindRejected},
-		{"reject 503 with retry-after", &pipeline.Reject{Status: http.StatusServiceUnavailable, RetryAfter: time.Second}, metrics.KindOverload},
-		{"wrapped reject", fmt.Errorf("egress: %w", pipeline.Rejectf(http.StatusBadGateway, "x")), metrics.KindRejected},
-		{"reject caused by a deadline", &pipeline.Reject{Status: http.StatusGatewayTimeout, Err: context.DeadlineExceeded}, metrics.KindRejected},
-		{"peer error", &codec.Error{Status: http.StatusBadGateway}, metrics.KindUpstream},
-		{"peer at capacity", &codec.Error{Status: http.StatusServiceUnavailable, RetryAfter: 1}, metrics.KindOverload},
-		{"overloaded", fmt.Errorf("pool: %w", pipeline.ErrOverloaded), metrics.KindOverload},
-		{"canceled", context.Canceled, metrics.KindCanceled},
-		{"deadline", fmt.Errorf("read: %w", context.DeadlineExceeded), metrics.KindTimeout},
-		{"anything else", errors.New("stream reset"), metrics.KindTunnel},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			require.Equal(t, tt.want, metrics.Classify(tt.err))
-		})
-	}
 }
 
 func TestErrorKindNames(t *testing.T) {

@@ -2,14 +2,11 @@ package metrics
 
 import (
 	"context"
-	"errors"
-	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/pipeline"
 )
 
@@ -64,7 +61,8 @@ func (m *Metrics) series(k reqKey) *reqSeries {
 //     before an answer was written (x.Status == 0), of the status
 //     pipeline.Answer gives the error, which is what the user is sent;
 //   - request_duration_seconds, from x.Start;
-//   - errors_total, by Classify(err), when the chain returned an error.
+//   - errors_total, by pipeline.Classify(err), when the chain returned an
+//     error.
 //
 // Rule and direction come from x.Rule, or are NoRule when no rule matched.
 // Once an exchange's label set has been seen, the stage allocates nothing.
@@ -92,7 +90,7 @@ func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 
 	status := x.Status
 	if err != nil && status == 0 {
-		status = answerStatus(err)
+		status = pipeline.StatusOf(err)
 	}
 	k := reqKey{side: x.Side, proto: x.Protocol, class: classOf(status)}
 	k.rule, k.dir = ruleLabels(x.Rule)
@@ -102,7 +100,7 @@ func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		rs.duration.Observe(time.Since(x.Start).Seconds())
 	}
 	if err != nil {
-		ss.errors[Classify(err)].Inc()
+		ss.errors[pipeline.Classify(err)].Inc()
 		if rj, ok := err.(*pipeline.Reject); ok && rj.Stage != "" {
 			o.m.StageReject(rj.Stage, statusString(rj.Status))
 		}
@@ -116,55 +114,6 @@ func (o *observer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 func (o *observer) handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler, ss *sideSeries) error {
 	defer ss.inflight.Dec()
 	return next.Handle(ctx, x)
-}
-
-// answerStatus is pipeline.Answer's status, without Answer's allocations
-// for the errors stages return as they are.
-func answerStatus(err error) int {
-	switch e := err.(type) {
-	case *pipeline.Reject:
-		return e.Status
-	case *codec.Error:
-		return e.Status
-	}
-	status, _, _ := pipeline.Answer(err)
-	return status
-}
-
-// Classify says what kind of failure err is, for errors_total:
-//
-//   - a *pipeline.Reject is KindOverload when it is a 503 with a
-//     Retry-After (the request may be retried), else KindRejected;
-//   - a *codec.Error (the far side's ERROR frame) is KindOverload on the
-//     same condition, else KindUpstream;
-//   - pipeline.ErrOverloaded is KindOverload;
-//   - context.Canceled is KindCanceled, context.DeadlineExceeded
-//     KindTimeout;
-//   - anything else is KindTunnel.
-//
-// The first of these found in err's chain wins, in that order.
-func Classify(err error) ErrorKind {
-	if rj, ok := errors.AsType[*pipeline.Reject](err); ok {
-		if rj.Status == http.StatusServiceUnavailable && rj.RetryAfter > 0 {
-			return KindOverload
-		}
-		return KindRejected
-	}
-	if ce, ok := errors.AsType[*codec.Error](err); ok {
-		if ce.Status == http.StatusServiceUnavailable && ce.RetryAfter > 0 {
-			return KindOverload
-		}
-		return KindUpstream
-	}
-	switch {
-	case errors.Is(err, pipeline.ErrOverloaded):
-		return KindOverload
-	case errors.Is(err, context.Canceled):
-		return KindCanceled
-	case errors.Is(err, context.DeadlineExceeded):
-		return KindTimeout
-	}
-	return KindTunnel
 }
 
 type passThrough struct{}

@@ -16,7 +16,7 @@
 //
 // A failure is an error that pipeline.Answer maps to 502, 503 or 504 (the
 // gateway got no whole answer), or, unless Ignore5xx, an answer with a 5xx
-// status. The user going away (context.Canceled, encode.UserGoneError) and
+// status. The user going away (context.Canceled, pipeline.UserGoneError) and
 // refusals with other statuses by later stages count neither way.
 //
 // The stage keys on Exchange.Rule, so it must come after route, and it
@@ -44,7 +44,6 @@ import (
 
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
-	"github.com/qtunnel/qtunnel/stages/encode"
 	"github.com/qtunnel/qtunnel/stages/internal/clock"
 )
 
@@ -300,14 +299,10 @@ const (
 // is then judged by its status.
 func (b *Breaker) judge(ctx context.Context, x *pipeline.Exchange, err error) outcome {
 	if err != nil {
-		if errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled) {
-			return neutral
+		if pipeline.Classify(err) == pipeline.KindCanceled || errors.Is(ctx.Err(), context.Canceled) {
+			return neutral // the user went away: nothing said of the upstream
 		}
-		var gone encode.UserGoneError
-		if errors.As(err, &gone) {
-			return neutral
-		}
-		switch status, _, _ := pipeline.Answer(err); status {
+		switch pipeline.StatusOf(err) {
 		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			return failure
 		}

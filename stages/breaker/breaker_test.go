@@ -22,7 +22,6 @@ import (
 	"github.com/qtunnel/qtunnel/pipeline/pipelinetest"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
-	"github.com/qtunnel/qtunnel/stages/encode"
 	"github.com/qtunnel/qtunnel/stages/internal/stagetest"
 )
 
@@ -474,11 +473,11 @@ func TestWhatCountsAsFailure(t *testing.T) {
 		{"404 answer", breaker.Config{}, nil, status(404), "success"},
 		{"200 answer, then the user went away", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 200
-			return encode.UserGoneError{Err: errors.New("write: broken pipe")}
+			return pipeline.UserGoneError{Err: errors.New("write: broken pipe")}
 		}, "neutral"},
 		{"500 answer, then the user went away", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 500
-			return encode.UserGoneError{Err: errors.New("write: broken pipe")}
+			return pipeline.UserGoneError{Err: errors.New("write: broken pipe")}
 		}, "neutral"},
 		{"200 answer, then its body broke off", breaker.Config{}, nil, func(x *pipeline.Exchange) error {
 			x.NewResponse().StatusCode = 200

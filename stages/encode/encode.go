@@ -269,13 +269,8 @@ func bodyless(status int) bool {
 	return status == http.StatusNoContent || status == http.StatusNotModified || (status >= 100 && status < 200)
 }
 
-// UserGoneError marks a failure to write to the user: the user went away.
-type UserGoneError struct{ Err error }
-
-func (e UserGoneError) Error() string { return "write to user: " + e.Err.Error() }
-func (e UserGoneError) Unwrap() error { return e.Err }
-
-func writeErr(err error) error { return UserGoneError{err} }
+// writeErr marks a failure to write to the user: the user went away.
+func writeErr(err error) error { return pipeline.UserGoneError{Err: err} }
 
 // BodyCutError is returned on the egress side when the answer's body failed
 // after its head had gone out. The stream already carries an ERROR frame

@@ -331,7 +331,7 @@ func TestIngressBodyReadError(t *testing.T) {
 	n := &next{}
 	err := newEncoder(t, encode.Config{}).Handle(context.Background(), x, n)
 	require.ErrorIs(t, err, boom)
-	var gone encode.UserGoneError
+	var gone pipeline.UserGoneError
 	require.NotErrorAs(t, err, &gone, "a failing answer is not the user's fault")
 	require.False(t, n.called)
 }
@@ -352,7 +352,7 @@ func TestIngressUserGone(t *testing.T) {
 	x, resp := toUser(t, &failingWriter{h: http.Header{}, err: gone}, http.StatusOK, 5, http.Header{})
 	resp.Body = io.NopCloser(strings.NewReader("hello"))
 	err := newEncoder(t, encode.Config{}).Handle(context.Background(), x, &next{})
-	var ug encode.UserGoneError
+	var ug pipeline.UserGoneError
 	require.ErrorAs(t, err, &ug)
 	require.ErrorIs(t, err, gone)
 }
