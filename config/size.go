@@ -118,3 +118,46 @@ func (s Size) String() string {
 	}
 	return strconv.FormatInt(int64(s), 10)
 }
+
+// SizeLimit is a Size that can be turned off: in YAML an integer or a
+// number with a unit as for Size, or "unlimited" or "off" (or any negative
+// integer), which is stored as Unlimited.
+type SizeLimit int64
+
+// Unlimited is the value of a SizeLimit set to "unlimited".
+const Unlimited SizeLimit = -1
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *SizeLimit) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	if strings.EqualFold(v, "unlimited") || strings.EqualFold(v, "off") {
+		*s = Unlimited
+		return nil
+	}
+	if i, err := strconv.ParseInt(v, 10, 64); err == nil && i < 0 {
+		*s = Unlimited
+		return nil
+	}
+	z, err := ParseSize(v)
+	if err != nil {
+		msg := fmt.Sprintf("%q is neither a size (such as 4096, 64KiB, 10MiB) nor unlimited", n.Value)
+		if sizeHint(v) != "" {
+			msg = err.Error() // "10MB": did you mean 10MiB?
+		}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
+	}
+	*s = SizeLimit(z)
+	return nil
+}
+
+// String formats s as Size does, or "unlimited".
+func (s SizeLimit) String() string {
+	if s < 0 {
+		return "unlimited"
+	}
+	return Size(s).String()
+}
+
+// Bytes returns the limit in bytes, 0 for unlimited: what the limit stage
+// takes.
+func (s SizeLimit) Bytes() int64 { return max(int64(s), 0) }
