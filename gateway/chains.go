@@ -40,27 +40,38 @@ func (c *chains) use(n *chains) {
 	n.limiter, c.limiter = c.limiter, lim
 }
 
+// chainSpec is what buildChains builds a side's two chains from. A side
+// keeps its own (side.spec): a reload builds new chains from it with the
+// reloaded settings.
+type chainSpec struct {
+	settings  *config.Common    // limits, rate limits, trusted proxies
+	store     *rules.Store      // the side's rule table, which route reads
+	egressDir rules.Direction   // the direction this side serves as the egress side
+	conns     egress.ConnSource // the tunnel connection of a rule (the ingress chain's tunnel stage)
+	pool      *egress.Pool      // the upstreams (the egress chain's upstream stage)
+	kit       *kit              // metrics, breaker, rule stages (kit.go)
+	opts      options           // the chain edits and the tracer; zero: none
+}
+
 // buildChains builds both chains of a side from the order table
-// (order.go), with the options' edits applied. egressDir is the direction
-// this side serves as the egress side.
-func buildChains(ctx context.Context, c *config.Common, store *rules.Store, egressDir rules.Direction,
-	conns egress.ConnSource, pool *egress.Pool, k *kit, o options) (*chains, error) {
-	limiter, err := ratelimit.New(c.RateLimit, ratelimit.WithLogger(k.log))
+// (order.go), with the options' edits applied.
+func buildChains(ctx context.Context, spec chainSpec) (*chains, error) {
+	limiter, err := ratelimit.New(spec.settings.RateLimit, ratelimit.WithLogger(spec.kit.log))
 	if err != nil {
 		return nil, err
 	}
-	b := &chainBuild{c: c, store: store, egressDir: egressDir, conns: conns, pool: pool, k: k, limiter: limiter}
-	ing, err := b.order(ingressOrder, o.ingressEdits)
+	b := &chainBuild{chainSpec: spec, limiter: limiter}
+	ing, err := b.order(ingressOrder, spec.opts.ingressEdits)
 	if err != nil {
 		return nil, fmt.Errorf("ingress chain: %w", err)
 	}
-	egr, err := b.order(egressOrder, o.egressEdits)
+	egr, err := b.order(egressOrder, spec.opts.egressEdits)
 	if err != nil {
 		return nil, fmt.Errorf("egress chain: %w", err)
 	}
 	var copts []pipeline.Option
-	if o.tracer != nil {
-		copts = append(copts, pipeline.WithTracer(o.tracer))
+	if spec.opts.tracer != nil {
+		copts = append(copts, pipeline.WithTracer(spec.opts.tracer))
 	}
 	ic, err := ing.Build(ctx, copts...)
 	if err != nil {

@@ -235,7 +235,7 @@ func obsChains(tb testing.TB, v obsVariant, egressDir rules.Direction, conn *pip
 	tb.Helper()
 	var c config.Common
 	c.SetDefaults()
-	k, err := newKit("bench", &c, benchRules, quietLog, func() error { return nil }, func() any { return nil })
+	k, err := newKit(kitConfig{role: "bench", settings: &c, store: benchRules, log: quietLog})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func obsChains(tb testing.TB, v obsVariant, egressDir rules.Direction, conn *pip
 		tb.Fatal(err)
 	}
 	conns := egress.ConnSourceFunc(func(*rules.Rule) (*pipeline.Conn, error) { return conn, nil })
-	ch, err := buildChains(context.Background(), &c, benchRules, egressDir, conns, pool, k, o)
+	ch, err := buildChains(context.Background(), chainSpec{settings: &c, store: benchRules, egressDir: egressDir, conns: conns, pool: pool, kit: k, opts: o})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func obsEgress(tb testing.TB, v obsVariant) func() {
 	up := &fakeUpstream{resp: http.Response{StatusCode: 200, ContentLength: 1024}}
 	respHeader := http.Header{"Content-Type": {"application/octet-stream"}}
 	ch, tracer := obsChains(tb, v, rules.Reverse, conn, up)
-	ss := &streamServer{chain: &ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer, access: new(atomic.Bool)}
+	ss := &streamServer{streamServerConfig: streamServerConfig{chain: &ch.egress, log: quietLog, maxFrame: 64 << 10, tracer: tracer, access: new(atomic.Bool)}}
 	ctx := context.Background()
 	if ss.log.Enabled(ctx, slog.LevelDebug) {
 		tb.Fatal("the benchmark logs at info")

@@ -29,24 +29,18 @@ import (
 // serves forward rules on local listeners and reverse rules' streams towards
 // upstreams near it.
 type Client struct {
+	side    // kit, pool, chains, stream server, forward listeners (side.go)
 	cfg     config.Client
-	o       options
-	log     *slog.Logger
 	token   string
 	tlsConf *tls.Config
 
-	rules   rules.Store
-	pool    *egress.Pool
-	chains  *chains
-	streams *streamServer
+	rules rules.Store
 
 	conn     atomic.Pointer[pipeline.Conn] // the live connection, nil while down
 	session  atomic.Pointer[clientSession] // the live session, for its statistics
-	kit      *kit
 	connects atomic.Int64
 
-	listeners *listenerSet // forward rules' listeners
-	applyMu   sync.Mutex   // one apply at a time
+	applyMu sync.Mutex // one apply at a time
 
 	ready     chan struct{} // closed when the first rules are applied
 	readyOnce sync.Once
@@ -62,7 +56,8 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	o := buildOptions(opts)
-	c := &Client{cfg: cfg, o: o, log: o.log.With("side", "client", "client", cfg.ID), ready: make(chan struct{})}
+	c := &Client{cfg: cfg, ready: make(chan struct{})}
+	c.side = side{common: &c.cfg.Common, o: o, log: o.log.With("side", "client", "client", cfg.ID)}
 	var err error
 	if c.token, err = cfg.ReadToken(); err != nil {
 		return nil, err
@@ -71,35 +66,23 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := cfg.Egress
-	pc.Logger = c.log
-	if c.pool, err = egress.NewPool(pc); err != nil {
-		return nil, err
-	}
 	conns := egress.ConnSourceFunc(func(*rules.Rule) (*pipeline.Conn, error) {
 		if conn := c.conn.Load(); conn != nil {
 			return conn, nil
 		}
 		return nil, &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: "not connected to the tunnel server, retry", RetryAfter: time.Second}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
-	defer cancel()
-	if c.kit, err = newKit("client", &cfg.Common, &c.rules, c.log, c.readyErr, c.view); err != nil {
-		return nil, err
-	}
-	c.kit.m.SetConnStats(c.connStats)
-	c.kit.watchPool(c.pool)
-	if c.kit.rules, err = newRuleStages(o.modules, rules.Forward, tracerOption(o.tracer)); err != nil {
-		return nil, err
-	}
-	if c.chains, err = buildChains(ctx, &cfg.Common, &c.rules, rules.Reverse, conns, c.pool, c.kit, o); err != nil {
-		return nil, err
-	}
 	certs, err := loadCerts(cfg.ForwardTLS)
 	if err != nil {
 		return nil, err
 	}
-	c.listeners = newListenerSet(newIngressConfig(&c.chains.ingress, &cfg.Common, o.tracer, c.log, c.kit.m, &c.kit.access), certs, cfg.ShutdownGrace)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
+	defer cancel()
+	err = c.assemble(ctx, sideConfig{role: "client", store: &c.rules, ingressDir: rules.Forward, egressDir: rules.Reverse,
+		conns: conns, connStats: c.connStats, ready: c.readyErr, view: c.view, listenerCerts: certs})
+	if err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -131,12 +114,7 @@ func (c *Client) ForwardAddr(listen string) net.Addr { return c.listeners.addr(l
 // the server refuses this client, whose credentials cannot improve by
 // retrying.
 func (c *Client) Run(ctx context.Context) error {
-	var err error
-	if c.streams, err = newStreamServer(&c.chains.egress, c.cfg.Limits.MaxConcurrentStreams, int(c.cfg.Limits.MaxFrameSize), c.o.tracer, c.kit.m, c.log, &c.kit.access); err != nil {
-		return err
-	}
-	if err := c.kit.start(ctx); err != nil {
-		_ = c.streams.close(ctx)
+	if err := c.side.start(ctx); err != nil {
 		return err
 	}
 	backoff := transport.Backoff{Base: c.cfg.Reconnect.Base, Max: c.cfg.Reconnect.Max, Stable: c.cfg.Reconnect.Stable}
@@ -422,7 +400,7 @@ func rulesOfListener(t *rules.Table, err error) error {
 func (c *Client) drain(s *clientSession) {
 	c.log.Info("client shutting down")
 	c.streams.refuse()
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
+	ctx, cancel := c.graceContext(context.Background())
 	defer cancel()
 	c.listeners.shutdown(ctx)
 	if err := s.peer.GoAway("client shutting down"); err != nil {
@@ -440,7 +418,7 @@ func (c *Client) drain(s *clientSession) {
 
 // shutdown releases everything after the last session ended.
 func (c *Client) shutdown() error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownGrace)
+	ctx, cancel := c.graceContext(context.Background())
 	defer cancel()
 	c.listeners.shutdown(ctx)
 	err := c.streams.close(ctx)
@@ -449,16 +427,7 @@ func (c *Client) shutdown() error {
 	}
 	c.streams.wait()
 	c.listeners.wait()
-	c.pool.Close()
-	if cerr := c.chains.close(ctx); cerr != nil {
-		err = errors.Join(err, cerr)
-	}
-	if cerr := c.kit.rules.close(ctx); cerr != nil {
-		err = errors.Join(err, cerr)
-	}
-	if kerr := c.kit.stop(); kerr != nil {
-		err = errors.Join(err, kerr)
-	}
+	err = errors.Join(err, c.release(ctx))
 	c.log.Info("client stopped")
 	return err
 }

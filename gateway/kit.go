@@ -2,24 +2,28 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/internal/authlimit"
 	"github.com/qtunnel/qtunnel/metrics"
+	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
-	"github.com/qtunnel/qtunnel/stages/egress"
 )
 
-// kit is what both sides set up the same way: metrics,
-// the upstream breaker, the admin listener and the login throttles.
+// kit is the services a server and a client both run, built the same way
+// on either side and used by the rest of the side (its chains, listeners,
+// stream server and tunnel connections): the metrics, the upstream breaker,
+// the admin listener, the login throttles, the rules' own stages and the
+// access-log switch. This file holds the kit and nothing else; the rest of
+// what both sides share (the upstream pool, the chains, the listeners and
+// the lifecycle steps around them) is the side, in side.go.
 type kit struct {
 	access  atomic.Bool // log.access, changed live by a reload
 	m       *metrics.Metrics
@@ -36,13 +40,32 @@ type kit struct {
 	tunnelLogins *authlimit.Limiter
 }
 
-// newKit builds the kit of one side. store is the side's rule table, used to
-// label breaker states by rule.
-func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger, ready func() error, view func() any, extra ...admin.Option) (*kit, error) {
-	k := &kit{m: metrics.New(role)}
-	k.access.Store(c.Log.Access)
+// kitConfig is what newKit builds a kit from.
+type kitConfig struct {
+	// role is the metrics' role label, "server" or "client"; a server's
+	// kit throttles tunnel logins too.
+	role     string
+	settings *config.Common // breaker, auth_throttle, admin, log.access
+	store    *rules.Store   // the side's rule table: breaker states are labelled by rule
+	log      *slog.Logger
+	ready    func() error   // the admin listener's /readyz; nil: always ready
+	view     func() any     // the admin listener's /config; nil: none
+	admin    []admin.Option // more for the admin listener (the server's rules API)
+
+	// The rules' own stages: the modules they may name besides
+	// stages.Modules, the direction of the rules whose stages this side
+	// runs (those whose requests enter its listeners) and the tracer of
+	// their spans (nil: none).
+	modules []pipeline.Module
+	rulesIn rules.Direction
+	tracer  trace.Tracer
+}
+
+// newKit builds the kit of one side.
+func newKit(c kitConfig) (*kit, error) {
+	k := &kit{m: metrics.New(c.role), log: c.log}
+	k.access.Store(c.settings.Log.Access)
 	var err error
-	k.log = log
 	onChange := func(upstream string, _, to breaker.State) {
 		st := metrics.BreakerClosed
 		switch to {
@@ -51,26 +74,29 @@ func newKit(role string, c *config.Common, store *rules.Store, log *slog.Logger,
 		case breaker.HalfOpen:
 			st = metrics.BreakerHalfOpen
 		}
-		for _, r := range store.Load().Rules() {
+		for _, r := range c.store.Load().Rules() {
 			if breaker.Key(&r) == upstream {
 				k.m.SetBreakerState(r.ID, st)
 			}
 		}
 	}
-	if k.breaker, err = breaker.New(c.Breaker, breaker.WithLogger(log), breaker.OnStateChange(onChange)); err != nil {
+	if k.breaker, err = breaker.New(c.settings.Breaker, breaker.WithLogger(c.log), breaker.OnStateChange(onChange)); err != nil {
 		return nil, err
 	}
-	if k.adminLogins, err = newLoginLimiter(metrics.AuthAdmin, c.AuthThrottle, log, k.m); err != nil {
+	if k.adminLogins, err = newLoginLimiter(metrics.AuthAdmin, c.settings.AuthThrottle, c.log, k.m); err != nil {
 		return nil, err
 	}
-	if role == "server" {
-		if k.tunnelLogins, err = newLoginLimiter(metrics.AuthTunnel, c.AuthThrottle, log, k.m); err != nil {
+	if c.role == "server" {
+		if k.tunnelLogins, err = newLoginLimiter(metrics.AuthTunnel, c.settings.AuthThrottle, c.log, k.m); err != nil {
 			return nil, err
 		}
 	}
-	k.admin, err = admin.New(c.Admin, append([]admin.Option{admin.WithMetrics(k.m.Handler()), admin.WithReady(ready),
-		admin.WithConfig(view), admin.WithLogger(log), admin.WithThrottle(adminThrottle{k.adminLogins})}, extra...)...)
+	k.admin, err = admin.New(c.settings.Admin, append([]admin.Option{admin.WithMetrics(k.m.Handler()), admin.WithReady(c.ready),
+		admin.WithConfig(c.view), admin.WithLogger(c.log), admin.WithThrottle(adminThrottle{k.adminLogins})}, c.admin...)...)
 	if err != nil {
+		return nil, err
+	}
+	if k.rules, err = newRuleStages(c.modules, c.rulesIn, tracerOption(c.tracer)); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -91,48 +117,3 @@ func (k *kit) stop() error {
 	k.tunnelLogins.Close()
 	return err
 }
-
-// watchPool makes the side's egress pool report its connections at each
-// scrape (qtunnel_egress_pool_*).
-func (k *kit) watchPool(p *egress.Pool) {
-	k.m.SetPoolStats(func() []metrics.PoolStats {
-		var out []metrics.PoolStats
-		p.Stats(func(rule string, idle, active int, dials uint64) {
-			out = append(out, metrics.PoolStats{Rule: rule, Idle: idle, Active: active, Dials: dials})
-		})
-		return out
-	})
-}
-
-// connStats maps quic-go's statistics of a connection for the metrics.
-func connStats(client string, qc *quic.Conn) metrics.ConnStats {
-	st := qc.ConnectionStats()
-	return metrics.ConnStats{ClientID: client, SmoothedRTT: st.SmoothedRTT, PacketsLost: st.PacketsLost,
-		BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, CongestionWindow: st.CongestionWindow}
-}
-
-// ruleView is a rule as /config shows it.
-type ruleView struct {
-	rules.Rule
-	// Source is where a server's rule comes from: "file" or "api" (GET
-	// /rules only).
-	Source string `json:"source,omitempty"`
-}
-
-// tableView is what /config shows of a rule table.
-type tableView struct {
-	Version uint64     `json:"version"`
-	Hash    string     `json:"hash"`
-	Rules   []ruleView `json:"rules"`
-}
-
-func viewOf(t *rules.Table) tableView {
-	v := tableView{Version: t.Version(), Hash: t.HashHex(), Rules: []ruleView{}}
-	for _, r := range t.Rules() {
-		v.Rules = append(v.Rules, ruleView{Rule: r})
-	}
-	return v
-}
-
-// notReady is the reason /readyz gives.
-func notReady(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -35,11 +35,12 @@ type ingressListener interface {
 	abandon()
 }
 
-// ingressConfig is what every ingress listener of one side shares.
+// ingressConfig is what every ingress listener of one side shares (the
+// side assembles it: side.go).
 type ingressConfig struct {
-	chain  pipeline.Handler
-	lim    config.Limits
-	tracer trace.Tracer // nil: no request spans
+	chain  pipeline.Handler // the side's ingress chain
+	lim    config.Limits    // the side's limits, as it started
+	tracer trace.Tracer     // nil: no request spans
 	log    *slog.Logger
 	access *atomic.Bool // log.access: each request's record at info (changes live)
 	// abuse is told of each connection ended for abuse (HTTP/2 rapid reset,
@@ -48,14 +49,14 @@ type ingressConfig struct {
 	abuse func(kind string, remote net.Addr)
 }
 
-func newIngressConfig(chain pipeline.Handler, c *config.Common, tracer trace.Tracer, log *slog.Logger, m *metrics.Metrics, access *atomic.Bool) *ingressConfig {
-	return &ingressConfig{chain: chain, lim: c.Limits, tracer: tracer, log: log, access: access,
-		abuse: func(kind string, remote net.Addr) {
-			// Counted, and logged at debug: an attacker must not be able
-			// to flood the logs (qtunnel_ingress_abuse_total shows it).
-			m.Abuse(kind)
-			log.Debug("connection refused for abuse", "kind", kind, "remote", remote.String())
-		}}
+// abuseReporter is the ingressConfig.abuse of a side: it counts the abuse in
+// m and logs it on log at debug, so that an attacker cannot flood the logs
+// (qtunnel_ingress_abuse_total shows it).
+func abuseReporter(m *metrics.Metrics, log *slog.Logger) func(kind string, remote net.Addr) {
+	return func(kind string, remote net.Addr) {
+		m.Abuse(kind)
+		log.Debug("connection refused for abuse", "kind", kind, "remote", remote.String())
+	}
 }
 
 // httpListener serves HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN over TLS).
@@ -125,8 +126,8 @@ type tcpListener struct {
 	wg    sync.WaitGroup // accept loop and connections
 }
 
-func newTCPListener(ln net.Listener, key string, chain pipeline.Handler, log *slog.Logger, access *atomic.Bool) *tcpListener {
-	l := &tcpListener{ln: ln, key: key, chain: chain, log: log, access: access, conns: map[net.Conn]struct{}{}}
+func newTCPListener(ln net.Listener, key string, ic *ingressConfig) *tcpListener {
+	l := &tcpListener{ln: ln, key: key, chain: ic.chain, log: ic.log, access: ic.access, conns: map[net.Conn]struct{}{}}
 	l.ctx, l.stopC = context.WithCancel(context.Background())
 	return l
 }
@@ -224,9 +225,7 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 // starts them and retires the ones no rule needs any more (they drain in the
 // background). Safe for concurrent use.
 type listenerSet struct {
-	ic    *ingressConfig
-	certs []tls.Certificate // for listen_tls rules
-	grace time.Duration
+	listenerSetConfig
 
 	mu      sync.Mutex
 	live    map[rules.Listener]ingressListener
@@ -235,8 +234,15 @@ type listenerSet struct {
 	wg      sync.WaitGroup    // serve loops and drains
 }
 
-func newListenerSet(ic *ingressConfig, certs []tls.Certificate, grace time.Duration) *listenerSet {
-	return &listenerSet{ic: ic, certs: certs, grace: grace, live: map[rules.Listener]ingressListener{}}
+// listenerSetConfig is what newListenerSet builds a listenerSet from.
+type listenerSetConfig struct {
+	ingress *ingressConfig    // what the listeners serve with
+	certs   []tls.Certificate // for listen_tls rules; none: such a rule is refused
+	grace   time.Duration     // how long a retired listener may drain
+}
+
+func newListenerSet(c listenerSetConfig) *listenerSet {
+	return &listenerSet{listenerSetConfig: c, live: map[rules.Listener]ingressListener{}}
 }
 
 // listenError is a listener that could not be bound.
@@ -292,13 +298,13 @@ func (s *listenerSet) prepare(want []rules.Listener) (*pending, error) {
 
 func (s *listenerSet) make(w rules.Listener, ln net.Listener) ingressListener {
 	if w.Protocol == rules.ProtoTCP {
-		return newTCPListener(ln, w.Key(), s.ic.chain, s.ic.log, s.ic.access)
+		return newTCPListener(ln, w.Key(), s.ingress)
 	}
 	var certs []tls.Certificate
 	if w.TLS {
 		certs = s.certs
 	}
-	return newHTTPListener(ln, w.Key(), certs, s.ic)
+	return newHTTPListener(ln, w.Key(), certs, s.ingress)
 }
 
 func (s *listenerSet) closeBound(p *pending) {
@@ -340,7 +346,7 @@ func (s *listenerSet) retireLocked(k rules.Listener) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.grace)
 		defer cancel()
 		if err := l.stop(ctx); err != nil {
-			s.ic.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
+			s.ingress.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
 		}
 	})
 }
@@ -379,7 +385,7 @@ func (s *listenerSet) shutdown(ctx context.Context) {
 	for k, l := range live {
 		wg.Go(func() {
 			if err := l.stop(ctx); err != nil {
-				s.ic.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
+				s.ingress.log.Warn("listener did not drain in time", "listen", k.Addr, "err", err)
 			}
 		})
 	}

@@ -4,7 +4,6 @@ import (
 	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/metrics"
 	"github.com/qtunnel/qtunnel/pipeline"
-	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/breaker"
 	"github.com/qtunnel/qtunnel/stages/decode"
 	"github.com/qtunnel/qtunnel/stages/egress"
@@ -84,13 +83,8 @@ type stageEntry struct {
 
 // chainBuild is what the stages of one side are built from.
 type chainBuild struct {
-	c         *config.Common
-	store     *rules.Store
-	egressDir rules.Direction
-	conns     egress.ConnSource
-	pool      *egress.Pool
-	k         *kit
-	limiter   *ratelimit.Limiter // shared by both chains
+	chainSpec
+	limiter *ratelimit.Limiter // shared by both chains
 }
 
 // order builds the stages of table and applies edits.
@@ -106,19 +100,19 @@ func (b *chainBuild) order(table []stageEntry, edits []pipeline.Edit) (pipeline.
 	return o.Apply(edits...)
 }
 
-func (b *chainBuild) frame() int { return int(b.c.Limits.MaxFrameSize) }
+func (b *chainBuild) frame() int { return int(b.settings.Limits.MaxFrameSize) }
 
-func observeStage(b *chainBuild) (pipeline.Stage, error) { return b.k.m.Stage(), nil }
+func observeStage(b *chainBuild) (pipeline.Stage, error) { return b.kit.m.Stage(), nil }
 
 func decodeStage(b *chainBuild) (pipeline.Stage, error) {
-	return decode.New(decode.Config{MaxFrameSize: b.frame(), TrustedProxies: b.c.TrustedPrefixes(),
-		AllowSNIMismatch: b.c.Limits.SNIHostMismatch == config.SNIAllow})
+	return decode.New(decode.Config{MaxFrameSize: b.frame(), TrustedProxies: b.settings.TrustedPrefixes(),
+		AllowSNIMismatch: b.settings.Limits.SNIHostMismatch == config.SNIAllow})
 }
 
 // inFlightStage: each chain has its own in-flight limit, so that requests
 // from users and requests from the tunnel are counted apart.
 func inFlightStage(b *chainBuild) (pipeline.Stage, error) {
-	return limit.New(limit.Config{MaxInFlight: b.c.Limits.MaxInFlight})
+	return limit.New(limit.Config{MaxInFlight: b.settings.Limits.MaxInFlight})
 }
 
 func routeStage(b *chainBuild) (pipeline.Stage, error) {
@@ -128,12 +122,7 @@ func routeStage(b *chainBuild) (pipeline.Stage, error) {
 func rateLimitStage(b *chainBuild) (pipeline.Stage, error) { return b.limiter, nil }
 
 // ruleStagesStage runs each rule's own stage list (rulestages.go).
-func ruleStagesStage(b *chainBuild) (pipeline.Stage, error) {
-	if b.k.rules == nil { // a kit made without a side (benchmarks): no modules
-		return newRuleStages(nil, "", nil)
-	}
-	return b.k.rules, nil
-}
+func ruleStagesStage(b *chainBuild) (pipeline.Stage, error) { return b.kit.rules, nil }
 
 // requestLimitStage bounds the request body and the time to the answer's
 // head, and holds the user to the pace of a live client: the body must
@@ -141,7 +130,7 @@ func ruleStagesStage(b *chainBuild) (pipeline.Stage, error) {
 // answer must be read (send_timeout; on HTTP/1 the listener's connection
 // guard does it) and must not sit idle (stream_idle_timeout).
 func requestLimitStage(b *chainBuild) (pipeline.Stage, error) {
-	l := b.c.Limits
+	l := b.settings.Limits
 	return limit.New(limit.Config{
 		MaxBodySize:       l.MaxBodySize.Bytes(),
 		RequestTimeout:    l.RequestTimeout,
@@ -155,11 +144,11 @@ func requestLimitStage(b *chainBuild) (pipeline.Stage, error) {
 }
 
 func tunnelStage(b *chainBuild) (pipeline.Stage, error) {
-	return egress.NewTunnel(egress.TunnelConfig{Conns: b.conns, MaxFrameSize: b.frame(), Streams: b.k.m,
-		RequestBuffer: int(b.c.Limits.RequestBuffer), MaxStreamsPerSource: max(b.c.Limits.MaxStreamsPerSource, 0)})
+	return egress.NewTunnel(egress.TunnelConfig{Conns: b.conns, MaxFrameSize: b.frame(), Streams: b.kit.m,
+		RequestBuffer: int(b.settings.Limits.RequestBuffer), MaxStreamsPerSource: max(b.settings.Limits.MaxStreamsPerSource, 0)})
 }
 
-func breakerStage(b *chainBuild) (pipeline.Stage, error) { return b.k.breaker, nil }
+func breakerStage(b *chainBuild) (pipeline.Stage, error) { return b.kit.breaker, nil }
 
 func upstreamStage(b *chainBuild) (pipeline.Stage, error) { return egress.NewUpstream(b.pool) }
 

@@ -29,9 +29,8 @@ import (
 // serves reverse rules on its public listener and forward rules' streams
 // towards upstreams near it.
 type Server struct {
+	side // kit, pool, chains, stream server, reverse TCP listeners (side.go)
 	cfg  config.Server
-	o    options
-	log  *slog.Logger
 	cert tls.Certificate
 	pin  string
 
@@ -39,21 +38,14 @@ type Server struct {
 	tokens   atomic.Pointer[control.Tokens]
 	reloadMu sync.Mutex // one reload at a time
 	sessions control.Registry
-	kit      *kit
 	serving  atomic.Bool // between Start and Shutdown
-	pool     *egress.Pool
-	chains   *chains
-	streams  *streamServer
 
-	api        *rulesAPI
-	connSource egress.ConnSource             // what the tunnel stage asks for a rule's connection
-	running    atomic.Pointer[config.Server] // the configuration in force: the start's, with a reload's live settings
-	pending    atomic.Pointer[[]string]      // settings changed in the file that need a restart
+	api     *rulesAPI
+	running atomic.Pointer[config.Server] // the configuration in force: the start's, with a reload's live settings
+	pending atomic.Pointer[[]string]      // settings changed in the file that need a restart
 
 	tunnelLn  *transport.Listener
-	ingress   *ingressConfig    // what the public and TCP listeners share
 	public    []ingressListener // public_http, then public_https if set
-	listeners *listenerSet      // reverse TCP rules' listeners
 	publicTLS []tls.Certificate
 
 	mu    sync.Mutex
@@ -91,7 +83,8 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	o := buildOptions(opts)
-	s := &Server{cfg: cfg, o: o, log: o.log.With("side", "server"), conns: map[*serverConn]struct{}{}, byID: map[string]*serverConn{}, done: make(chan struct{})}
+	s := &Server{cfg: cfg, conns: map[*serverConn]struct{}{}, byID: map[string]*serverConn{}, done: make(chan struct{})}
+	s.side = side{common: &s.cfg.Common, o: o, log: o.log.With("side", "server")}
 	var err error
 	if cfg.TLS.CertFile != "" {
 		s.cert, err = transport.LoadCertificate(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -118,11 +111,6 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	}
 	t := s.store.Table()
 	took := time.Since(built) // the first rule set's apply, for the metrics
-	pc := cfg.Egress
-	pc.Logger = s.log
-	if s.pool, err = egress.NewPool(pc); err != nil {
-		return nil, err
-	}
 	if s.publicTLS, err = loadCerts(cfg.PublicTLS); err != nil {
 		return nil, err
 	}
@@ -137,22 +125,15 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	api := &rulesAPI{store: s.store}
 	api.writable.Store(cfg.Admin.Token != "")
 	s.api = api
-	s.connSource = conns
 	s.running.Store(&cfg)
 	var apiOpts []admin.Option
 	api.register(func(pattern string, h http.Handler) { apiOpts = append(apiOpts, admin.WithHandler(pattern, h)) })
-	if s.kit, err = newKit("server", &cfg.Common, s.store.Store(), s.log, s.ready, s.view, apiOpts...); err != nil {
+	err = s.assemble(ctx, sideConfig{role: "server", store: s.store.Store(), ingressDir: rules.Reverse, egressDir: rules.Forward,
+		conns: conns, connStats: s.connStats, ready: s.ready, view: s.view, admin: apiOpts})
+	if err != nil {
 		return nil, err
 	}
 	s.kit.m.ConfigApplied(t.Version(), took, nil)
-	s.kit.m.SetConnStats(s.connStats)
-	s.kit.watchPool(s.pool)
-	if s.kit.rules, err = newRuleStages(o.modules, rules.Reverse, tracerOption(o.tracer)); err != nil {
-		return nil, err
-	}
-	if s.chains, err = buildChains(ctx, &cfg.Common, s.store.Store(), rules.Forward, conns, s.pool, s.kit, o); err != nil {
-		return nil, err
-	}
 	// The rules' own stages are built with the rules: a stage list that
 	// does not build stops the start here.
 	set, err := s.kit.rules.prepare(ctx, s.store.Table())
@@ -161,8 +142,6 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.kit.rules.commit(set)
-	s.ingress = newIngressConfig(&s.chains.ingress, &cfg.Common, o.tracer, s.log, s.kit.m, &s.kit.access)
-	s.listeners = newListenerSet(s.ingress, nil, cfg.ShutdownGrace)
 	return s, nil
 }
 
@@ -235,17 +214,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	// Forward rules' balancers and health checks start with the server.
 	s.pool.Warm(ctx, s.store.Table().Rules(), rules.Forward)
-	// The worker pool is the first thing that runs goroutines: made here,
-	// a server that never starts owns none.
-	if s.streams, err = newStreamServer(&s.chains.egress, s.cfg.Limits.MaxConcurrentStreams, int(s.cfg.Limits.MaxFrameSize), s.o.tracer, s.kit.m, s.log, &s.kit.access); err != nil {
+	// The stream workers' pool is the first thing that runs goroutines:
+	// made here (side.start), a server that never starts owns none.
+	if err := s.side.start(ctx); err != nil {
 		abandon()
 		s.listeners.closeBound(pend)
-		return err
-	}
-	if err := s.kit.start(ctx); err != nil {
-		abandon()
-		s.listeners.closeBound(pend)
-		_ = s.streams.close(ctx)
 		return err
 	}
 	s.tunnelLn = ln
@@ -639,16 +612,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.tunnelLn.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	s.pool.Close()
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	if err := s.chains.close(closeCtx); err != nil {
-		errs = append(errs, err)
-	}
-	if err := s.kit.rules.close(closeCtx); err != nil {
-		errs = append(errs, err)
-	}
-	if err := s.kit.stop(); err != nil {
+	if err := s.release(closeCtx); err != nil {
 		errs = append(errs, err)
 	}
 	close(s.done)
@@ -663,7 +629,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace)
+	sctx, cancel := s.graceContext(ctx)
 	defer cancel()
 	return s.Shutdown(sctx)
 }

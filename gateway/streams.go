@@ -23,15 +23,21 @@ import (
 // streamServer runs the egress chain for the request streams the peer opens
 // on tunnel connections, on a bounded worker pool (S3).
 type streamServer struct {
-	chain    pipeline.Handler
+	streamServerConfig
 	workers  *pipeline.WorkerPool[*streamTask]
 	inflight sync.WaitGroup // tasks handed to workers and not finished
-	log      *slog.Logger
-	access   *atomic.Bool // log.access: each stream's record at info (changes live)
-	maxFrame int
-	tracer   trace.Tracer     // nil: no request spans
-	m        *metrics.Metrics // streams served, refusals and panics
-	refusing atomic.Bool      // set by refuse: the side is shutting down
+	refusing atomic.Bool    // set by refuse: the side is shutting down
+}
+
+// streamServerConfig is what newStreamServer builds a streamServer from.
+type streamServerConfig struct {
+	chain      pipeline.Handler // the side's egress chain
+	maxStreams int              // streams served at once (limits.max_concurrent_streams); more are refused
+	maxFrame   int              // limits.max_frame_size
+	tracer     trace.Tracer     // nil: no request spans
+	metrics    *metrics.Metrics // streams served, refusals and panics
+	log        *slog.Logger
+	access     *atomic.Bool // log.access: each stream's record at info (changes live)
 }
 
 // refuse makes every stream opened from now on refused at once with
@@ -49,11 +55,11 @@ type streamTask struct {
 
 var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
 
-func newStreamServer(chain pipeline.Handler, size, maxFrame int, tracer trace.Tracer, m *metrics.Metrics, log *slog.Logger, access *atomic.Bool) (*streamServer, error) {
-	ss := &streamServer{chain: chain, log: log, access: access, maxFrame: maxFrame, tracer: tracer, m: m}
-	w, err := pipeline.NewWorkerPool(size, (*streamTask).run, func(v any) {
-		m.CountError(pipeline.Egress, metrics.KindInternal)
-		log.Error("stream handler panicked", "panic", v)
+func newStreamServer(c streamServerConfig) (*streamServer, error) {
+	ss := &streamServer{streamServerConfig: c}
+	w, err := pipeline.NewWorkerPool(c.maxStreams, (*streamTask).run, func(v any) {
+		c.metrics.CountError(pipeline.Egress, metrics.KindInternal)
+		c.log.Error("stream handler panicked", "panic", v)
 	})
 	if err != nil {
 		return nil, err
@@ -88,7 +94,7 @@ func (ss *streamServer) serve(qc *quic.Conn, info *pipeline.Conn) {
 			*t = streamTask{}
 			taskPool.Put(t)
 			if errors.Is(err, pipeline.ErrOverloaded) {
-				ss.m.CountError(pipeline.Egress, metrics.KindOverload)
+				ss.metrics.CountError(pipeline.Egress, metrics.KindOverload)
 			}
 			ss.log.Debug("stream refused", "client", info.ClientID, "err", err)
 		}
@@ -100,8 +106,8 @@ func (t *streamTask) run() {
 	*t = streamTask{}
 	taskPool.Put(t)
 	defer ss.inflight.Done()
-	ss.m.StreamOpened()
-	defer ss.m.StreamClosed() // a panic in the chain ends the stream's count too
+	ss.metrics.StreamOpened()
+	defer ss.metrics.StreamClosed() // a panic in the chain ends the stream's count too
 	defer func() {
 		if v := recover(); v != nil {
 			// Tell the ingress side at once (it answers 502) instead of

@@ -84,7 +84,7 @@ func TestStreamFailEndsTheStreamAsTheErrorSays(t *testing.T) {
 			x := pipeline.Acquire(pipeline.Egress)
 			defer x.Release()
 			x.Stream, x.Status = s, c.status
-			(&streamServer{maxFrame: 64 << 10}).fail(ctx, x, c.err)
+			(&streamServer{streamServerConfig: streamServerConfig{maxFrame: 64 << 10}}).fail(ctx, x, c.err)
 			require.Equal(t, []uint64{codec.StreamCancelled}, s.readsCancelledBy, "the request body was not read to its end")
 			switch c.want {
 			case none:

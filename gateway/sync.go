@@ -195,7 +195,9 @@ func (s *Server) applyLive(next *config.Server) error {
 	if rebuild {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Limits.HandshakeTimeout)
 		defer cancel()
-		n, err := buildChains(ctx, &inForce.Common, s.store.Store(), rules.Forward, s.connSource, s.pool, s.kit, s.o)
+		spec := s.spec
+		spec.settings = &inForce.Common
+		n, err := buildChains(ctx, spec)
 		if err != nil {
 			return err
 		}
