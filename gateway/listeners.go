@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,9 @@ type ingressConfig struct {
 	// CONTINUATION flood) and each request refused for its framing; nil:
 	// nobody is.
 	abuse func(kind string, remote net.Addr)
+	// metrics counts a stage's panic on a TCP connection (net/http
+	// recovers those of HTTP requests itself); nil: not counted.
+	metrics *metrics.Metrics
 }
 
 // abuseReporter is the ingressConfig.abuse of a side: it counts the abuse in
@@ -113,13 +117,14 @@ func (l *httpListener) wait() { l.handler.inflight.Wait() }
 
 // tcpListener feeds raw TCP connections of a TCP rule to the ingress chain.
 type tcpListener struct {
-	ln     net.Listener
-	key    string
-	chain  pipeline.Handler
-	log    *slog.Logger
-	access *atomic.Bool // log.access: each connection's record at info
-	ctx    context.Context
-	stopC  context.CancelFunc
+	ln      net.Listener
+	key     string
+	chain   pipeline.Handler
+	log     *slog.Logger
+	access  *atomic.Bool // log.access: each connection's record at info
+	metrics *metrics.Metrics
+	ctx     context.Context
+	stopC   context.CancelFunc
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -127,7 +132,7 @@ type tcpListener struct {
 }
 
 func newTCPListener(ln net.Listener, key string, ic *ingressConfig) *tcpListener {
-	l := &tcpListener{ln: ln, key: key, chain: ic.chain, log: ic.log, access: ic.access, conns: map[net.Conn]struct{}{}}
+	l := &tcpListener{ln: ln, key: key, chain: ic.chain, log: ic.log, access: ic.access, metrics: ic.metrics, conns: map[net.Conn]struct{}{}}
 	l.ctx, l.stopC = context.WithCancel(context.Background())
 	return l
 }
@@ -172,6 +177,23 @@ func (l *tcpListener) serve() {
 }
 
 func (l *tcpListener) handle(c net.Conn) {
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, c)
+		l.mu.Unlock()
+	}()
+	defer func() {
+		// A stage that panics (a bug, or a stage of yours that expected
+		// an HTTP request) ends its connection, not the process: net/http
+		// does as much for HTTP requests. The exchange is left to the
+		// garbage collector, in whatever state the panic left it.
+		if v := recover(); v != nil {
+			_ = c.Close()
+			l.metrics.CountError(pipeline.Ingress, metrics.KindInternal)
+			l.log.Error("a stage panicked on a TCP connection; the connection is closed", "listen", l.key,
+				"remote", c.RemoteAddr().String(), "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
 	x := pipeline.Acquire(pipeline.Ingress)
 	x.Downstream, x.Listener = c, l.key
 	err := l.chain.Handle(l.ctx, x)
@@ -183,9 +205,6 @@ func (l *tcpListener) handle(c net.Conn) {
 	}
 	x.Release()
 	_ = c.Close()
-	l.mu.Lock()
-	delete(l.conns, c)
-	l.mu.Unlock()
 }
 
 func (l *tcpListener) stop(ctx context.Context) error {

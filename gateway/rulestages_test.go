@@ -5,16 +5,22 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/qtunnel/qtunnel/config"
 	"github.com/qtunnel/qtunnel/gateway"
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/route"
 )
 
 // stageList parses a rule's stage list as the configuration file holds it.
@@ -158,4 +164,47 @@ func TestCustomModuleNamedInARule(t *testing.T) {
 	resp, body := get(t, h1Client(t), p.publicURL("/"), appHost)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	require.Equal(t, "acme", body)
+}
+
+// TestStagePanicOnATCPConnectionEndsOnlyIt: a stage that panics on a TCP
+// rule's connection (here one that expected an HTTP request) closes that
+// connection and is counted as an internal error; the server goes on
+// serving, TCP and HTTP alike.
+func TestStagePanicOnATCPConnectionEndsOnlyIt(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	var panics atomic.Int64
+	careless := pipeline.Name("careless", pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+		if x.Downstream != nil && panics.Add(1) == 1 {
+			_ = x.Request.Header.Get("X-Api-Key") // no request on a TCP rule: a nil dereference
+		}
+		return next.Handle(ctx, x)
+	}))
+	p := startPair(t, pairOpts{
+		rules: []rules.Rule{reverseRule("web", appHost, up.URL),
+			{ID: "rev-tcp", Client: clientID, Direction: rules.Reverse, Protocol: rules.ProtoTCP, Listen: "127.0.0.1:0", Upstream: "tcp://" + strings.TrimPrefix(up.URL, "http://")}},
+		serverMutate: func(c *config.Server) { withAdmin(&c.Common) },
+		serverOpts:   []gateway.Option{gateway.WithIngressEdits(pipeline.After(route.Name, careless))},
+	})
+	addr := p.Server.ListenerAddr("127.0.0.1:0").String()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	require.NoError(t, c.SetDeadline(time.Now().Add(30*time.Second)))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the connection whose stage panicked is closed")
+	c.Close()
+
+	// The next TCP connection, and HTTP requests, are served.
+	c, err = net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(30*time.Second)))
+	_, err = fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", appHost)
+	require.NoError(t, err)
+	b, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.Contains(t, string(b), "200 OK")
+	resp, body := get(t, h1Client(t), p.publicURL("/"), appHost)
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	settle(t, "server", p.Server.AdminAddr(), []want{{"qtunnel_errors_total", lbl("side", "ingress", "kind", "internal"), 1}})
 }

@@ -85,7 +85,7 @@ func (sd *side) assemble(ctx context.Context, c sideConfig) error {
 		return err
 	}
 	sd.ingress = &ingressConfig{chain: &sd.chains.ingress, lim: sd.common.Limits, tracer: sd.o.tracer, log: sd.log,
-		access: &sd.kit.access, abuse: abuseReporter(sd.kit.m, sd.log)}
+		access: &sd.kit.access, abuse: abuseReporter(sd.kit.m, sd.log), metrics: sd.kit.m}
 	sd.listeners = newListenerSet(listenerSetConfig{ingress: sd.ingress, certs: c.listenerCerts, grace: sd.common.ShutdownGrace})
 	return nil
 }
