@@ -521,10 +521,12 @@ func TestLimitRequestTimeout504(t *testing.T) {
 // for three times the timeout arrives whole, in both directions.
 func TestLimitTimeoutSparesStreams(t *testing.T) {
 	t.Parallel()
+	// The head must come within the timeout however busy the machine: a
+	// second is room enough on loopback.
 	const (
-		timeout = 500 * time.Millisecond
+		timeout = time.Second
 		chunks  = 8
-		every   = 200 * time.Millisecond // 8 x 200ms: 1.6s, over three timeouts
+		every   = 400 * time.Millisecond // 8 x 400ms: 3.2s, over three timeouts
 	)
 	srv := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")

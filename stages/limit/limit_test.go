@@ -36,6 +36,12 @@ func TestMain(m *testing.M) { pipelinetest.VerifyNoLeaks(m) }
 // tests are quick, and asserted with generous upper bounds.
 const timeout = 50 * time.Millisecond
 
+// inTime is the request timeout of the tests where the answer must start
+// before the timer fires: twenty times timeout, so that a machine busy
+// elsewhere cannot make an answer late that the test means to be in time.
+// Such a test then outlasts it by half of it.
+const inTime = time.Second
+
 func newGuard(t testing.TB, cfg limit.Config) *limit.Guard {
 	t.Helper()
 	g, err := limit.New(cfg)
@@ -685,16 +691,16 @@ func TestTimeoutStopsOnceTheAnswerStarts(t *testing.T) {
 	for _, tt := range answerStarts {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			g := newGuard(t, limit.Config{RequestTimeout: timeout})
+			g := newGuard(t, limit.Config{RequestTimeout: inTime})
 			x, u, s := timedExchange(tt.side, tt.hijack)
 			defer x.Release()
 			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 				startAnswer(x, tt.how)
-				// A long download: the body outlasts the timeout by far.
+				// A long download: the body outlasts the timeout.
 				select {
 				case <-ctx.Done():
 					return context.Cause(ctx)
-				case <-time.After(4 * timeout):
+				case <-time.After(inTime + inTime/2):
 				}
 				if tt.how == "hijack" {
 					return nil
@@ -1074,7 +1080,7 @@ func TestChainTimeout(t *testing.T) {
 				_, err := io.ReadAll(s.Peer()) // the request, up to its FIN
 				if err == nil && tt.answer {
 					if _, err = s.PeerWrite(codec.AppendData(head, []byte("first "))); err == nil {
-						<-time.After(4 * timeout)
+						<-time.After(inTime + inTime/2)
 						if _, err = s.PeerWrite(codec.AppendEnd(codec.AppendData(nil, []byte("last")))); err == nil {
 							err = s.PeerClose()
 						}
@@ -1082,7 +1088,11 @@ func TestChainTimeout(t *testing.T) {
 				}
 				peerDone <- err
 			}()
-			c := ingressChain(t, newGuard(t, limit.Config{RequestTimeout: timeout}), s)
+			d := timeout
+			if tt.answer {
+				d = inTime
+			}
+			c := ingressChain(t, newGuard(t, limit.Config{RequestTimeout: d}), s)
 			x := pipeline.Acquire(pipeline.Ingress)
 			defer x.Release()
 			x.Request = httptest.NewRequest(http.MethodGet, "http://app.example.test/events", nil)
@@ -1099,7 +1109,7 @@ func TestChainTimeout(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			require.GreaterOrEqual(t, time.Since(start), 4*timeout)
+			require.GreaterOrEqual(t, time.Since(start), inTime+inTime/2)
 			require.Equal(t, http.StatusOK, u.status)
 			require.Equal(t, "first last", u.body.String())
 		})
@@ -1124,15 +1134,19 @@ func TestChainEgressHeadAndFirstChunk(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			d := timeout // the first chunk comes 4 d late
+			if !tt.want504 {
+				d = inTime // the head is flushed in time, however busy the machine
+			}
 			enc, err := encode.New(encode.Config{})
 			require.NoError(t, err)
 			upstream := pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 				resp := x.NewResponse()
 				resp.StatusCode, resp.Header, resp.ContentLength = http.StatusOK, http.Header{}, tt.contentLength
-				resp.Body = io.NopCloser(&lateBody{ctx: ctx, data: "data"}) // the head is in time
+				resp.Body = io.NopCloser(&lateBody{ctx: ctx, data: "data", late: 4 * d}) // the head is in time
 				return next.Handle(ctx, x)
 			})
-			c, err := pipeline.New(context.Background(), []pipeline.Stage{newGuard(t, limit.Config{RequestTimeout: timeout}), upstream, enc})
+			c, err := pipeline.New(context.Background(), []pipeline.Stage{newGuard(t, limit.Config{RequestTimeout: d}), upstream, enc})
 			require.NoError(t, err)
 			x := pipeline.Acquire(pipeline.Egress)
 			defer x.Release()
@@ -1152,18 +1166,19 @@ func TestChainEgressHeadAndFirstChunk(t *testing.T) {
 	}
 }
 
-// lateBody is an upstream body whose first bytes come 4 timeouts late, or
-// never if the request is cancelled first.
+// lateBody is an upstream body whose first bytes come late (4 timeouts if
+// late is zero), or never if the request is cancelled first.
 type lateBody struct {
 	ctx  context.Context
 	data string
+	late time.Duration
 }
 
 func (b *lateBody) Read(p []byte) (int, error) {
 	select {
 	case <-b.ctx.Done():
 		return 0, b.ctx.Err()
-	case <-time.After(4 * timeout):
+	case <-time.After(cmp.Or(b.late, 4*timeout)):
 		return copy(p, b.data), io.EOF
 	}
 }
@@ -1197,10 +1212,14 @@ func (b *slowBody) Close() error { return nil }
 // timeout after the body's end.
 func TestTimeoutStartsWhenTheBodyEnds(t *testing.T) {
 	t.Parallel()
-	g := newGuard(t, limit.Config{RequestTimeout: timeout})
 	for _, answers := range []bool{true, false} {
+		d := timeout
+		if answers {
+			d = inTime // the answer right after the body's end is in time, however busy the machine
+		}
+		g := newGuard(t, limit.Config{RequestTimeout: d})
 		x, u, _ := timedExchange(pipeline.Ingress, false)
-		body := &slowBody{chunks: 8, every: timeout / 2}
+		body := &slowBody{chunks: 8, every: d / 2}
 		x.Request.Body, x.Request.ContentLength = body, -1
 		err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 			n, err := io.Copy(io.Discard, x.Request.Body)
