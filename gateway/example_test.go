@@ -81,13 +81,15 @@ func Example() {
 // check before route, whose refusal carries a WWW-Authenticate field.
 // IngressOrder names the stages it can go before or after.
 func ExampleWithIngressEdits() {
-	apiKey := pipeline.Name("api_key", pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
-		if x.Request != nil && x.Request.Header.Get("X-Api-Key") != "open-sesame" {
-			return &pipeline.Reject{Status: http.StatusUnauthorized, Message: "an API key is required",
-				Header: http.Header{"Www-Authenticate": {`ApiKey realm="app"`}}}
-		}
-		return next.Handle(ctx, x)
-	}))
+	// An HTTP stage: TCP rules' exchanges (no Request) pass it by.
+	apiKey := pipeline.Name("api_key", pipeline.ForProtocols(pipeline.HTTPProtocols, pipeline.StageFunc(
+		func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+			if x.Request.Header.Get("X-Api-Key") != "open-sesame" {
+				return &pipeline.Reject{Status: http.StatusUnauthorized, Message: "an API key is required",
+					Header: http.Header{"Www-Authenticate": {`ApiKey realm="app"`}}}
+			}
+			return next.Handle(ctx, x)
+		})))
 	fmt.Println(strings.Join(gateway.IngressOrder(), " -> "))
 
 	scfg := config.Server{

@@ -25,9 +25,13 @@ type link struct {
 	next   Handler
 	name   string
 	tracer trace.Tracer // nil when tracing is off
+	protos Protocols    // the stage's (ProtocolHandler); 0: every protocol
 }
 
 func (l *link) Handle(ctx context.Context, x *Exchange) error {
+	if l.protos != 0 && x.Protocol != ProtoUnknown && !l.protos.Has(x.Protocol) {
+		return l.next.Handle(ctx, x) // not the stage's kind of exchange
+	}
 	// Stage spans are children of a recording span only: under an
 	// unsampled request (or none) they would be dropped anyway, and
 	// starting them would cost allocations for nothing.
@@ -130,6 +134,9 @@ func New(ctx context.Context, stages []Stage, opts ...Option) (*Chain, error) {
 	for i := range c.links {
 		l := &c.links[i]
 		l.stage, l.name, l.tracer = stages[i], c.names[i], o.tracer
+		if ph, ok := stages[i].(ProtocolHandler); ok {
+			l.protos = ph.Protocols()
+		}
 		if i+1 < len(c.links) {
 			l.next = &c.links[i+1]
 		} else {
@@ -181,7 +188,7 @@ func closeStages(ctx context.Context, stages []Stage) error {
 }
 
 func stageName(s Stage, i int) string {
-	if n, ok := s.(Namer); ok {
+	if n, ok := s.(Namer); ok && n.Name() != "" {
 		return n.Name()
 	}
 	return "stage[" + strconv.Itoa(i) + "]"

@@ -140,6 +140,33 @@ type namedStage struct {
 
 func (n *namedStage) Name() string { return n.name }
 
+// Protocols passes on the stage's ProtocolHandler; 0 (every protocol)
+// when it has none.
+func (n *namedStage) Protocols() Protocols {
+	if ph, ok := n.Stage.(ProtocolHandler); ok {
+		return ph.Protocols()
+	}
+	return 0
+}
+
+// ForProtocols makes s a stage of the protocols ps only (ProtocolHandler):
+// for a StageFunc that reads Exchange.Request, say, ForProtocols(
+// HTTPProtocols, s) keeps TCP rules' exchanges away from it.
+func ForProtocols(ps Protocols, s Stage) Stage {
+	name := ""
+	if n, ok := s.(Namer); ok {
+		name = n.Name()
+	}
+	return &protocolStage{namedStage{Stage: s, name: name}, ps}
+}
+
+type protocolStage struct {
+	namedStage
+	ps Protocols
+}
+
+func (p *protocolStage) Protocols() Protocols { return p.ps }
+
 func (n *namedStage) Provision(ctx context.Context) error {
 	if p, ok := n.Stage.(Provisioner); ok {
 		return p.Provision(ctx)

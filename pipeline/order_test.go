@@ -124,3 +124,33 @@ func countOf(events []string, e string) int {
 	}
 	return n
 }
+
+// TestStagesOfSomeProtocols: a stage that handles some protocols only is
+// passed by for the others (a TCP rule's exchange, whose Request is nil,
+// never reaches an HTTP stage); an exchange whose protocol is not known
+// yet goes through it.
+func TestStagesOfSomeProtocols(t *testing.T) {
+	t.Parallel()
+	var log pipelinetest.Log
+	http := pipeline.ForProtocols(pipeline.HTTPProtocols, &pipelinetest.Recorder{ID: "http-only", Log: &log})
+	named := pipeline.Name("renamed", http)
+	c, err := pipeline.New(context.Background(), []pipeline.Stage{&pipelinetest.Recorder{ID: "all", Log: &log}, named})
+	require.NoError(t, err)
+	require.Equal(t, []string{"all", "renamed"}, c.Names())
+	for _, tt := range []struct {
+		proto pipeline.Protocol
+		ran   bool
+	}{{pipeline.ProtoTCP, false}, {pipeline.ProtoHTTP1, true}, {pipeline.ProtoGRPC, true}, {pipeline.ProtoUnknown, true}} {
+		before := countOf(log.Events(), "http-only>")
+		x := pipeline.Acquire(pipeline.Ingress)
+		x.Protocol = tt.proto
+		require.NoError(t, c.Handle(context.Background(), x))
+		x.Release()
+		require.Equal(t, tt.ran, countOf(log.Events(), "http-only>") > before, "protocol %s", tt.proto)
+	}
+	o, err := pipeline.Order{}.Apply()
+	require.NoError(t, err)
+	require.Empty(t, o)
+	_, err = pipeline.Order{{Name: "a", Stage: pipelinetest.NoOp{}}}.Apply(pipeline.After("a", pipeline.ForProtocols(pipeline.HTTPProtocols, pipelinetest.NoOp{})))
+	require.ErrorContains(t, err, "must have a name", "a stage without a name is refused by edits, wrapped or not")
+}

@@ -49,6 +49,17 @@ type Closer interface {
 	Close(ctx context.Context) error
 }
 
+// ProtocolHandler is implemented by a stage that handles some protocols
+// only (an HTTP stage, which reads Exchange.Request, nil on a TCP rule):
+// the chain passes the exchanges of other protocols straight on to the
+// stage after it, once decode has said what an exchange speaks (an
+// exchange whose Protocol is still ProtoUnknown goes through the stage).
+// A rule's stage list refuses a module whose Protocols do not fit the
+// rule when it is built, so there nothing is skipped silently.
+type ProtocolHandler interface {
+	Protocols() Protocols
+}
+
 // Namer gives a stage the name used in errors, spans and metrics. Stages that
 // do not implement it are named by their position ("stage[2]").
 type Namer interface {
