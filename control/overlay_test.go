@@ -2,10 +2,14 @@ package control_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/control"
@@ -191,4 +195,48 @@ func TestOverlayFile(t *testing.T) {
 	_, err = s.Put(r)
 	require.ErrorIs(t, err, control.ErrNotSaved)
 	require.NotNil(t, s.Table().ByID("api"), "in force, though not saved")
+}
+
+// TestOverlaySavesFollowTheChanges: API changes and file reloads made at
+// once are saved in the order they take effect, so the overlay saved last
+// is the one in force (a save made after the store's lock was released
+// could write an older overlay last, and lose a change at the restart).
+func TestOverlaySavesFollowTheChanges(t *testing.T) {
+	t.Parallel()
+	file := []rules.Rule{revRule("web", "c1", "web.test")}
+	s, err := control.NewRuleStore(file, 0)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var last control.Overlay
+	_, _, err = s.UseOverlay(control.Overlay{}, func(o control.Overlay) error {
+		mu.Lock()
+		last = o
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			_, err := s.Put(revRule(fmt.Sprintf("api%d", i), "c1", fmt.Sprintf("api%d.test", i)))
+			assert.NoError(t, err)
+		})
+		wg.Go(func() {
+			// The file edits web each time: the API's change of web, if
+			// any, is superseded and the overlay saved again.
+			_, _ = s.Put(revRule("web", "c1", fmt.Sprintf("web%d.test", i)))
+			_, _, _ = s.Replace([]rules.Rule{revRule("web", "c1", fmt.Sprintf("file%d.test", i))})
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, s.Overlay(), last, "the overlay saved last is the one in force")
+	ids := 0
+	for _, ch := range last.Changes {
+		if strings.HasPrefix(ch.ID, "api") {
+			ids++
+		}
+	}
+	require.Equal(t, 40, ids, "no API change was lost")
 }

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"reflect"
@@ -60,25 +61,21 @@ func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) (supersed
 	s.mu.Lock()
 	s.persist = persist
 	s.mu.Unlock()
-	var kept Overlay
+	var saveErr error
 	_, err = s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		var kept Overlay
 		kept, superseded = supersede(s.base, o)
 		merged, c, err := merge(s.base, kept)
 		if err != nil {
 			return nil, nil, err
 		}
 		conflicts = c
-		return merged, func() { s.overlay, s.conflicts = kept, c }, nil
+		return merged, func() { s.conflicts = c; saveErr = s.keepOverlay(kept, len(superseded) > 0) }, nil
 	}, true)
 	if errors.Is(err, ErrUnchanged) {
 		err = nil
 	}
-	if err == nil && len(superseded) > 0 && persist != nil {
-		if perr := persist(kept); perr != nil {
-			err = fmt.Errorf("%w: %v", ErrNotSaved, perr)
-		}
-	}
-	return superseded, conflicts, err
+	return superseded, conflicts, cmp.Or(err, saveErr)
 }
 
 // Conflicts returns the admin API's changes left out of the rules in force
@@ -146,28 +143,25 @@ var ErrUnchanged = errors.New("rules unchanged")
 // file's edit: it is taken out of the overlay and returned. Changes that no
 // longer fit are left out and returned by Conflicts.
 func (s *RuleStore) Replace(rs []rules.Rule) (*rules.Table, []Change, error) {
-	var kept Overlay
 	var superseded []Change
+	var saveErr error
 	t, err := s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		var kept Overlay
 		kept, superseded = supersede(rs, s.overlay)
 		merged, conflicts, err := merge(rs, kept)
 		if err != nil {
 			return nil, nil, err
 		}
-		return merged, func() { s.base, s.overlay, s.conflicts = slices.Clone(rs), kept, conflicts }, nil
+		return merged, func() {
+			s.base, s.conflicts = slices.Clone(rs), conflicts
+			saveErr = s.keepOverlay(kept, len(superseded) > 0)
+		}, nil
 	}, true)
 	if err != nil && !errors.Is(err, ErrUnchanged) {
 		return t, nil, err
 	}
-	if len(superseded) > 0 {
-		s.mu.Lock()
-		persist := s.persist
-		s.mu.Unlock()
-		if persist != nil {
-			if perr := persist(kept); perr != nil {
-				return t, superseded, fmt.Errorf("%w: %v", ErrNotSaved, perr)
-			}
-		}
+	if saveErr != nil {
+		return t, superseded, saveErr
 	}
 	return t, superseded, err
 }
@@ -190,10 +184,10 @@ func (s *RuleStore) Delete(id string) (*rules.Table, error) {
 // apiChange applies ch on top of the overlay. A change that does not fit
 // is refused, and nothing changes; an accepted one is saved.
 func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
-	var next Overlay
+	var saveErr error
 	t, err := s.change(func(cur []rules.Rule) ([]rules.Rule, func(), error) {
 		ch.File = fileRule(s.base, ch.ID)
-		next = s.overlay.with(ch)
+		next := s.overlay.with(ch)
 		if ch.Rule == nil && !slices.ContainsFunc(s.base, func(r rules.Rule) bool { return r.ID == ch.ID }) {
 			// A rule only the API had: no tombstone needed.
 			next.Changes = next.Changes[:len(next.Changes)-1]
@@ -207,20 +201,27 @@ func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
 				return nil, nil, c.Err
 			}
 		}
-		return merged, func() { s.overlay, s.conflicts = next, conflicts }, nil
+		return merged, func() { s.conflicts = conflicts; saveErr = s.keepOverlay(next, true) }, nil
 	}, false)
 	if err != nil {
 		return t, err
 	}
-	s.mu.Lock()
-	persist := s.persist
-	s.mu.Unlock()
-	if persist != nil {
-		if perr := persist(next); perr != nil {
-			return t, fmt.Errorf("%w: %v", ErrNotSaved, perr)
-		}
+	return t, saveErr
+}
+
+// keepOverlay puts o in force and, if it changed, saves it with persist.
+// It runs under the store's lock, from change's keep: saves are made in
+// the order of the changes, so a Put racing a reload cannot have the older
+// overlay written last (and its change lost at the next restart).
+func (s *RuleStore) keepOverlay(o Overlay, changed bool) error {
+	s.overlay = o
+	if !changed || s.persist == nil {
+		return nil
 	}
-	return t, nil
+	if err := s.persist(o); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotSaved, err)
+	}
+	return nil
 }
 
 // ErrNotSaved is returned when a change of the admin API is in force but
