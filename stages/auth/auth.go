@@ -56,8 +56,10 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
@@ -181,6 +183,10 @@ var (
 	ErrMissing = errors.New("auth: no usable credentials")
 	// ErrInvalid: credentials of a configured scheme that do not match.
 	ErrInvalid = errors.New("auth: wrong credentials")
+	// ErrBusy: every slot for a password check was taken (see
+	// passwordChecks); the request is refused with 503 and Retry-After,
+	// unchecked.
+	ErrBusy = errors.New("auth: too many password checks under way")
 )
 
 // keyLen is the length of the per-stage key of the cache's digests.
@@ -200,6 +206,7 @@ type Stage struct {
 	forward   bool
 	key       [keyLen]byte // prefixes the cache's digests
 	cache     cache
+	wait      time.Duration // longest wait for a password check's slot
 }
 
 // New validates c, reads c.Basic.UsersFile if set, and returns the stage.
@@ -211,6 +218,7 @@ func New(c Config) (*Stage, error) {
 	s := &Stage{
 		users:   make(map[string][]byte),
 		forward: c.ForwardAuthorization,
+		wait:    passwordWait,
 	}
 	from := make(map[string]string) // user: where it was listed
 	for i, line := range c.Basic.Users {
@@ -305,7 +313,11 @@ func (s *Stage) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	if len(vals) != 1 {
 		return s.refuse(ErrMissing)
 	}
-	if err := s.check(vals[0]); err != nil {
+	if err := s.check(ctx, vals[0]); err != nil {
+		if err == ErrBusy {
+			return &pipeline.Reject{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
+				Message: "too many logins being checked, retry", Err: err}
+		}
 		return s.refuse(err)
 	}
 	if !s.forward {
@@ -328,17 +340,14 @@ func (s *Stage) refuse(cause error) error {
 
 // check returns nil if the Authorization value v holds accepted
 // credentials.
-func (s *Stage) check(v string) error {
+func (s *Stage) check(ctx context.Context, v string) error {
 	scheme, cred, _ := strings.Cut(v, " ")
 	cred = strings.TrimSpace(cred)
 	switch {
 	case cred == "":
 		return ErrMissing
 	case strings.EqualFold(scheme, "Basic") && len(s.users) > 0:
-		if s.checkBasic(cred) {
-			return nil
-		}
-		return ErrInvalid
+		return s.checkBasic(ctx, cred)
 	case strings.EqualFold(scheme, "Bearer") && len(s.tokens) > 0:
 		if s.checkBearer(cred) {
 			return nil
@@ -352,8 +361,38 @@ func (s *Stage) check(v string) error {
 // allocating; longer ones are checked all the same.
 const stackCreds = 512
 
-// checkBasic checks base64 "user:password".
-func (s *Stage) checkBasic(enc string) bool {
+// passwordChecks bounds the bcrypt comparisons under way in the process,
+// every auth stage together, to one per CPU: bcrypt is slow on purpose (a
+// hundred milliseconds of CPU at cost 10), and unbounded, a few dozen
+// password guessers at once would take every core from every tenant. A
+// check waits for a slot up to passwordWait (or while its request lives),
+// then is refused with ErrBusy, unchecked; admitted credentials are
+// cached, so users already in pass without one.
+var passwordChecks = make(chan struct{}, runtime.GOMAXPROCS(0))
+
+// passwordWait is how long a password check waits for a slot.
+const passwordWait = 2 * time.Second
+
+// passwordSlot takes a slot of passwordChecks, waiting up to s.wait.
+func (s *Stage) passwordSlot(ctx context.Context) bool {
+	select {
+	case passwordChecks <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(s.wait)
+	defer t.Stop()
+	select {
+	case passwordChecks <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// checkBasic checks base64 "user:password": nil, ErrInvalid or ErrBusy.
+func (s *Stage) checkBasic(ctx context.Context, enc string) error {
 	// The key, then the decoded credentials: the cache's digest is of
 	// both, so that it is of no use outside this stage.
 	var sbuf [keyLen + stackCreds]byte
@@ -365,28 +404,32 @@ func (s *Stage) checkBasic(enc string) bool {
 	src = src[:copy(src, enc)]
 	n, err := base64.StdEncoding.Decode(buf[keyLen:], src)
 	if err != nil {
-		return false
+		return ErrInvalid
 	}
 	copy(buf, s.key[:])
 	keyed := buf[:keyLen+n]
 	cred := keyed[keyLen:]
 	colon := bytes.IndexByte(cred, ':')
 	if colon < 0 {
-		return false
+		return ErrInvalid
 	}
 	digest := sha256.Sum256(keyed)
 	if s.cache.has(digest) {
-		return true
+		return nil
 	}
+	if !s.passwordSlot(ctx) {
+		return ErrBusy
+	}
+	defer func() { <-passwordChecks }()
 	hash, known := s.users[string(cred[:colon])]
 	if !known {
 		hash = s.dummy // the same work as for a wrong password
 	}
 	if bcrypt.CompareHashAndPassword(hash, cred[colon+1:]) != nil || !known {
-		return false
+		return ErrInvalid
 	}
 	s.cache.add(digest)
-	return true
+	return nil
 }
 
 // checkBearer compares the token's digest with every accepted one, in
