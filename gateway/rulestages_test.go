@@ -136,36 +136,6 @@ func TestRuleStageMistakesAreRefused(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestCustomModuleNamedInARule: a stage of your own, registered with
-// WithModules, is named in a rule and run by the gateway with the rule's
-// settings.
-func TestCustomModuleNamedInARule(t *testing.T) {
-	t.Parallel()
-	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, r.Header.Get("X-Tenant"))
-	}))
-	type tenantConfig struct {
-		Tenant string `yaml:"tenant"`
-	}
-	tenant := pipeline.Module{Name: "tenant", New: func(decode func(any) error) (pipeline.Stage, error) {
-		var c tenantConfig
-		if err := decode(&c); err != nil {
-			return nil, err
-		}
-		return pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
-			x.Request.Header.Set("X-Tenant", c.Tenant)
-			return next.Handle(ctx, x)
-		}), nil
-	}}
-	p := startPair(t, pairOpts{
-		rules:      []rules.Rule{withStages(reverseRule("app", appHost, up.URL), stageList(t, "[{tenant: {tenant: acme}}]"))},
-		serverOpts: []gateway.Option{gateway.WithModules(tenant)},
-	})
-	resp, body := get(t, h1Client(t), p.publicURL("/"), appHost)
-	require.Equal(t, http.StatusOK, resp.StatusCode, body)
-	require.Equal(t, "acme", body)
-}
-
 // TestStagePanicOnATCPConnectionEndsOnlyIt: a stage that panics on a TCP
 // rule's connection (here one that expected an HTTP request) closes that
 // connection and is counted as an internal error; the server goes on
