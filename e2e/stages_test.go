@@ -104,3 +104,57 @@ func TestRuleStagesBetweenProcesses(t *testing.T) {
 	require.Equal(t, before+2, reached.Load())
 	t.Logf("reverse on the server: 401 (no and wrong credentials), 403 (denied), 200 with alice's password; forward on the client: 401, 403, 200 with the token; refused requests that reached the upstream: 0")
 }
+
+// TestHeaderRulesBetweenProcesses: the headers stage, in rules' stage
+// lists, edits the request the upstream gets and the answer the user gets,
+// on a reverse rule (on the server) and a forward rule (on the client),
+// between real processes. Its response rules edit a refusal too: an auth
+// stage after it answers 401, which carries the headers rule's fields.
+func TestHeaderRulesBetweenProcesses(t *testing.T) {
+	t.Parallel()
+	up := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream-Secret", "leak")
+		w.Header().Set("X-Powered-By", "upstream")
+		fmt.Fprintf(w, "tenant=%q secret=%q", r.Header.Get("X-Tenant"), r.Header.Get("X-Secret"))
+	}))
+	hdrs := "      - headers: {request: {set: {X-Tenant: acme}, remove: [X-Secret]}, " +
+		"response: {set: {X-Frame-Options: DENY, X-Powered-By: qtunnel}, remove: [X-Upstream-Secret]}}\n"
+	bearer := fmt.Sprintf("      - auth: {bearer: {tokens_sha256: [%s]}}\n", control.HashToken("hdr-token"))
+	fwd := e2etest.FreeAddr(t, "tcp")
+	extra := fmt.Sprintf("  - id: rev-hdr\n    client: %s\n    direction: reverse\n    host: hdr.e2e.test\n    upstream: %q\n    stages:\n%s", clientID, up, hdrs) +
+		fmt.Sprintf("  - id: fwd-hdr\n    client: %s\n    direction: forward\n    listen: %s\n    upstream: %q\n    stages:\n%s", clientID, fwd, up, hdrs+bearer)
+	e := startEnv(t, envOpts{nearClient: up, nearServer: up, extraRules: extra})
+	e.waitReady(t)
+
+	c := newClient(t)
+	send := func(url, host, token string) (int, string, http.Header) {
+		req := request(t, http.MethodGet, url, host, nil)
+		req.Header.Set("X-Secret", "from-the-user")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	for _, c := range []struct{ name, url, host, token string }{
+		{"reverse, on the server", "http://" + e.public + "/", "hdr.e2e.test", ""},
+		{"forward, on the client", "http://" + fwd + "/", "", "hdr-token"},
+	} {
+		code, body, h := send(c.url, c.host, c.token)
+		require.Equal(t, http.StatusOK, code, "%s: %s", c.name, body)
+		require.Equal(t, `tenant="acme" secret=""`, body, c.name)
+		require.Equal(t, "DENY", h.Get("X-Frame-Options"), c.name)
+		require.Equal(t, []string{"qtunnel"}, h.Values("X-Powered-By"), c.name)
+		require.Empty(t, h.Values("X-Upstream-Secret"), c.name)
+		require.NotEmpty(t, h.Get("X-Request-Id"), c.name)
+	}
+	code, body, h := send("http://"+fwd+"/", "", "")
+	require.Equal(t, http.StatusUnauthorized, code, body)
+	require.Equal(t, `Bearer realm="qtunnel"`, h.Get("Www-Authenticate"))
+	require.Equal(t, "DENY", h.Get("X-Frame-Options"), "the refusal passes back through the headers stage")
+	require.NotEmpty(t, h.Get("X-Request-Id"))
+	t.Logf("reverse and forward: the upstream got X-Tenant and not X-Secret; the user got X-Frame-Options, X-Powered-By rewritten and not X-Upstream-Secret; the 401 of the auth stage after headers carried X-Frame-Options")
+}

@@ -77,58 +77,96 @@ func Example() {
 	// Output: 200 hello app.example.test via http
 }
 
-// A stage of your own, put in the ingress chain by name: here an API-key
-// check before route, whose refusal carries a WWW-Authenticate field.
+// A stage of your own, put in the ingress chain by name: an API-key check
+// before route. It refuses a request without the key with a 401 that
+// carries a WWW-Authenticate field, and, after next returns, before encode
+// writes the answer, it changes the answer: a field on every answer, the
+// refusal included, and the upstream's 404 turned into a 410.
 // IngressOrder names the stages it can go before or after.
 func ExampleWithIngressEdits() {
 	// An HTTP stage: TCP rules' exchanges (no Request) pass it by.
 	apiKey := pipeline.Name("api_key", pipeline.ForProtocols(pipeline.HTTPProtocols, pipeline.StageFunc(
 		func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+			var err error
 			if x.Request.Header.Get("X-Api-Key") != "open-sesame" {
-				return &pipeline.Reject{Status: http.StatusUnauthorized, Message: "an API key is required",
+				err = &pipeline.Reject{Status: http.StatusUnauthorized, Message: "an API key is required",
 					Header: http.Header{"Www-Authenticate": {`ApiKey realm="app"`}}}
+			} else {
+				err = next.Handle(ctx, x)
 			}
-			return next.Handle(ctx, x)
+			// The response phase: the answer, or the refusal, is not
+			// written yet.
+			if h := pipeline.AnswerHeader(x, err); h != nil {
+				h.Set("X-Plan", "free")
+			}
+			if err == nil && x.Response.StatusCode == http.StatusNotFound {
+				x.Response.StatusCode = http.StatusGone
+			}
+			return err
 		})))
 	fmt.Println(strings.Join(gateway.IngressOrder(), " -> "))
+
+	// The upstream near the client: /old is gone.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/old" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, "hello")
+	})}
+	go up.Serve(ln)
+	defer up.Close()
 
 	scfg := config.Server{
 		Listen: "127.0.0.1:0", PublicHTTP: "127.0.0.1:0",
 		Clients: []config.ClientEntry{{ID: "laptop", TokenSHA256: control.HashToken("s3cret").String()}},
 		Rules: []rules.Rule{{ID: "app", Client: "laptop", Direction: rules.Reverse,
-			Host: "app.example.test", Upstream: "http://127.0.0.1:9"}},
+			Host: "app.example.test", Upstream: "http://" + ln.Addr().String()}},
 	}
-	scfg.SetDefaults()
-	srv, err := gateway.NewServer(scfg, gateway.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
-		gateway.WithIngressEdits(pipeline.Before(route.Name, apiKey)))
+	quiet := gateway.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := gateway.NewServer(scfg, quiet, gateway.WithIngressEdits(pipeline.Before(route.Name, apiKey)))
 	if err != nil {
 		panic(err)
 	}
 	if err := srv.Start(context.Background()); err != nil {
 		panic(err)
 	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
-
-	req, _ := http.NewRequest(http.MethodGet, "http://"+srv.PublicAddr().String()+"/", nil)
-	req.Host = "app.example.test"
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	resp, err := tr.RoundTrip(req)
+	cl, err := gateway.NewClient(config.Client{ID: "laptop", Token: "s3cret", Server: srv.TunnelAddr().String(), ServerPin: srv.Pin()}, quiet)
 	if err != nil {
 		panic(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	fmt.Println(resp.StatusCode, resp.Header.Get("Www-Authenticate"), resp.Header.Get("X-Request-Id") != "")
-	fmt.Print(string(body))
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cl.Run(ctx) }()
+	<-cl.Ready()
+
+	tr := &http.Transport{}
+	for _, c := range []struct{ path, key string }{{"/", ""}, {"/", "open-sesame"}, {"/old", "open-sesame"}} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+srv.PublicAddr().String()+c.path, nil)
+		req.Host = "app.example.test"
+		req.Header.Set("X-Api-Key", c.key)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			panic(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Printf("%d plan=%s auth=%q id=%t %s\n", resp.StatusCode, resp.Header.Get("X-Plan"),
+			resp.Header.Get("Www-Authenticate"), resp.Header.Get("X-Request-Id") != "", strings.TrimSpace(string(body)))
+	}
+	tr.CloseIdleConnections()
+
+	stop()
+	<-done
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
 	// Output:
-	// observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
-	// 401 ApiKey realm="app" true
-	// qtunnel: an API key is required
+	// observe -> encode -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress
+	// 401 plan=free auth="ApiKey realm=\"app\"" id=true qtunnel: an API key is required
+	// 200 plan=free auth="" id=true hello
+	// 410 plan=free auth="" id=true 404 page not found
 }
 
 // A stage of your own, registered as a module and named, with its

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +15,12 @@ import (
 	"github.com/qtunnel/qtunnel/internal/edgeguard"
 	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/pipeline"
+	"github.com/qtunnel/qtunnel/stages/encode"
 )
+
+// ingressRefuser answers what a chain could not (a chain without encode),
+// and says when an answer started must be cut short instead.
+var ingressRefuser, _ = encode.New(encode.Config{})
 
 // ingressHandler serves the user requests of one listener through the
 // ingress chain.
@@ -62,10 +65,9 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, span = h.tracer.Start(ctx, spanName(pipeline.Ingress, r.Method), trace.WithSpanKind(trace.SpanKindServer))
 	}
 	err := h.chain.Handle(ctx, x)
-	abort := false
-	if err != nil {
-		abort = h.fail(r.Context(), x, err)
-	}
+	// Encode has answered the chain's error, unless part of the answer
+	// went out already (abort), or the chain has none.
+	abort := err != nil && !x.Answered && ingressRefuser.Refuse(r.Context(), x, err)
 	if span != nil {
 		endRequestSpan(span, x, err)
 	}
@@ -86,34 +88,6 @@ func (h *ingressHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// response short (HTTP/1.1: close; HTTP/2: RST_STREAM).
 		panic(http.ErrAbortHandler)
 	}
-}
-
-// fail answers err if nothing was written yet; it reports whether the
-// response must be aborted instead.
-func (h *ingressHandler) fail(ctx context.Context, x *pipeline.Exchange, err error) bool {
-	if ctx.Err() != nil && !tooSlow(err) {
-		return false // the user went away; nobody to answer
-	}
-	if _, gone := errors.AsType[pipeline.UserGoneError](err); gone {
-		return false
-	}
-	if x.Status != 0 {
-		return true
-	}
-	status, msg, retry := pipeline.Answer(err)
-	x.Status = status
-	if x.Protocol == pipeline.ProtoGRPC || (x.Request != nil && httpx.IsGRPC(x.Request)) {
-		httpx.WriteGRPCError(x.Writer, status, msg, retry, x.ID)
-		return false
-	}
-	var extra http.Header
-	if rj, ok := errors.AsType[*pipeline.Reject](err); ok {
-		extra = rj.Header
-	}
-	// An HTTP/1 body may be unread: close rather than wait for it.
-	closeConn := x.Request != nil && x.Request.ProtoMajor == 1 && x.Request.ContentLength != 0
-	httpx.WriteErrorHeader(x.Writer, status, msg, retry, x.ID, extra, closeConn)
-	return false
 }
 
 // Lingering on an unread body: an HTTP/1 answer sent before the request's
@@ -139,14 +113,6 @@ func lingerOnBody(w http.ResponseWriter, body io.Reader) {
 		_, _ = io.CopyN(io.Discard, body, lingerBytes)
 	}
 	_ = rc.SetReadDeadline(time.Now())
-}
-
-// tooSlow reports whether err is the 408 of a user too slow to send: the
-// request's context may be done (net/http's HTTP/1 server ends it on the
-// read that timed out), but the user may be there to read the answer.
-func tooSlow(err error) bool {
-	rej, ok := errors.AsType[*pipeline.Reject](err)
-	return ok && rej.Status == http.StatusRequestTimeout
 }
 
 // ruleID is the id of the rule x matched, "" when it matched none.

@@ -21,6 +21,11 @@ import (
 // Why this order:
 //   - observe is first, so that every outcome is counted, refusals by
 //     decode and route included;
+//   - encode comes next: it writes on the way out, the answer or the
+//     refusal, once every stage inside it has had its response phase (a
+//     stage may change the answer after its next returns), and then runs
+//     the exchange's finishers (pipeline.Exchange.Defer), which let go of
+//     what the delivery needed;
 //   - the in-flight limit comes right after decode, so that overload is
 //     refused before any other work (decode gives the 503 its request id);
 //   - the rate limit (and, on the egress side, the breaker) come after
@@ -38,6 +43,7 @@ import (
 var (
 	ingressOrder = []stageEntry{
 		{metrics.StageName, observeStage},
+		{encode.Name, encodeStage},
 		{decode.Name, decodeStage},
 		{limit.Name, inFlightStage},
 		{route.Name, routeStage},
@@ -45,17 +51,16 @@ var (
 		{RuleStagesName, ruleStagesStage},
 		{limit.RequestName, requestLimitStage},
 		{egress.Name, tunnelStage},
-		{encode.Name, encodeStage},
 	}
 	egressOrder = []stageEntry{
 		{metrics.StageName, observeStage},
+		{encode.Name, encodeStage},
 		{decode.Name, decodeStage},
 		{limit.Name, inFlightStage},
 		{route.Name, routeStage},
 		{ratelimit.Name, rateLimitStage},
 		{breaker.Name, breakerStage},
 		{egress.Name, upstreamStage},
-		{encode.Name, encodeStage},
 	}
 )
 

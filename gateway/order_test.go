@@ -118,8 +118,8 @@ func drawNote(s string) string { return drawingNote.ReplaceAllString(s, "") }
 // chain stops the start with an error that lists the stages.
 func TestChainsFollowTheOrderTables(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, []string{"observe", "decode", "limit", "route", "ratelimit", "rule_stages", "request_limit", "egress", "encode"}, gateway.IngressOrder())
-	require.Equal(t, []string{"observe", "decode", "limit", "route", "ratelimit", "breaker", "egress", "encode"}, gateway.EgressOrder())
+	require.Equal(t, []string{"observe", "encode", "decode", "limit", "route", "ratelimit", "rule_stages", "request_limit", "egress"}, gateway.IngressOrder())
+	require.Equal(t, []string{"observe", "encode", "decode", "limit", "route", "ratelimit", "breaker", "egress"}, gateway.EgressOrder())
 
 	var log pipelinetest.Log
 	c := serverConfig([]rules.Rule{reverseRule("rev", appHost, "http://127.0.0.1:1")})
@@ -131,7 +131,7 @@ func TestChainsFollowTheOrderTables(t *testing.T) {
 	if err == nil { // built at Start, if not at NewServer
 		err = s.Start(context.Background())
 	}
-	require.ErrorContains(t, err, `egress chain: pipeline: after nope: no stage "nope" in the chain (stages: observe, decode, limit, route, ratelimit, breaker, egress, encode)`)
+	require.ErrorContains(t, err, `egress chain: pipeline: after nope: no stage "nope" in the chain (stages: observe, encode, decode, limit, route, ratelimit, breaker, egress)`)
 	require.False(t, slices.Contains(log.Events(), "provision late"), "nothing was built for a chain that failed")
 }
 

@@ -111,7 +111,7 @@ func TestRuleStageMistakesAreRefused(t *testing.T) {
 	c.SetDefaults()
 	require.NoError(t, c.Validate())
 	_, err := gateway.NewServer(c, gateway.WithLogger(testLogger(t)))
-	require.EqualError(t, err, `rule "app": stages[0]: unknown stage "ipfilters" (known: [auth ipfilter])`)
+	require.EqualError(t, err, `rule "app": stages[0]: unknown stage "ipfilters" (known: [auth headers ipfilter])`)
 
 	c = serverConfig([]rules.Rule{withStages(reverseRule("app", appHost, up.URL), stageList(t, "[{ipfilter: {allow: [10.0.0.0/33]}}]"))})
 	c.SetDefaults()

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -25,8 +24,9 @@ import (
 type streamServer struct {
 	streamServerConfig
 	workers  *pipeline.WorkerPool[*streamTask]
-	inflight sync.WaitGroup // tasks handed to workers and not finished
-	refusing atomic.Bool    // set by refuse: the side is shutting down
+	inflight sync.WaitGroup  // tasks handed to workers and not finished
+	refusing atomic.Bool     // set by refuse: the side is shutting down
+	refuser  *encode.Encoder // answers what the chain could not
 }
 
 // streamServerConfig is what newStreamServer builds a streamServer from.
@@ -57,6 +57,10 @@ var taskPool = sync.Pool{New: func() any { return new(streamTask) }}
 
 func newStreamServer(c streamServerConfig) (*streamServer, error) {
 	ss := &streamServer{streamServerConfig: c}
+	var err error
+	if ss.refuser, err = encode.New(encode.Config{MaxFrameSize: c.maxFrame}); err != nil {
+		return nil, err
+	}
 	w, err := pipeline.NewWorkerPool(c.maxStreams, (*streamTask).run, func(v any) {
 		c.metrics.CountError(pipeline.Egress, metrics.KindInternal)
 		c.log.Error("stream handler panicked", "panic", v)
@@ -141,8 +145,10 @@ func (ss *streamServer) serveStream(ctx context.Context, s pipeline.Stream, conn
 	} else {
 		err = ss.chain.Handle(ctx, x)
 	}
-	if err != nil {
-		ss.fail(ctx, x, err)
+	if err != nil && !x.Answered {
+		// The head could not be read, or the chain has no encode (which
+		// answers the errors of the stages inside it): answer here.
+		ss.refuser.Refuse(ctx, x, err)
 	}
 	if span != nil {
 		endRequestSpan(span, x, err)
@@ -155,79 +161,6 @@ func (ss *streamServer) serveStream(ctx context.Context, s pipeline.Stream, conn
 	}
 	x.Release()
 	return err
-}
-
-// streamEnding is how the egress side ends a stream whose chain failed.
-type streamEnding uint8
-
-const (
-	// endAnswer: nothing of the answer went out; send an ERROR frame that
-	// says why, then close.
-	endAnswer streamEnding = iota
-	// endReset: the stream cannot carry an answer (part of one went out,
-	// the stream broke, or the requester went away); reset it.
-	endReset
-	// endDone: the stream already carries the ERROR frame and is closed.
-	endDone
-)
-
-// streamEndingOf says how to end x's stream after its chain failed with
-// err. It is the one place that reads the error: in order,
-//
-//   - an encode.BodyCutError: the encoder cut the body with an ERROR frame
-//     and closed the stream, so nothing is left to do;
-//   - an answer already started (x.Status set) or a requester gone (ctx
-//     done): reset;
-//   - a transport.WriteError: the stream cannot be written to, reset;
-//   - a *pipeline.Reject: answered, even when what it wraps looks like a
-//     broken stream (an upstream's unexpected EOF is the upstream's, and
-//     says 502);
-//   - a broken stream (a QUIC stream error, or frames cut short): reset;
-//   - anything else: answered.
-func streamEndingOf(ctx context.Context, x *pipeline.Exchange, err error) streamEnding {
-	if _, ok := errors.AsType[encode.BodyCutError](err); ok {
-		return endDone
-	}
-	if x.Status != 0 || ctx.Err() != nil {
-		return endReset
-	}
-	if _, ok := errors.AsType[transport.WriteError](err); ok {
-		return endReset
-	}
-	if _, ok := errors.AsType[*pipeline.Reject](err); ok {
-		return endAnswer
-	}
-	if _, ok := transport.StreamCode(err); ok || errors.Is(err, io.ErrUnexpectedEOF) {
-		return endReset
-	}
-	return endAnswer
-}
-
-// fail ends x's stream after its chain failed with err (streamEndingOf
-// says how): an ERROR frame if the answer has not started, a reset if it
-// has or if the stream is broken.
-func (ss *streamServer) fail(ctx context.Context, x *pipeline.Exchange, err error) {
-	s := x.Stream
-	if !x.Body.Done() {
-		s.CancelRead(codec.StreamCancelled)
-	}
-	switch streamEndingOf(ctx, x, err) {
-	case endDone:
-		return
-	case endReset:
-		s.Abort(codec.StreamInternal)
-		return
-	}
-	status, msg, retry := pipeline.Answer(err)
-	x.Status = status
-	fw := transport.GetFrameWriter(s, ss.maxFrame)
-	fw.Error(&codec.Error{Status: status, RetryAfter: uint32((retry + time.Second - 1) / time.Second), Message: msg})
-	if ferr := fw.Flush(); ferr != nil {
-		s.Abort(codec.StreamInternal)
-	} else {
-		_ = s.Close()
-	}
-	transport.PutFrameWriter(fw)
 }
 
 // close stops taking streams and waits, until ctx is done, for the running

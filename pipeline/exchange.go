@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -137,14 +138,22 @@ type Exchange struct {
 	// HeadRead says Head was already read from the stream (by whoever ran
 	// the exchange, to start its trace span): decode must not read it.
 	HeadRead bool
-	// Response is the answer, set by the egress stage; encode writes it.
+	// Response is the answer, set by the egress stage. Encode, the
+	// outermost stage after observe, writes it once every stage's
+	// response phase has run: until then a stage may change its status
+	// and headers, or wrap its body.
 	Response *http.Response
 	// Upgraded is the far end of a connection that switched to raw bytes
 	// (a WebSocket after 101, a TCP rule after the upstream answered): set
 	// by the egress stage, spliced to the user (or the stream) by encode.
 	Upgraded io.ReadWriteCloser
-	// Status is the status the user got, for logs and metrics.
+	// Status is the status the user got, for logs and metrics: set by
+	// encode when the answer's head is written.
 	Status int
+	// Answered is set by encode once nothing is left to write: the whole
+	// answer or the refusal went out, or the stream was reset. An error
+	// the chain returns then needs no answer from whoever runs it.
+	Answered bool
 	// BytesIn and BytesOut count body bytes: the request's as it crossed
 	// this side, and the answer's as this side delivered it.
 	BytesIn, BytesOut int64
@@ -156,6 +165,9 @@ type Exchange struct {
 	Body   codec.Body
 
 	then    Handler // where a chain run by Chain.Then goes on
+	fins    [6]Finisher // see Defer; beyond 6, more
+	finsN   int
+	more    []Finisher
 	resp    http.Response
 	strs    [8]string   // see Strings
 	strsN   int         // how many of strs were handed out
@@ -176,10 +188,79 @@ func Acquire(side Side) *Exchange {
 func (x *Exchange) Release() {
 	frames := x.Frames
 	frames.Reset(nil, 0) // drop the stream, keep the read buffer
+	if x.finsN > 0 {
+		// Whoever ran the exchange did not deliver it (a chain without
+		// encode, or one that panicked): what the stages hold is let go
+		// all the same.
+		_ = x.Finish(ErrNotDelivered)
+	}
 	hdr := x.respHdr
 	clear(hdr)
-	*x = Exchange{Frames: frames, respHdr: hdr}
+	more := x.more[:0]
+	*x = Exchange{Frames: frames, respHdr: hdr, more: more}
 	exchangePool.Put(x)
+}
+
+// Finisher ends what a stage holds for an exchange (a tunnel stream, an
+// in-flight slot, an upstream's body) once the answer is delivered. See
+// Exchange.Defer.
+type Finisher interface {
+	// Finish is given the error the exchange ended with (nil if the
+	// answer was delivered whole, else the chain's or the delivery's
+	// error) and returns the error to go on with: the same one, or one
+	// that says better what happened.
+	Finish(x *Exchange, err error) error
+}
+
+// FinisherFunc adapts a function to Finisher. A func value made per
+// exchange allocates; a stage on the hot path implements Finisher on a
+// pooled type instead.
+type FinisherFunc func(x *Exchange, err error) error
+
+// Finish calls f(x, err).
+func (f FinisherFunc) Finish(x *Exchange, err error) error { return f(x, err) }
+
+// ErrNotDelivered is the error the finishers of an exchange released
+// without delivery are given.
+var ErrNotDelivered = errors.New("pipeline: the exchange was released before its answer was delivered")
+
+// Defer registers f to run once the exchange's answer is delivered, after
+// every stage's response phase: it is the defer of what the delivery still
+// needs. A stage's Handle returns before the answer is written (encode
+// writes it on the way out), so a resource the answer's body or the
+// request's body still uses (a stream, a connection, a wrapped writer, an
+// in-flight slot held until the answer is out) is let go by a Finisher,
+// not by a defer. Finishers run last registered first, like defers: the
+// innermost stage's first. Register on the way in, as a defer would be
+// placed; Defer allocates nothing for up to six finishers.
+func (x *Exchange) Defer(f Finisher) {
+	if x.finsN < len(x.fins) {
+		x.fins[x.finsN] = f
+		x.finsN++
+		return
+	}
+	x.more = append(x.more, f)
+}
+
+// Finish runs the registered finishers, last registered first, each given
+// the error the one before returned, and returns the last one's. Encode
+// calls it once the answer is delivered; whoever runs a chain without
+// encode calls it when done. The finishers run once: a second call runs
+// none and returns err.
+func (x *Exchange) Finish(err error) error {
+	for i := len(x.more) - 1; i >= 0; i-- {
+		f := x.more[i]
+		x.more[i] = nil
+		x.more = x.more[:i]
+		err = f.Finish(x, err)
+	}
+	for x.finsN > 0 {
+		x.finsN--
+		f := x.fins[x.finsN]
+		x.fins[x.finsN] = nil
+		err = f.Finish(x, err)
+	}
+	return err
 }
 
 // Strings returns n empty strings backed by the exchange, for header values

@@ -11,9 +11,13 @@ import (
 )
 
 // Reject ends a chain with an answer for the user: an HTTP status and a short
-// reason. Stages return it instead of calling next; the listener that owns
-// the exchange turns it into a response (ingress side) or an ERROR frame
-// (egress side, which the ingress side then turns into the response).
+// reason. Stages return it instead of calling next; it passes back through
+// the response phase of every stage before, which may read it, add to its
+// Header or return another error instead, and encode (outermost) renders
+// it: as the user's response on the ingress side, as an ERROR frame on
+// the egress side (which the ingress side then turns into the response).
+// Return a new Reject each time: the chain and the stages before may write
+// to it.
 type Reject struct {
 	Status int
 	// Message is the response body's reason, one line, safe to show users.
@@ -45,6 +49,31 @@ func (r *Reject) Error() string {
 }
 
 func (r *Reject) Unwrap() error { return r.Err }
+
+// AnswerHeader returns the header fields the user will get for an exchange
+// that ended with err, for a stage's response phase to edit: the answer's
+// (x.Response.Header, made if nil) when err is nil, a *Reject's Header
+// (made if nil) when err is one, else nil (an error that is not a Reject
+// is answered by the gateway's own fields only).
+func AnswerHeader(x *Exchange, err error) http.Header {
+	if err == nil {
+		if x.Response == nil {
+			return nil
+		}
+		if x.Response.Header == nil {
+			x.Response.Header = make(http.Header)
+		}
+		return x.Response.Header
+	}
+	var rj *Reject
+	if !errors.As(err, &rj) {
+		return nil
+	}
+	if rj.Header == nil {
+		rj.Header = make(http.Header)
+	}
+	return rj.Header
+}
 
 // ErrOverloaded is returned when a bounded resource is full. It maps to 503
 // with Retry-After: the request was not processed and may be retried.

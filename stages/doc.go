@@ -5,8 +5,8 @@
 // before the first request. The gateway's order tables (gateway/order.go)
 // put them in its two chains:
 //
-//	ingress: observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
-//	egress:  observe -> decode -> limit -> route -> ratelimit -> breaker -> egress -> encode
+//	ingress: observe -> encode -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress
+//	egress:  observe -> encode -> decode -> limit -> route -> ratelimit -> breaker -> egress
 //
 // and any stage, the user's own included, can be put before or after any
 // of them, or in its place, by name (pipeline.Before, After, Replace).

@@ -3,6 +3,7 @@ package stages
 import (
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/stages/auth"
+	"github.com/qtunnel/qtunnel/stages/headers"
 	"github.com/qtunnel/qtunnel/stages/ipfilter"
 )
 
@@ -12,6 +13,7 @@ import (
 func Modules() []pipeline.Module {
 	return []pipeline.Module{
 		auth.Module,
+		headers.Module,
 		ipfilter.Module,
 	}
 }

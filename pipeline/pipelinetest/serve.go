@@ -70,16 +70,14 @@ func (a Answer) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	resp.ContentLength = int64(len(a.Body))
 	resp.Body = io.NopCloser(strings.NewReader(a.Body))
 	resp.Request = x.Request
-	err := next.Handle(ctx, x)
-	_ = resp.Body.Close()
-	return err
+	return next.Handle(ctx, x)
 }
 
-// ErrNoAnswer is what Serve returns when the handler returned nil but
-// nothing answered the user: a stage returned without calling next and
-// without writing an answer. The gateway's user gets an empty 200 then, and
-// so does Serve's caller.
-var ErrNoAnswer = errors.New("pipelinetest: the chain returned nil and wrote no answer (does it end with Answer? does every stage call next?); the gateway's user would get an empty 200")
+// ErrNoAnswer is what Serve returns (joined to encode.ErrNoResponse) when
+// the handler returned nil without an answer (x.Response): a stage
+// returned without calling next and without setting one. The gateway's
+// user gets a 502 then, and so does Serve's caller.
+var ErrNoAnswer = errors.New("pipelinetest: the chain returned nil and set no answer (does it end with Answer? does every stage call next?); the gateway's user would get a 502")
 
 // ErrCut is joined to the handler's error when it failed after the answer's
 // head was written. The gateway cuts such an answer short (HTTP/1.1: it
@@ -97,17 +95,17 @@ var ErrCut = errors.New("pipelinetest: the answer was cut short")
 // req.RemoteAddr, x.Protocol as decode detects it, and runs in
 // req.Context(). Serve releases it before it returns.
 //
-// h is usually a *pipeline.Chain, ending with an Answer. It runs as the
-// gateway runs a rule's stages (Chain.Then), followed by the gateway's
-// encode stage, which writes x.Response when the chain's last stage calls
-// next: before the response phases of the stages before it run, as in the
-// gateway. Any other Handler runs first, and encode after it returns.
+// h is usually a *pipeline.Chain, ending with an Answer. It runs inside
+// the gateway's encode stage, as the stages of a gateway's chain do:
+// encode writes the answer (x.Response) or the refusal (the error h
+// returns) once h has returned, that is after every stage's response
+// phase, then runs the exchange's finishers (pipeline.Exchange.Defer).
 //
-// An error is answered as the gateway answers refusals, by its own code
-// (pipeline.Answer, then httpx.WriteErrorHeader, or WriteGRPCError for
-// gRPC): the status, a "qtunnel: <message>" line as the body, Retry-After,
-// the fields of a *pipeline.Reject's Header, and X-Request-Id. Unlike the
-// gateway, Serve answers even when req's context is done.
+// An error is answered as the gateway answers refusals, by the same code
+// (encode's Refuse): the status, a "qtunnel: <message>" line as the body,
+// Retry-After, the fields of a *pipeline.Reject's Header, and
+// X-Request-Id; a gRPC call gets a gRPC status. As in the gateway,
+// nothing is written if req's context is done (the user went away).
 //
 // The response is never nil. The error is nil for a clean answer; else
 // the handler's error, as the gateway would log it (its refusal is in the
@@ -126,20 +124,15 @@ func Serve(h pipeline.Handler, req *http.Request) (*http.Response, error) {
 	x.Source = httpx.AddrOf(req.RemoteAddr)
 	x.Protocol = protocolOf(req)
 
-	ctx := req.Context()
-	var err error
-	if c, ok := h.(*pipeline.Chain); ok {
-		err = c.Then(ctx, x, writeAnswer)
-	} else if err = h.Handle(ctx, x); err == nil && x.Status == 0 && rec.Code == 0 {
-		err = writeAnswer.Handle(ctx, x)
-	}
+	err := encoder().Handle(req.Context(), x, h)
 	switch {
-	case err != nil && x.Status != 0:
+	case errors.Is(err, encode.ErrNoResponse):
+		err = errors.Join(ErrNoAnswer, err)
+	case err != nil && !x.Answered && x.Status != 0:
 		err = fmt.Errorf("%w: %w", ErrCut, err)
-	case err != nil:
-		refuse(x, err)
-	case rec.Code == 0:
-		err = ErrNoAnswer
+	}
+	if rec.Code == 0 {
+		rec.Code = http.StatusOK // nothing written: what net/http would send
 	}
 	// The recorder's result is a copy: nothing in it belongs to x.
 	return rec.Result(), err
@@ -154,32 +147,6 @@ var encoder = sync.OnceValue(func() *encode.Encoder {
 	}
 	return e
 })
-
-// writeAnswer writes x.Response to x.Writer with the encode stage, the
-// last of the gateway's ingress chain.
-var writeAnswer = pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
-	return encoder().Handle(ctx, x, end)
-})
-
-var end = pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return nil })
-
-// refuse answers err as the gateway's ingress listener does once nothing
-// was written yet.
-func refuse(x *pipeline.Exchange, err error) {
-	status, msg, retry := pipeline.Answer(err)
-	x.Status = status
-	if x.Protocol == pipeline.ProtoGRPC || (x.Request != nil && httpx.IsGRPC(x.Request)) {
-		httpx.WriteGRPCError(x.Writer, status, msg, retry, x.ID)
-		return
-	}
-	var extra http.Header
-	if rj, ok := errors.AsType[*pipeline.Reject](err); ok {
-		extra = rj.Header
-	}
-	// An HTTP/1 body may be unread: the gateway closes rather than wait for it.
-	closeConn := x.Request != nil && x.Request.ProtoMajor == 1 && x.Request.ContentLength != 0
-	httpx.WriteErrorHeader(x.Writer, status, msg, retry, x.ID, extra, closeConn)
-}
 
 // protocolOf is the protocol decode sees in r.
 func protocolOf(r *http.Request) pipeline.Protocol {

@@ -75,11 +75,10 @@ func TestAnswerZeroValue(t *testing.T) {
 	require.Empty(t, body(t, resp))
 }
 
-// TestAnswerSeenByStagesBefore: the stages before Answer see its answer
-// once next returns. The answer is written by then, as in the gateway
-// today (encode is the innermost stage): an edit of x.Response in the
-// response phase does not reach the user (issue 13 changes that).
-func TestAnswerSeenByStagesBefore(t *testing.T) {
+// TestResponsePhaseChangesTheAnswer: the stages before Answer see its
+// answer once next returns, before it is written (encode, outermost,
+// writes on the way out): what they change of it is what the user gets.
+func TestResponsePhaseChangesTheAnswer(t *testing.T) {
 	t.Parallel()
 	var seenStatus, statusThen int
 	var seenHeader http.Header
@@ -88,6 +87,7 @@ func TestAnswerSeenByStagesBefore(t *testing.T) {
 		// The exchange is released once Serve returns: keep copies only.
 		seenStatus, seenHeader, statusThen = x.Response.StatusCode, x.Response.Header.Clone(), x.Status
 		x.Response.Header.Set("X-Late", "1")
+		x.Response.StatusCode = http.StatusCreated
 		return err
 	})
 	a := pipelinetest.Answer{Status: http.StatusAccepted, Header: http.Header{"X-Up": {"1"}}, Body: "ok"}
@@ -95,8 +95,10 @@ func TestAnswerSeenByStagesBefore(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusAccepted, seenStatus)
 	require.Equal(t, "1", seenHeader.Get("X-Up"))
-	require.Equal(t, http.StatusAccepted, statusThen, "written before the response phase")
-	require.Empty(t, resp.Header.Get("X-Late"))
+	require.Zero(t, statusThen, "nothing written before the response phase")
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Equal(t, "1", resp.Header.Get("X-Late"))
+	require.Equal(t, "ok", body(t, resp))
 	require.Equal(t, http.Header{"X-Up": {"1"}}, a.Header, "each exchange edits its own copy")
 }
 
@@ -233,14 +235,13 @@ type errReader struct{ err error }
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
 // TestServeNoAnswer: a chain that returns nil without answering gives the
-// user an empty 200, as the gateway would, and Serve says so.
+// user a 502, as the gateway would, and Serve says so.
 func TestServeNoAnswer(t *testing.T) {
 	t.Parallel()
 	swallow := pipeline.StageFunc(func(context.Context, *pipeline.Exchange, pipeline.Handler) error { return nil })
 	resp, err := pipelinetest.Serve(chain(t, swallow, pipelinetest.Answer{}), get())
 	require.ErrorIs(t, err, pipelinetest.ErrNoAnswer)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.Empty(t, body(t, resp))
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 }
 
 // TestServeNoResponse: a chain that ends without setting x.Response is
@@ -252,22 +253,35 @@ func TestServeNoResponse(t *testing.T) {
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 }
 
-// TestServeCut: an error after the answer started cannot be answered any
-// more; Serve returns what was written and says it was cut.
+// TestServeCut: an answer whose body fails once its head is out cannot
+// be answered any more; Serve returns what was written and says it was cut.
+// An error a stage returns after next, before the answer is written, is
+// the answer instead.
 func TestServeCut(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
+	cut := pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+		resp := x.NewResponse()
+		resp.StatusCode, resp.Header, resp.ContentLength = http.StatusOK, http.Header{}, -1
+		resp.Body = io.NopCloser(io.MultiReader(strings.NewReader("part"), errReader{boom}))
+		return next.Handle(ctx, x)
+	})
+	resp, err := pipelinetest.Serve(chain(t, cut), get())
+	require.ErrorIs(t, err, pipelinetest.ErrCut)
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "part", body(t, resp))
+
 	late := pipeline.StageFunc(func(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 		if err := next.Handle(ctx, x); err != nil {
 			return err
 		}
-		return boom
+		return &pipeline.Reject{Status: http.StatusForbidden, Message: "not for you"}
 	})
-	resp, err := pipelinetest.Serve(chain(t, late, pipelinetest.Answer{Body: "whole"}), get())
-	require.ErrorIs(t, err, pipelinetest.ErrCut)
-	require.ErrorIs(t, err, boom)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.Equal(t, "whole", body(t, resp))
+	resp, err = pipelinetest.Serve(chain(t, late, pipelinetest.Answer{Body: "whole"}), get())
+	require.NotErrorIs(t, err, pipelinetest.ErrCut)
+	require.Equal(t, http.StatusForbidden, resp.StatusCode)
+	require.Equal(t, "qtunnel: not for you\n", body(t, resp))
 }
 
 // TestServeHandler: a Handler that is not a chain runs first; its answer

@@ -20,10 +20,11 @@
 // refusals with other statuses by later stages count neither way.
 //
 // The stage keys on Exchange.Rule, so it must come after route, and it
-// judges the upstream by what the stages after it return, so it must come
-// before egress. The gateway's egress chain:
+// judges the upstream by what the stages after it return (an error, or an
+// answer's head: a body cut later by the upstream is not counted), so it
+// must come before egress. The gateway's egress chain:
 //
-//	observe -> decode -> limit -> route -> ratelimit -> breaker -> egress -> encode
+//	observe -> encode -> decode -> limit -> route -> ratelimit -> breaker -> egress
 //
 // Its place is the egress side, next to the upstream; on the ingress side
 // the peer's own refusals (its breaker's 503s) would count against the
@@ -100,9 +101,10 @@ type Config struct {
 	// Ignore5xx stops counting answers with a 5xx status as failures;
 	// only the gateway's own failures to get an answer (502, 503, 504
 	// errors) then count. By default (false) a 5xx answer is a failure.
-	// The status is judged when the next stage returns, that is after
-	// encode has streamed the answer to the user, so it cannot change
-	// that answer, only the following requests'.
+	// The status is judged when the next stage returns with the
+	// answer's head, before encode (outermost) delivers it; the breaker
+	// leaves the answer as it is and judges only the following requests
+	// by it.
 	Ignore5xx bool `yaml:"ignore_5xx"`
 }
 

@@ -79,17 +79,10 @@ func (d *Decoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 	if err != nil {
 		return err
 	}
-	err = next.Handle(ctx, x)
 	if body != nil {
-		// The upstream may not have read the whole body: tell the peer to
-		// stop sending, then make sure net/http, which may still hold the
-		// body in its own goroutine, never reads the exchange again.
-		if !x.Body.Done() {
-			x.Stream.CancelRead(codec.StreamCancelled)
-		}
-		x.BytesIn = body.detach()
+		x.Defer(body)
 	}
-	return err
+	return next.Handle(ctx, x)
 }
 
 func (d *Decoder) fromHTTP(x *pipeline.Exchange) error {
@@ -389,13 +382,19 @@ func (b *streamBody) Read(p []byte) (int, error) {
 // decides what happens to the unread rest (see Handle).
 func (b *streamBody) Close() error { return nil }
 
-// detach cuts the body off the exchange and returns how many bytes were
-// read through it.
-func (b *streamBody) detach() int64 {
+// Finish implements pipeline.Finisher. Once the answer is delivered, the
+// upstream may not have read the whole body: it tells the peer to stop
+// sending, then makes sure net/http, which may still hold the body in its
+// own goroutine, never reads the exchange again.
+func (b *streamBody) Finish(x *pipeline.Exchange, err error) error {
+	if !x.Body.Done() {
+		x.Stream.CancelRead(codec.StreamCancelled)
+	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.src = nil
-	return b.n
+	x.BytesIn = b.n
+	b.mu.Unlock()
+	return err
 }
 
 var _ pipeline.Stage = (*Decoder)(nil)

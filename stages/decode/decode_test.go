@@ -486,7 +486,7 @@ func runEgress(t *testing.T, d *decode.Decoder, b []byte, fin bool, next pipelin
 	t.Cleanup(x.Release)
 	x.Stream = s
 	sent := s.PeerSend(b, fin)
-	err := d.Handle(context.Background(), x, next)
+	err := x.Finish(d.Handle(context.Background(), x, next)) // as encode, outermost, does
 	// Whatever decode left unread, nobody reads now.
 	s.Shutdown()
 	return x, s, err, <-sent

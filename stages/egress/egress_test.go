@@ -682,7 +682,10 @@ func TestUpstreamNextErrorClosesBody(t *testing.T) {
 	}))
 	require.ErrorIs(t, err, boom)
 	_, rerr := body.Read(make([]byte, 1))
-	require.Error(t, rerr, "the upstream body is closed once the stage returns")
+	require.NoError(t, rerr, "the upstream body is open until the exchange's finishers run")
+	require.ErrorIs(t, x.Finish(err), boom)
+	_, rerr = body.Read(make([]byte, 1))
+	require.Error(t, rerr, "the upstream body is closed once the exchange is finished")
 }
 
 // streamToPeer returns a stream, shut down when the test ends, and the
@@ -1263,7 +1266,7 @@ func TestTunnelUnreadAnswerResetsStream(t *testing.T) {
 			x := pipeline.Acquire(pipeline.Ingress)
 			defer x.Release()
 			x.Request = httptest.NewRequest(http.MethodGet, "/", nil)
-			err := chain.Handle(context.Background(), x)
+			err := x.Finish(chain.Handle(context.Background(), x)) // as encode does
 			if tt.nextErr != nil {
 				require.ErrorIs(t, err, tt.nextErr)
 			} else {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
@@ -138,30 +140,30 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		return &pipeline.Reject{Status: http.StatusTooManyRequests, RetryAfter: time.Second, Err: ErrSourceLimit,
 			Message: fmt.Sprintf("%s has %d requests in flight to this tunnel, the most one address may; retry", x.Source, t.sources.max)}
 	}
-	defer t.sources.release(x.Rule.Client, x.Source)
 	s, err := conn.Opener.OpenStream(ctx)
 	if err != nil {
+		t.sources.release(x.Rule.Client, x.Source)
 		transport.PutFrameWriter(fw)
 		return openError(ctx, err)
 	}
+	c := callPool.Get().(*call)
+	c.t, c.conn, c.s, c.client, c.source = t, conn, s, x.Rule.Client, x.Source
 	if t.streams != nil {
-		// Handle returns once nothing uses the stream any more: the answer
-		// is delivered (or the splice over), the body copier is done.
+		// Counted until nothing uses the stream any more: the answer is
+		// delivered (or the splice over), the body copier is done.
 		t.streams.StreamOpened()
-		defer t.streams.StreamClosed()
 	}
 	x.Conn = conn
 	conn.Active.Add(1)
-	defer conn.Active.Add(-1)
 	// The requester going away cancels the stream both ways, which the
 	// egress side sees as its request context ending.
-	stop := context.AfterFunc(ctx, func() { s.Abort(codec.StreamCancelled) })
-	defer stop()
+	c.stop = context.AfterFunc(ctx, func() { s.Abort(codec.StreamCancelled) })
 	fw.Attach(s)
 	if x.Head.Kind != codec.KindHTTP {
-		return t.raw(ctx, x, s, fw, next)
+		err := t.raw(ctx, x, s, fw)
+		c.raw = x.Upgraded != nil
+		return c.settle(ctx, x, err, next)
 	}
-	var copied chan error
 	if x.Head.ContentLength == 0 || eof {
 		// The whole request is here: head, body and END leave in one write.
 		err = finishRequest(fw, s, req.Trailer)
@@ -171,10 +173,12 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 		// peer (gRPC) may answer before the body ends, or wait for the
 		// answer's head before sending more.
 		if err = fw.Flush(); err == nil {
-			copied = make(chan error, 1)
+			c.fw = fw
+			c.copied = make(chan error, 1)
+			copied := c.copied
 			go func() {
 				n, err := fw.CopyBody(req.Body)
-				x.BytesIn = int64(filled) + n // read by Handle only after <-copied
+				x.BytesIn = int64(filled) + n // read by the finisher only after <-copied
 				if err == nil {
 					err = finishRequest(fw, s, req.Trailer)
 				}
@@ -189,15 +193,49 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 	}
 	if err == nil {
 		err = t.readResponse(ctx, x, s)
-		if err == nil {
-			err = next.Handle(ctx, x)
-		}
 	}
-	if err != nil || !x.Body.Done() {
-		s.Abort(codec.StreamCancelled)
+	return c.settle(ctx, x, err, next)
+}
+
+// call is what an exchange holds on its tunnel stream until its answer is
+// delivered: the stream, the request body's copier, the connection's and
+// the source's counts. Pooled.
+type call struct {
+	t      *Tunnel
+	conn   *pipeline.Conn
+	s      pipeline.Stream
+	fw     *transport.FrameWriter // the copier's, once it is done
+	copied chan error             // nil: no copier
+	stop   func() bool
+	client string
+	source netip.Addr
+	raw    bool // upgraded or TCP: the splice ends the stream
+}
+
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
+// settle ends the call at once if the exchange failed before its answer
+// (so that the error returned is the one that explains it: a request body
+// that failed, not the stream that broke because of it), else leaves it
+// to the exchange's finishers, after the answer is delivered, and goes
+// on with next.
+func (c *call) settle(ctx context.Context, x *pipeline.Exchange, err error, next pipeline.Handler) error {
+	if err != nil {
+		return c.Finish(x, err)
 	}
-	if copied != nil {
-		cerr, interrupted := waitCopy(x, copied)
+	x.Defer(c)
+	return next.Handle(ctx, x)
+}
+
+// Finish implements pipeline.Finisher: once the answer is delivered (or
+// failed), a stream whose answer was not read to its end is reset, the
+// request body's copier is waited for, and the counts are given back.
+func (c *call) Finish(x *pipeline.Exchange, err error) error {
+	if !c.raw && (err != nil || !x.Body.Done()) {
+		c.s.Abort(codec.StreamCancelled)
+	}
+	if c.copied != nil {
+		cerr, interrupted := waitCopy(x, c.copied)
 		switch _, writeFailed := errors.AsType[transport.WriteError](cerr); {
 		case cerr == nil || interrupted:
 		case err == nil && !x.Body.Done():
@@ -207,8 +245,16 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 			// stream: that failure, not the broken stream, is the cause.
 			err = cerr
 		}
-		transport.PutFrameWriter(fw)
+		transport.PutFrameWriter(c.fw)
 	}
+	c.stop()
+	c.conn.Active.Add(-1)
+	if c.t.streams != nil {
+		c.t.streams.StreamClosed()
+	}
+	c.t.sources.release(c.client, c.source)
+	*c = call{}
+	callPool.Put(c)
 	return err
 }
 
@@ -216,7 +262,7 @@ func (t *Tunnel) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline
 // without END; if the far side agrees (101, or 200 for TCP once it reached
 // the upstream) the stream carries raw bytes both ways, which encode
 // splices to the user. A refused upgrade is an ordinary answer.
-func (t *Tunnel) raw(ctx context.Context, x *pipeline.Exchange, s pipeline.Stream, fw *transport.FrameWriter, next pipeline.Handler) error {
+func (t *Tunnel) raw(ctx context.Context, x *pipeline.Exchange, s pipeline.Stream, fw *transport.FrameWriter) error {
 	err := fw.Flush()
 	transport.PutFrameWriter(fw)
 	if err == nil {
@@ -228,15 +274,11 @@ func (t *Tunnel) raw(ctx context.Context, x *pipeline.Exchange, s pipeline.Strea
 	}
 	if x.Head.Kind == codec.KindUpgrade && x.Response.StatusCode != http.StatusSwitchingProtocols {
 		_ = s.Close() // refused: nothing more to send; the answer follows as frames
-		err = next.Handle(ctx, x)
-		if err != nil || !x.Body.Done() {
-			s.Abort(codec.StreamCancelled)
-		}
-		return err
+		return nil
 	}
 	x.Response.Body = http.NoBody
 	x.Upgraded = transport.StreamDuplex{R: x.Frames.Raw(), S: s}
-	return next.Handle(ctx, x)
+	return nil
 }
 
 // prefill says how much of x's body to read before a stream is opened:

@@ -3,7 +3,9 @@
 // connection (the egress side), balanced over the rule's healthy upstreams
 // and retried where that is safe, and Tunnel sends it across the tunnel on
 // a new QUIC stream (the ingress side). Both set Exchange.Response and call
-// the next stage (encode) to deliver it, then release what they hold.
+// the next stage; what they hold for the answer (its body, its stream) is
+// let go by a finisher (pipeline.Exchange.Defer) once encode, outermost,
+// has delivered it.
 package egress
 
 import (
@@ -15,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,7 +77,6 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		if !bodiless {
 			body = &onceBody{rc: req.Body}
 			req.Body = body
-			defer body.restore(req)
 		}
 	}
 	var tried uint64
@@ -96,10 +98,11 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		resp, err := m.t.RoundTrip(r)
 		if err == nil {
 			m.connected()
-			return u.deliver(ctx, x, m.t, resp, next)
+			return u.deliver(ctx, x, answer{t: m.t, body: resp.Body, once: body, req: req}, resp, next)
 		}
 		m.t.inflight.Add(-1)
 		if ctx.Err() != nil {
+			body.restore(req)
 			return ctx.Err() // the requester went away; nobody to answer
 		}
 		connErr := isConnectError(err)
@@ -107,29 +110,65 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 			m.connFailed(err)
 		}
 		if attempt >= retries || !(replayable || connErr && (body == nil || !body.read.Load())) {
+			body.restore(req)
 			return upstreamError(x, err)
 		}
 		if err := backoff(ctx, attempt); err != nil {
+			body.restore(req)
 			return err
 		}
 	}
 }
 
-// deliver hands the upstream's answer to next, then ends it.
-func (u *Upstream) deliver(ctx context.Context, x *pipeline.Exchange, t *Target, resp *http.Response, next pipeline.Handler) error {
-	defer t.inflight.Add(-1)
+// answer is what an exchange holds of its upstream until the answer is
+// delivered: the target's in-flight count, the answer's body, the request
+// body a retry guarded, or a TCP rule's connection and counts.
+type answer struct {
+	t    *Target
+	body io.Closer
+	once *onceBody
+	req  *http.Request
+	conn net.Conn
+	tcp  *tcpConns
+}
+
+var answerPool = sync.Pool{New: func() any { return new(answer) }}
+
+// Finish implements pipeline.Finisher: it ends the upstream's answer (a
+// body not read to its end closes its connection, as net/http does) and
+// gives back what the exchange held.
+func (a *answer) Finish(_ *pipeline.Exchange, err error) error {
+	if a.body != nil {
+		_ = a.body.Close()
+	}
+	a.once.restore(a.req)
+	if a.t != nil {
+		a.t.inflight.Add(-1)
+	}
+	if a.conn != nil {
+		_ = a.conn.Close()
+		a.tcp.open.Add(-1)
+	}
+	*a = answer{}
+	answerPool.Put(a)
+	return err
+}
+
+// deliver sets the upstream's answer on x and goes on with next; the
+// answer is ended once delivered (see answer.Finish).
+func (u *Upstream) deliver(ctx context.Context, x *pipeline.Exchange, held answer, resp *http.Response, next pipeline.Handler) error {
+	a := answerPool.Get().(*answer)
+	*a = held
+	x.Defer(a)
 	x.Response = resp
 	if x.Head.Kind == codec.KindUpgrade && resp.StatusCode == http.StatusSwitchingProtocols {
 		rwc, ok := resp.Body.(io.ReadWriteCloser)
 		if !ok {
-			_ = resp.Body.Close()
 			return &pipeline.Reject{Status: http.StatusBadGateway, Message: "upstream switched protocols on a connection that cannot carry them"}
 		}
 		x.Upgraded = transport.RWCDuplex{ReadWriteCloser: rwc}
 	}
-	err := next.Handle(ctx, x)
-	_ = resp.Body.Close()
-	return err
+	return next.Handle(ctx, x)
 }
 
 // idempotent reports whether a request with method can be sent twice with
@@ -183,8 +222,11 @@ func (b *onceBody) Read(p []byte) (int, error) {
 func (b *onceBody) Close() error { return nil }
 
 // restore puts the real body back on req and closes it, as a transport
-// would have.
+// would have. A nil b does nothing.
 func (b *onceBody) restore(req *http.Request) {
+	if b == nil {
+		return
+	}
 	req.Body = b.rc
 	_ = b.rc.Close()
 }
@@ -205,8 +247,9 @@ func (u *Upstream) tcp(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	counts := u.pool.tcpConnsOf(x.Rule.ID)
 	counts.dials.Add(1)
 	counts.open.Add(1)
-	defer counts.open.Add(-1)
-	defer conn.Close()
+	a := answerPool.Get().(*answer)
+	a.conn, a.tcp = conn, counts
+	x.Defer(a)
 	resp := x.NewResponse()
 	resp.StatusCode, resp.Header, resp.Body, resp.ContentLength = http.StatusOK, http.Header{}, http.NoBody, -1
 	x.Upgraded = transport.ConnDuplex{Conn: conn}

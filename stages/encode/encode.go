@@ -1,5 +1,9 @@
-// Package encode is the last stage of a chain: it delivers Exchange.Response
-// to whoever asked. On the ingress side it writes the user's HTTP response,
+// Package encode is the stage that delivers Exchange.Response to whoever
+// asked. It sits outermost in a chain (after observe only) and writes on
+// the way out, once every other stage's response phase has run: a stage
+// may change the answer's status and headers, or wrap its body, after its
+// next returns, and a Reject passes back through every stage before
+// encode renders it. On the ingress side it writes the user's HTTP response,
 // flushing streamed bodies as they arrive and sending trailers; on the egress
 // side it writes the answer's frames to the tunnel stream, batched and
 // without copying body bytes.
@@ -62,10 +66,41 @@ var ErrNoResponse = errors.New("encode: no stage set a response (is egress befor
 // exchange has no tunnel stream (Exchange.Stream) to write the answer to.
 var ErrNoStream = errors.New("encode: an egress exchange needs a Stream")
 
-// Handle implements pipeline.Stage.
+// Handle implements pipeline.Stage. It runs the stages after it first,
+// and writes on the way out: the answer they set (x.Response), or the
+// refusal they returned (see Refuse), once every response phase has run.
+// Then it runs the exchange's finishers (pipeline.Exchange.Defer) and
+// returns what they make of the outcome. A panic below encode runs the
+// finishers too, so that no slot or stream is held for ever.
 func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	done := false
+	defer func() {
+		if !done {
+			_ = x.Finish(errPanicked)
+		}
+	}()
+	err := next.Handle(ctx, x)
+	if err == nil {
+		err = e.deliver(x)
+	}
+	if err != nil {
+		e.Refuse(ctx, x, err)
+	}
+	done = true
+	return x.Finish(err)
+}
+
+// errPanicked is what the finishers of an exchange whose stages panicked
+// are given.
+var errPanicked = errors.New("encode: a stage panicked")
+
+// deliver writes x.Response where it goes and marks x answered.
+func (e *Encoder) deliver(x *pipeline.Exchange) error {
 	resp := x.Response
 	if resp == nil {
+		if x.Upgraded != nil {
+			_ = x.Upgraded.Close()
+		}
 		return ErrNoResponse
 	}
 	if x.Side == pipeline.Egress && x.Stream == nil {
@@ -74,23 +109,21 @@ func (e *Encoder) Handle(ctx context.Context, x *pipeline.Exchange, next pipelin
 		}
 		return ErrNoStream
 	}
-	if x.Upgraded != nil {
-		if err := e.splice(x, resp); err != nil {
-			return err
-		}
-		return next.Handle(ctx, x)
-	}
-	httpx.RemoveHopByHop(resp.Header)
 	var err error
-	if x.Side == pipeline.Ingress {
+	switch {
+	case x.Upgraded != nil:
+		err = e.splice(x, resp)
+	case x.Side == pipeline.Ingress:
+		httpx.RemoveHopByHop(resp.Header)
 		err = e.toUser(x, resp)
-	} else {
+	default:
+		httpx.RemoveHopByHop(resp.Header)
 		err = e.toStream(x, resp)
 	}
-	if err != nil {
-		return err
+	if err == nil {
+		x.Answered = true
 	}
-	return next.Handle(ctx, x)
+	return err
 }
 
 // splice delivers an answer that switched to raw bytes (101 for a WebSocket,

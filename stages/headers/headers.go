@@ -13,11 +13,12 @@
 //
 // The request rules edit Exchange.Request.Header in the stage's request
 // phase, before next.Handle. The response rules edit the answer in the
-// stage's response phase: after next.Handle returns, on
-// Exchange.Response.Header if the exchange has an answer by then (the
-// egress stage sets it), and before the answer is written by the encode
-// stage. A refusal answered by the gateway itself (a *pipeline.Reject) is
-// not edited.
+// stage's response phase, after next.Handle returns and before encode
+// (outermost) writes it: the upstream's answer (Exchange.Response), or
+// the refusal of a stage after this one (a *pipeline.Reject: an
+// authentication stage's 401, the tunnel's 502), as nginx's add_header
+// ... always does. A refusal made on the egress side crosses the tunnel
+// as an ERROR frame, without fields: the ingress side's rules edit it.
 //
 // Field names are matched in their canonical form (x-api-key and
 // X-Api-Key are one field). Fields that carry the connection's framing or
@@ -214,8 +215,8 @@ var Module = pipeline.NewModule(Name, pipeline.HTTPProtocols, New)
 func (s *Stage) Name() string { return Name }
 
 // Handle implements pipeline.Stage: it edits the request, calls next, and
-// edits the answer next left in x.Response, if any. next's error is
-// returned as it is.
+// edits the answer next left in x.Response, or the refusal next returned
+// (pipeline.AnswerHeader). next's error is returned as it is.
 func (s *Stage) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	if r := x.Request; r != nil && !s.request.empty() {
 		if r.Header == nil {
@@ -224,11 +225,10 @@ func (s *Stage) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 		s.request.apply(x, r.Header)
 	}
 	err := next.Handle(ctx, x)
-	if resp := x.Response; resp != nil && !s.response.empty() {
-		if resp.Header == nil {
-			resp.Header = make(http.Header)
+	if !s.response.empty() {
+		if h := pipeline.AnswerHeader(x, err); h != nil {
+			s.response.apply(x, h)
 		}
-		s.response.apply(x, resp.Header)
 	}
 	return err
 }

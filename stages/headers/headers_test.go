@@ -233,8 +233,9 @@ func TestNilHeaders(t *testing.T) {
 	require.Equal(t, http.Header{"X-A": {"1"}}, x.Response.Header)
 }
 
-// Without an answer (a refusal further down, a failure) only the request
-// is edited, and next's error comes back as it is.
+// A refusal further down is edited as an answer would be (its Header is
+// what the user gets with it), and comes back as it is; a failure that is
+// not a refusal carries no fields, and only the request is edited.
 func TestNoResponse(t *testing.T) {
 	t.Parallel()
 	s := newStage(t, headers.Config{Response: headers.Rules{Set: map[string]string{"X-A": "1"}}})
@@ -244,7 +245,12 @@ func TestNoResponse(t *testing.T) {
 	err := s.Handle(context.Background(), x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return refusal }))
 	require.Same(t, refusal, err)
 	require.Nil(t, x.Response)
-	require.Nil(t, refusal.Header, "the gateway's own answer is not edited")
+	require.Equal(t, http.Header{"X-A": {"1"}}, refusal.Header, "the refusal gets the answer's fields")
+
+	boom := errors.New("boom")
+	err = s.Handle(context.Background(), x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return boom }))
+	require.Same(t, boom, err)
+	require.Nil(t, x.Response)
 }
 
 // An exchange without a request (a TCP exchange, should a gateway run the

@@ -42,8 +42,8 @@
 // both sides), and, on the ingress side, one with the body and time limits
 // just before egress ("request_limit"):
 //
-//	ingress: observe -> decode -> limit (in flight) -> route -> ratelimit -> rule_stages -> request_limit (body, time, pace) -> egress -> encode
-//	egress:  observe -> decode -> limit (in flight) -> route -> ratelimit -> breaker -> egress -> encode
+//	ingress: observe -> encode -> decode -> limit (in flight) -> route -> ratelimit -> rule_stages -> request_limit (body, time, pace) -> egress
+//	egress:  observe -> encode -> decode -> limit (in flight) -> route -> ratelimit -> breaker -> egress
 //
 // # How the timeout sees the answer start
 //
@@ -271,18 +271,19 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 			return &pipeline.Reject{Status: http.StatusServiceUnavailable, Message: g.capacityMsg,
 				RetryAfter: time.Second, Err: pipeline.ErrOverloaded}
 		}
-		// Deferred, so that a panicking stage gives its slot back.
-		defer g.inflight.Add(-1)
+		// The slot is held until the answer is delivered (a long download
+		// is in flight until its last byte), and given back by a finisher,
+		// which also runs if a stage panics.
+		x.Defer(g)
 	}
 	var body *limitedBody
 	if r != nil {
-		rc := r.Body
 		body = bodyPool.Get().(*limitedBody)
-		body.rc, body.left, body.limit = rc, limit, limit
+		body.rc, body.left, body.limit, body.r = r.Body, limit, limit, r
 		r.Body = body
 		// The exchange is pooled and its request outlives the chain:
 		// whoever reads it later must not read through a stale limit.
-		defer func() { r.Body = rc }()
+		x.Defer(body)
 	}
 	var err error
 	if (x.Side == pipeline.Ingress && x.Writer != nil && g.watchesIngress()) || (g.timeout > 0 && x.Side == pipeline.Egress && x.Stream != nil) {
@@ -290,23 +291,23 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	} else {
 		err = next.Handle(ctx, x)
 	}
-	if body == nil {
-		return err
-	}
-	// next has returned, and with it whatever read the body (the ingress
-	// egress stage waits for its body copier): the counter can serve
-	// another exchange. A panic in next skips this, and the counter is
-	// left to the garbage collector.
-	tripped := body.tripped.Load()
-	body.release()
 	// The stage reading the body fails however its reading fails (the
 	// ingress egress stage aborts the tunnel stream, and its own error,
 	// a 502, is what it returns): the cut body is the cause, and 413 the
-	// answer. If the exchange succeeded anyway (the far side answered
-	// without reading the rest), the answer stands.
-	if err != nil && tripped {
+	// answer. A failed exchange has let go of its body by now (the ingress
+	// egress stage waits for its body copier before it fails). If the
+	// exchange succeeded anyway (the far side answered without reading
+	// the rest), the answer stands.
+	if err != nil && body != nil && body.tripped.Load() {
 		return bodyReject(limit)
 	}
+	return err
+}
+
+// Finish implements pipeline.Finisher: it gives back an in-flight slot
+// once the answer is delivered.
+func (g *Guard) Finish(_ *pipeline.Exchange, err error) error {
+	g.inflight.Add(-1)
 	return err
 }
 
@@ -337,6 +338,7 @@ var bodyPool = sync.Pool{New: func() any { return new(limitedBody) }}
 // copies bodies in its own goroutine, hence the atomic flag).
 type limitedBody struct {
 	rc      io.ReadCloser
+	r       *http.Request // whose Body it is
 	left    int64 // bytes still allowed
 	limit   int64
 	err     error // set once tripped
@@ -365,11 +367,19 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.rc.Close() }
 
-// release resets b and gives it back to the pool.
-func (b *limitedBody) release() {
-	b.rc, b.err, b.left, b.limit = nil, nil, 0, 0
+// Finish implements pipeline.Finisher: once the answer is delivered, and
+// whatever read the body is done with it, the request gets its own body
+// back and b goes back to the pool. A body cut at the limit while the
+// answer streamed makes a failed exchange's error the 413 it was.
+func (b *limitedBody) Finish(_ *pipeline.Exchange, err error) error {
+	if err != nil && b.tripped.Load() {
+		err = bodyReject(b.limit)
+	}
+	b.r.Body = b.rc
+	b.rc, b.r, b.err, b.left, b.limit = nil, nil, nil, 0, 0
 	b.tripped.Store(false)
 	bodyPool.Put(b)
+	return err
 }
 
 // bodyReject returns a new 413: the chain names the stage on the *Reject
@@ -415,6 +425,14 @@ type timed struct {
 	w        answerWriter
 	hw       hijackWriter
 	s        answerStream
+
+	// What the stage wrapped, given back by restore: the egress stream,
+	// the egress request (its copy carries the timed context), the
+	// request whose body is watched.
+	stream   pipeline.Stream
+	req      *http.Request
+	bodyReq  *http.Request
+	restored bool
 
 	// Ingress only: the user's writer (for read and write deadlines),
 	// whether it is an HTTP/2 stream, and the idle clock.
@@ -505,6 +523,7 @@ func (t *timed) release() {
 	t.disarmed.Store(false)
 	t.idleOn.Store(false)
 	t.g, t.cancel, t.rw, t.h2, t.idleable = nil, nil, nil, false, false
+	t.stream, t.req, t.bodyReq = nil, nil, nil
 	t.w, t.hw, t.s, t.body = answerWriter{}, hijackWriter{}, answerStream{}, watchedBody{}
 	t.sendArm.Store(0)
 	timedPool.Put(t)
@@ -581,9 +600,15 @@ func (g *Guard) timeoutReject() *pipeline.Reject {
 // started within the timeout. It costs the context's allocations (and, on
 // the egress side, a copy of the request that carries it), only when
 // RequestTimeout is set.
+//
+// The answer starts when next returns with it (its head has arrived:
+// encode, outermost, writes it on the way out), or when a stage after this
+// one writes it itself. The context, the writer's wrapper (which holds the
+// answer to SendTimeout and StreamIdleTimeout while it is written) and the
+// body's watch last until the answer is delivered: the exchange's
+// finisher (t.Finish) ends them.
 func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	r := x.Request
 	hasBody := r != nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	t := g.arm(cancel, hasBody)
@@ -594,17 +619,15 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 		t.idleable = r != nil && x.Protocol != pipeline.ProtoWebSocket
 	}
 	if hasBody {
-		// Whoever reads the body (the egress stage) is done with it when
-		// next returns, so the wrapper is not read after release.
-		rc := r.Body
-		t.body = watchedBody{t: t, rc: rc, ctx: r.Context(),
+		// Whoever reads the body (the egress stage) is done with it once
+		// the answer is delivered: the wrapper is not read after Finish.
+		t.bodyReq = r
+		t.body = watchedBody{t: t, rc: r.Body, ctx: r.Context(),
 			rate: x.Side == pipeline.Ingress && g.minRate > 0 && x.Protocol != pipeline.ProtoGRPC}
 		r.Body = &t.body
-		defer func() { r.Body = rc }()
 	}
 	if x.Side == pipeline.Ingress {
 		w := x.Writer
-		defer func() { x.Writer = w }()
 		t.w = answerWriter{t: t, rw: w}
 		if _, ok := w.(http.Hijacker); ok {
 			t.hw = hijackWriter{&t.w}
@@ -613,21 +636,22 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 			x.Writer = &t.w
 		}
 	} else {
-		s := x.Stream
-		defer func() { x.Stream = s }()
-		t.s = answerStream{Stream: s, t: t}
+		t.stream = x.Stream
+		t.s = answerStream{Stream: t.stream, t: t}
 		x.Stream = &t.s
 		if r := x.Request; r != nil {
 			// The upstream's round trip follows the request's context
 			// (decode gave it the stream's), not the one passed down: the
 			// request must carry this one for the timeout to stop a round
 			// trip that waits for the upstream's head. One allocation.
+			t.req = r
 			x.Request = r.WithContext(ctx)
-			defer func() { x.Request = r }()
 		}
 	}
+	t.restored = false
+	x.Defer(t)
 	// A panic in next leaves t to the garbage collector (its timer may
-	// still fire, harmlessly: the context is cancelled by then).
+	// still fire, harmlessly: the finisher cancels the context).
 	err := next.Handle(ctx, x)
 	if err != nil && t.body.tripped.Load() {
 		// The request body failed (too slow, malformed, too large): that,
@@ -635,18 +659,49 @@ func (g *Guard) handleTimed(ctx context.Context, x *pipeline.Exchange, next pipe
 		// it aborted), is the answer.
 		err = t.body.err
 	}
-	// next has returned: whatever it wrote, it wrote through the wrappers
-	// (answered in time) or not at all; start settles the race with the
+	// next has returned: the answer's head is here, or a stage wrote it
+	// through the wrappers, or it failed; start settles the race with the
 	// timer once and for all.
 	if t.start() {
-		t.release()
 		return err
 	}
 	// The timer won: every write of the answer was refused, so the user
-	// saw nothing and the exchange can still be answered, with the 504.
-	// next has returned, so Status and BytesOut are this goroutine's.
+	// saw nothing and the exchange can still be answered, with the 504,
+	// on the user's own writer. next has returned, so Status and BytesOut
+	// are this goroutine's.
+	t.restore(x)
 	x.Status, x.BytesOut = 0, 0
 	return g.timeoutReject()
+}
+
+// restore gives x back the writer, stream and request the stage wrapped.
+func (t *timed) restore(x *pipeline.Exchange) {
+	if t.restored {
+		return
+	}
+	t.restored = true
+	if x.Side == pipeline.Ingress {
+		x.Writer = t.rw
+	} else {
+		x.Stream = t.stream
+		if t.req != nil {
+			x.Request = t.req
+		}
+	}
+	if t.bodyReq != nil {
+		t.bodyReq.Body = t.body.rc
+	}
+}
+
+// Finish implements pipeline.Finisher: once the answer is delivered, the
+// exchange gets back what the stage wrapped, its context ends, and t goes
+// back to the pool if its timers can no longer run.
+func (t *timed) Finish(x *pipeline.Exchange, err error) error {
+	t.restore(x)
+	t.cancel(nil)
+	t.start() // an exchange that failed before next returned
+	t.release()
+	return err
 }
 
 // answerWriter is Exchange.Writer while a timed exchange waits: the first

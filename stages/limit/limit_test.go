@@ -200,7 +200,7 @@ func TestZeroConfigPassesEverything(t *testing.T) {
 	defer x.Release()
 	body, w := x.Request.Body, x.Writer
 	reached := false
-	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 		reached = true
 		require.Same(t, body, x.Request.Body, "no limit: the body is not wrapped")
 		require.Equal(t, w, x.Writer, "no timeout: the writer is not wrapped")
@@ -223,10 +223,16 @@ func block(entered chan<- struct{}, release <-chan struct{}) pipeline.Handler {
 	})
 }
 
+// handle runs g on x as the gateway does, inside encode, whose finishers
+// (pipeline.Exchange.Defer) end what g holds once the answer is delivered.
+func handle(g *limit.Guard, ctx context.Context, x *pipeline.Exchange, next pipeline.Handler) error {
+	return x.Finish(g.Handle(ctx, x, next))
+}
+
 func runIngress(g *limit.Guard, next pipeline.Handler) error {
 	x := ingress("", true, "web")
 	defer x.Release()
-	return g.Handle(context.Background(), x, next)
+	return handle(g, context.Background(), x, next)
 }
 
 func TestInFlightAdmitsExactlyN(t *testing.T) {
@@ -356,7 +362,7 @@ func TestDeclaredBodySize(t *testing.T) {
 				x.Side = pipeline.Egress
 			}
 			reached := false
-			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error {
+			err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error {
 				reached = true
 				return nil
 			}))
@@ -380,7 +386,7 @@ func TestDeclaredBodyTooLargeBeforeCapacity(t *testing.T) {
 	err := runIngress(g, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 		x := ingress(strings.Repeat("b", 11), true, "web")
 		defer x.Release()
-		return g.Handle(ctx, x, pass) // the only slot is taken
+		return handle(g, ctx, x, pass) // the only slot is taken
 	}))
 	requireReject(t, err, http.StatusRequestEntityTooLarge, "request body of 11 bytes exceeds the limit of 10 bytes")
 }
@@ -428,7 +434,7 @@ func TestStreamedBodySize(t *testing.T) {
 			orig := x.Request.Body
 			var got bytes.Buffer
 			var readErr error
-			err := g.Handle(context.Background(), x, forward(&got, &readErr))
+			err := handle(g, context.Background(), x, forward(&got, &readErr))
 			require.Equal(t, tt.want, got.Len(), "bytes handed on")
 			require.Same(t, orig, x.Request.Body, "the original body is back")
 			if !tt.cut {
@@ -456,14 +462,14 @@ func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
 		x := ingress(strings.Repeat("b", 50), false, "web")
 		var got bytes.Buffer
 		var readErr error
-		err := small.Handle(context.Background(), x, forward(&got, &readErr))
+		err := handle(small, context.Background(), x, forward(&got, &readErr))
 		x.Release()
 		requireReject(t, err, http.StatusRequestEntityTooLarge, "request body exceeds the limit of 10 bytes")
 		require.Equal(t, 10, got.Len())
 
 		x = ingress(strings.Repeat("c", 500), false, "web")
 		got.Reset()
-		err = large.Handle(context.Background(), x, forward(&got, &readErr))
+		err = handle(large, context.Background(), x, forward(&got, &readErr))
 		x.Release()
 		require.NoError(t, err)
 		require.NoError(t, readErr)
@@ -472,11 +478,11 @@ func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
 		// A counter that was cut once does not take a later failure for
 		// its own.
 		x = ingress(strings.Repeat("b", 50), false, "web")
-		err = small.Handle(context.Background(), x, forward(&got, &readErr))
+		err = handle(small, context.Background(), x, forward(&got, &readErr))
 		x.Release()
 		require.ErrorIs(t, err, limit.ErrBodyTooLarge)
 		x = ingress("within", false, "web")
-		err = large.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		err = handle(large, context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 			if _, err := io.Copy(io.Discard, x.Request.Body); err != nil {
 				return err
 			}
@@ -501,7 +507,7 @@ func TestStreamedBodyCounterIsReusedClean(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() {
 		sr.Reset("0123456789abcdef")
 		src.r = sr
-		if err := large.Handle(context.Background(), x, read); err != nil {
+		if err := handle(large, context.Background(), x, read); err != nil {
 			panic(err)
 		}
 	})
@@ -517,7 +523,7 @@ func TestStreamedBodyCutButAnswered(t *testing.T) {
 	g := newGuard(t, limit.Config{MaxBodySize: 10})
 	x := ingress(strings.Repeat("b", 50), false, "web")
 	defer x.Release()
-	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 		p := make([]byte, 64)
 		n, err := io.ReadFull(x.Request.Body, p)
 		require.Equal(t, 10, n)
@@ -543,7 +549,7 @@ func TestMaxBodyIsTheSameForEveryRule(t *testing.T) {
 				x := ingress(strings.Repeat("b", size), declared, rule)
 				var got bytes.Buffer
 				var readErr error
-				err := g.Handle(context.Background(), x, forward(&got, &readErr))
+				err := handle(g, context.Background(), x, forward(&got, &readErr))
 				x.Release()
 				if want == 0 {
 					require.NoError(t, err, "rule %q, %d bytes, declared %v", rule, size, declared)
@@ -565,7 +571,7 @@ func TestMaxBodyIsTheSameForEveryRule(t *testing.T) {
 func runRule(g *limit.Guard, rule string, size int) error {
 	x := ingress(strings.Repeat("b", size), true, rule)
 	defer x.Release()
-	return g.Handle(context.Background(), x, pass)
+	return handle(g, context.Background(), x, pass)
 }
 
 // timedExchange returns an exchange of side with the writer of its answer:
@@ -626,7 +632,7 @@ func TestTimeoutAnswers504WhenNoAnswerStarts(t *testing.T) {
 			w, st := x.Writer, x.Stream
 			var cause error
 			start := time.Now()
-			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
+			err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 				<-ctx.Done() // the upstream never answers
 				cause = context.Cause(ctx)
 				return ctx.Err() // what egress returns when its context ends
@@ -662,7 +668,7 @@ func TestTimeoutReachesTheEgressRoundTrip(t *testing.T) {
 	defer x.Release()
 	req := x.Request
 	start := time.Now()
-	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 		<-x.Request.Context().Done() // a round trip to an upstream that never answers
 		return x.Request.Context().Err()
 	}))
@@ -694,7 +700,7 @@ func TestTimeoutStopsOnceTheAnswerStarts(t *testing.T) {
 			g := newGuard(t, limit.Config{RequestTimeout: inTime})
 			x, u, s := timedExchange(tt.side, tt.hijack)
 			defer x.Release()
-			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+			err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 				startAnswer(x, tt.how)
 				// A long download: the body outlasts the timeout.
 				select {
@@ -736,7 +742,7 @@ func TestTimeoutRefusesALateAnswer(t *testing.T) {
 			x, u, s := timedExchange(tt.side, tt.hijack)
 			defer x.Release()
 			var finishErr error
-			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+			err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 				<-ctx.Done()
 				startAnswer(x, tt.how)
 				if tt.how != "hijack" {
@@ -776,7 +782,7 @@ func TestTimeoutSeesWritesNotStatus(t *testing.T) {
 	g := newGuard(t, limit.Config{RequestTimeout: timeout})
 	x, u, _ := timedExchange(pipeline.Ingress, false)
 	defer x.Release()
-	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 		x.Status = http.StatusOK // head in hand, not yet written
 		<-ctx.Done()
 		return ctx.Err()
@@ -796,7 +802,7 @@ func TestTimeoutDoesNotApplyWithoutAWriter(t *testing.T) {
 	defer user.Close()
 	defer peer.Close()
 	x.Downstream = user
-	err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
+	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
@@ -817,7 +823,7 @@ func TestTimeoutPassesEarlyResultsThrough(t *testing.T) {
 			defer x.Release()
 			refused := pipeline.Rejectf(http.StatusForbidden, "not for you")
 			var timedCtx context.Context
-			err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
+			err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 				timedCtx = ctx
 				return refused
 			}))
@@ -836,7 +842,7 @@ func TestWrappedWriterKeepsTheUsersFeatures(t *testing.T) {
 	for _, hijack := range []bool{false, true} {
 		x, u, _ := timedExchange(pipeline.Ingress, hijack)
 		deadline := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-		err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
+		err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 			require.NotSame(t, u, x.Writer)
 			_, ok := x.Writer.(http.Hijacker)
 			require.Equal(t, hijack, ok, "a Hijacker only if the user's writer is one")
@@ -860,7 +866,7 @@ func TestAllowedPathDoesNotAllocate(t *testing.T) {
 		x := ingress("hello", true, "web")
 		ctx := context.Background()
 		allocs := testing.AllocsPerRun(1000, func() {
-			if err := g.Handle(ctx, x, pass); err != nil {
+			if err := handle(g, ctx, x, pass); err != nil {
 				panic(err)
 			}
 		})
@@ -883,7 +889,7 @@ func TestTimedPathAllocatesOnlyTheContext(t *testing.T) {
 	for _, body := range []string{"hello", ""} {
 		x := ingress(body, true, "web")
 		allocs := testing.AllocsPerRun(1000, func() {
-			if err := g.Handle(ctx, x, answer); err != nil {
+			if err := handle(g, ctx, x, answer); err != nil {
 				panic(err)
 			}
 		})
@@ -900,7 +906,7 @@ func BenchmarkOff(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := g.Handle(ctx, x, pass); err != nil {
+		if err := handle(g, ctx, x, pass); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -915,7 +921,7 @@ func BenchmarkAllowed(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := g.Handle(ctx, x, pass); err != nil {
+		if err := handle(g, ctx, x, pass); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -929,7 +935,7 @@ func BenchmarkAllowedParallel(b *testing.B) {
 		x := ingress("hello", true, "web")
 		defer x.Release()
 		for pb.Next() {
-			if err := g.Handle(ctx, x, pass); err != nil {
+			if err := handle(g, ctx, x, pass); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -944,14 +950,14 @@ func BenchmarkRefused(b *testing.B) {
 	ctx := context.Background()
 	inner := pipeline.HandlerFunc(func(ctx context.Context, _ *pipeline.Exchange) error {
 		for b.Loop() {
-			if g.Handle(ctx, x, pass) == nil {
+			if handle(g, ctx, x, pass) == nil {
 				b.Fatal("allowed")
 			}
 		}
 		return nil
 	})
 	b.ReportAllocs()
-	_ = g.Handle(ctx, x, inner)
+	_ = handle(g, ctx, x, inner)
 }
 
 // BenchmarkStreamedBody counts a body of unknown length: the counting
@@ -982,7 +988,7 @@ func BenchmarkStreamedBody(b *testing.B) {
 	for b.Loop() {
 		sr.Reset(data)
 		src.r = sr
-		if err := g.Handle(ctx, x, next); err != nil {
+		if err := handle(g, ctx, x, next); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -1002,7 +1008,7 @@ func BenchmarkTimed(b *testing.B) {
 	})
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := g.Handle(ctx, x, next); err != nil {
+		if err := handle(g, ctx, x, next); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -1221,7 +1227,7 @@ func TestTimeoutStartsWhenTheBodyEnds(t *testing.T) {
 		x, u, _ := timedExchange(pipeline.Ingress, false)
 		body := &slowBody{chunks: 8, every: d / 2}
 		x.Request.Body, x.Request.ContentLength = body, -1
-		err := g.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+		err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
 			n, err := io.Copy(io.Discard, x.Request.Body)
 			if err != nil || n != 8 {
 				return fmt.Errorf("body: %d bytes, %v", n, err)

@@ -7,7 +7,7 @@
 // The stage keys on Exchange.Rule, so it must come after route, as in the
 // gateway's ingress chain:
 //
-//	observe -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress -> encode
+//	observe -> encode -> decode -> limit -> route -> ratelimit -> rule_stages -> request_limit -> egress
 //
 // Requests without a rule pass unlimited. The per-address limit applies on
 // the ingress side only, to the request's source (Exchange.Source, set by

@@ -689,7 +689,7 @@ func TestCheckConfigChecksRuleStages(t *testing.T) {
 	t.Parallel()
 	withStages := func(list string) string { return validServer + "    stages: " + list + "\n" }
 	for _, tt := range []struct{ name, stages, want string }{
-		{"unknown", "[{ipfilters: {}}]", `rule "web": stages[0]: unknown stage "ipfilters" (known: [auth ipfilter])`},
+		{"unknown", "[{ipfilters: {}}]", `rule "web": stages[0]: unknown stage "ipfilters" (known: [auth headers ipfilter])`},
 		{"bad settings", "[{ipfilter: {allow: [10.0.0.0/33]}}]", `10.0.0.0/33`},
 		{"unknown setting", "[{ipfilter: {alow: [10.0.0.0/8]}}]", `unknown setting "alow" (settings: allow, deny)`},
 		{"two keys", "[{ipfilter: {}, auth: {}}]", `a map of one key`},

@@ -1,4 +1,4 @@
-package gateway
+package encode_test
 
 import (
 	"bytes"
@@ -36,11 +36,11 @@ func (s *recordingStream) CancelRead(code uint64) {
 }
 func (s *recordingStream) Abort(code uint64) { s.aborted = append(s.aborted, code) }
 
-// TestStreamFailEndsTheStreamAsTheErrorSays drives streamServer.fail with
-// each kind of error a chain returns on the egress side and checks how the
+// TestRefuseEndsTheStreamAsTheErrorSays drives Refuse with each kind of
+// error a chain returns on the egress side and checks how the
 // stream ends: an ERROR frame with the answer's status then a clean close,
 // a reset, or nothing at all when the stream already carries the error.
-func TestStreamFailEndsTheStreamAsTheErrorSays(t *testing.T) {
+func TestRefuseEndsTheStreamAsTheErrorSays(t *testing.T) {
 	t.Parallel()
 	const (
 		answer = "answer" // an ERROR frame, then close
@@ -84,7 +84,10 @@ func TestStreamFailEndsTheStreamAsTheErrorSays(t *testing.T) {
 			x := pipeline.Acquire(pipeline.Egress)
 			defer x.Release()
 			x.Stream, x.Status = s, c.status
-			(&streamServer{streamServerConfig: streamServerConfig{maxFrame: 64 << 10}}).fail(ctx, x, c.err)
+			enc, err := encode.New(encode.Config{})
+			require.NoError(t, err)
+			require.False(t, enc.Refuse(ctx, x, c.err), "an egress answer is never left to abort")
+			require.True(t, x.Answered, "nothing left to do")
 			require.Equal(t, []uint64{codec.StreamCancelled}, s.readsCancelledBy, "the request body was not read to its end")
 			switch c.want {
 			case none:
