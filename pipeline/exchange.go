@@ -164,7 +164,7 @@ type Exchange struct {
 	Frames codec.Reader
 	Body   codec.Body
 
-	then    Handler // where a chain run by Chain.Then goes on
+	then    Handler     // where a chain run by Chain.Then goes on
 	fins    [6]Finisher // see Defer; beyond 6, more
 	finsN   int
 	more    []Finisher

@@ -731,7 +731,7 @@ func TestEgressChain(t *testing.T) {
 	p := newPool(t, egress.PoolConfig{WarmConns: -1})
 	enc, err := encode.New(encode.Config{})
 	require.NoError(t, err)
-	chain, err := pipeline.New(context.Background(), []pipeline.Stage{dec, rt, newUpstreamStage(t, p), enc})
+	chain, err := pipeline.New(context.Background(), []pipeline.Stage{enc, dec, rt, newUpstreamStage(t, p)})
 	require.NoError(t, err)
 
 	var in []byte
@@ -789,8 +789,9 @@ func TestUpstreamSmallAnswerIsOneWrite(t *testing.T) {
 	x := pipeline.Acquire(pipeline.Egress)
 	defer x.Release()
 	x.Rule, x.Request, x.Stream = ruleFor(srv.URL), get(t, "/"), s
-	err = newUpstreamStage(t, p).Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
-		return enc.Handle(ctx, x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return nil }))
+	up := newUpstreamStage(t, p)
+	err = enc.Handle(context.Background(), x, pipeline.HandlerFunc(func(ctx context.Context, x *pipeline.Exchange) error {
+		return up.Handle(ctx, x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return nil }))
 	}))
 	require.NoError(t, err)
 	<-out
@@ -1282,8 +1283,8 @@ func TestTunnelUnreadAnswerResetsStream(t *testing.T) {
 // ---- both sides, in memory ----
 
 // inMemoryTunnel is a user-facing HTTP server running the ingress chain
-// (decode, route, Tunnel, encode) whose tunnel streams are served, in
-// memory, by the egress chain (decode, route, Upstream, encode) against a
+// (encode, decode, route, Tunnel) whose tunnel streams are served, in
+// memory, by the egress chain (encode, decode, route, Upstream) against a
 // real upstream: the whole data path of the gateway without QUIC.
 type inMemoryTunnel struct {
 	user *httptest.Server
@@ -1311,7 +1312,7 @@ func newInMemoryTunnel(t *testing.T, upstreamURL string) *inMemoryTunnel {
 	require.NoError(t, err)
 	ingressRoute, err := route.New(route.Config{Rules: &store, Egress: rules.Forward})
 	require.NoError(t, err)
-	egressChain := mustChain(dec, egressRoute, newUpstreamStage(t, newPool(t, egress.PoolConfig{WarmConns: -1})), enc)
+	egressChain := mustChain(enc, dec, egressRoute, newUpstreamStage(t, newPool(t, egress.PoolConfig{WarmConns: -1})))
 
 	m := &inMemoryTunnel{}
 	info := &pipeline.Conn{ClientID: "laptop"}
@@ -1326,7 +1327,7 @@ func newInMemoryTunnel(t *testing.T, upstreamURL string) *inMemoryTunnel {
 			defer x.Release()
 			remote := s.Remote()
 			x.Stream, x.Conn = remote, info
-			if err := egressChain.Handle(ctx, x); err != nil {
+			if err := egressChain.Handle(ctx, x); err != nil && !x.Answered {
 				if x.Status != 0 {
 					remote.Abort(codec.StreamInternal)
 					return
@@ -1340,13 +1341,13 @@ func newInMemoryTunnel(t *testing.T, upstreamURL string) *inMemoryTunnel {
 	})}
 	tun, err := egress.NewTunnel(egress.TunnelConfig{Conns: egress.ConnSourceFunc(func(*rules.Rule) (*pipeline.Conn, error) { return conn, nil })})
 	require.NoError(t, err)
-	ingressChain := mustChain(dec, ingressRoute, tun, enc)
+	ingressChain := mustChain(enc, dec, ingressRoute, tun)
 
 	m.user = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		x := pipeline.Acquire(pipeline.Ingress)
 		defer x.Release()
 		x.Request, x.Writer = r, w
-		if err := ingressChain.Handle(r.Context(), x); err != nil && x.Status == 0 {
+		if err := ingressChain.Handle(r.Context(), x); err != nil && !x.Answered && x.Status == 0 {
 			status, msg, retry := pipeline.Answer(err)
 			httpx.WriteError(w, status, msg, retry, x.ID)
 		}

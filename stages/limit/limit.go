@@ -47,31 +47,33 @@
 //
 // # How the timeout sees the answer start
 //
-// The stage cannot read Exchange.Status from its timer: Status is a plain
-// int written by encode on the goroutine running the chain, and reading it
-// from the timer's goroutine would be a data race. Instead, for the time
-// of the call to next, the stage puts a thin wrapper around the writer of
-// the answer (Exchange.Writer on the ingress side, Exchange.Stream on the
-// egress side). The first WriteHeader, Write, Flush or Hijack (ingress) or
-// Write or Close (egress) marks the answer started with one atomic
-// compare-and-swap; the timer expires the exchange with the same
-// compare-and-swap, so exactly one of them wins. If the timer wins, the
-// exchange's context is cancelled with a 504 *pipeline.Reject as its cause
-// and every later write of the answer is refused: nothing reaches the user,
-// who gets the 504 instead of a late, half-written answer.
+// Encode is the outermost stage and writes the answer once next has
+// returned, so the answer starts, for the timer, when next returns to this
+// stage: by then the egress stage has the answer's head (its body not yet
+// read), or the chain failed. A stage inside this one that writes the
+// answer itself (a WebSocket's 101, a test's stand-in) starts it too: for
+// the time of the call to next, the stage puts a thin wrapper around the
+// writer of the answer (Exchange.Writer on the ingress side,
+// Exchange.Stream on the egress side), and the first WriteHeader, Write,
+// Flush or Hijack (ingress) or Write or Close (egress) marks the answer
+// started with one atomic compare-and-swap. The timer expires the exchange
+// with the same compare-and-swap, so exactly one of them wins. If the
+// timer wins, the exchange's context is cancelled with a 504
+// *pipeline.Reject as its cause and every later write through the
+// wrappers is refused; when next returns, the stage gives the exchange its
+// writer back and returns the 504, which encode renders: the user gets the
+// 504 instead of a late, half-written answer.
 //
-// Three consequences, each shown by a test:
-//   - A stage that only sets Exchange.Status, without writing, does not stop
-//     the timer.
-//   - On the egress side, encode sends the head of an answer of known length
-//     together with its first body chunk (S15), so the timeout there covers
-//     the upstream's head and its first chunk.
-//   - An ingress exchange without a writer (a TCP rule, whose "answer" is a
-//     byte stream with no head) gets no timeout; the egress side's dial
-//     timeout bounds how long it waits for the upstream.
+// The stage never reads Exchange.Status from its timer (a plain int of the
+// goroutine running the chain), and a stage that only sets it does not
+// stop the timer. An ingress exchange without a writer (a TCP rule, whose
+// "answer" is a byte stream with no head) gets no timeout; the egress
+// side's dial timeout bounds how long it waits for the upstream.
 //
-// A flag on pipeline.Exchange, set by the egress stages when the answer's
-// head arrives, would make all three go away.
+// The wrappers, the context and the body's watch are needed until the
+// answer is delivered (SendTimeout and StreamIdleTimeout hold its writing
+// to a pace): a pipeline.Finisher registered with Exchange.Defer ends them
+// then, as the in-flight slot's does.
 package limit
 
 import (
@@ -279,7 +281,7 @@ func (g *Guard) Handle(ctx context.Context, x *pipeline.Exchange, next pipeline.
 	var body *limitedBody
 	if r != nil {
 		body = bodyPool.Get().(*limitedBody)
-		body.rc, body.left, body.limit, body.r = r.Body, limit, limit, r
+		body.rc, body.left, body.limit, body.r, body.stage = r.Body, limit, limit, r, g.name
 		r.Body = body
 		// The exchange is pooled and its request outlives the chain:
 		// whoever reads it later must not read through a stale limit.
@@ -339,9 +341,10 @@ var bodyPool = sync.Pool{New: func() any { return new(limitedBody) }}
 type limitedBody struct {
 	rc      io.ReadCloser
 	r       *http.Request // whose Body it is
-	left    int64 // bytes still allowed
+	left    int64         // bytes still allowed
 	limit   int64
-	err     error // set once tripped
+	stage   string // the guard's name, for a 413 made after the chain returned
+	err     error  // set once tripped
 	tripped atomic.Bool
 }
 
@@ -372,11 +375,13 @@ func (b *limitedBody) Close() error { return b.rc.Close() }
 // back and b goes back to the pool. A body cut at the limit while the
 // answer streamed makes a failed exchange's error the 413 it was.
 func (b *limitedBody) Finish(_ *pipeline.Exchange, err error) error {
-	if err != nil && b.tripped.Load() {
-		err = bodyReject(b.limit)
+	if err != nil && b.tripped.Load() && !errors.Is(err, ErrBodyTooLarge) {
+		rj := bodyReject(b.limit)
+		rj.Stage = b.stage // the chain has returned: it names no stage now
+		err = rj
 	}
 	b.r.Body = b.rc
-	b.rc, b.r, b.err, b.left, b.limit = nil, nil, nil, 0, 0
+	b.rc, b.r, b.err, b.left, b.limit, b.stage = nil, nil, nil, 0, 0, ""
 	b.tripped.Store(false)
 	bodyPool.Put(b)
 	return err
@@ -384,7 +389,7 @@ func (b *limitedBody) Finish(_ *pipeline.Exchange, err error) error {
 
 // bodyReject returns a new 413: the chain names the stage on the *Reject
 // it sees, so one value must not be returned twice.
-func bodyReject(limit int64) error {
+func bodyReject(limit int64) *pipeline.Reject {
 	return &pipeline.Reject{Status: http.StatusRequestEntityTooLarge, Err: ErrBodyTooLarge,
 		Message: "request body exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 }
