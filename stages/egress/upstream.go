@@ -80,6 +80,7 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		}
 	}
 	var tried uint64
+	var failed error
 	for attempt := 0; ; attempt++ {
 		i, m := g.pick(tried)
 		if i < 64 {
@@ -102,22 +103,25 @@ func (u *Upstream) Handle(ctx context.Context, x *pipeline.Exchange, next pipeli
 		}
 		m.t.inflight.Add(-1)
 		if ctx.Err() != nil {
-			body.restore(req)
-			return ctx.Err() // the requester went away; nobody to answer
+			failed = ctx.Err() // the requester went away; nobody to answer
+			break
 		}
 		connErr := isConnectError(err)
 		if connErr {
 			m.connFailed(err)
 		}
 		if attempt >= retries || !(replayable || connErr && (body == nil || !body.read.Load())) {
-			body.restore(req)
-			return upstreamError(x, err)
+			failed = upstreamError(x, err)
+			break
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			body.restore(req)
-			return err
+		if failed = backoff(ctx, attempt); failed != nil {
+			break
 		}
 	}
+	// No answer: the request's own body goes back now (an answer's
+	// finisher gives it back once the answer is delivered).
+	body.restore(req)
+	return failed
 }
 
 // answer is what an exchange holds of its upstream until the answer is
