@@ -19,8 +19,15 @@ import (
 )
 
 // ingressRefuser answers what a chain could not (a chain without encode),
-// and says when an answer started must be cut short instead.
-var ingressRefuser, _ = encode.New(encode.Config{})
+// and says when an answer started must be cut short instead. On the
+// ingress side Refuse uses none of the encoder's settings.
+var ingressRefuser = func() *encode.Encoder {
+	e, err := encode.New(encode.Config{})
+	if err != nil {
+		panic(err) // the zero Config is valid: a change of encode broke it
+	}
+	return e
+}()
 
 // ingressHandler serves the user requests of one listener through the
 // ingress chain.

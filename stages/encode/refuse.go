@@ -44,10 +44,9 @@ func (e *Encoder) Refuse(ctx context.Context, x *pipeline.Exchange, err error) (
 
 // refuseUser answers err to the user if nothing was written yet.
 func refuseUser(ctx context.Context, x *pipeline.Exchange, err error) (abort bool) {
-	if ctx.Err() != nil && !tooSlow(err) {
-		return false // the user went away; nobody to answer
-	}
-	if _, gone := errors.AsType[pipeline.UserGoneError](err); gone {
+	_, gone := errors.AsType[pipeline.UserGoneError](err)
+	if gone || (ctx.Err() != nil && !tooSlow(err)) {
+		x.Answered = true // the user went away: nobody to answer, nothing left to do
 		return false
 	}
 	if x.Status != 0 {
