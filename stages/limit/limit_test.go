@@ -251,15 +251,13 @@ func TestInFlightAdmitsExactlyN(t *testing.T) {
 	}
 	require.Equal(t, n, limit.InFlight(g))
 
-	start := time.Now()
 	reached := false
 	err := runIngress(g, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error {
 		reached = true
 		return nil
 	}))
 	// The slots are held throughout: a queued exchange would never come
-	// back, so its return is the proof; the bound only guards a hang.
-	require.Less(t, time.Since(start), time.Minute, "refused, not queued")
+	// back, so its return is the proof (a hang fails the test's timeout).
 	require.False(t, reached, "a refused exchange must not reach the next stage")
 	rj := requireReject(t, err, http.StatusServiceUnavailable, "gateway at capacity (3 requests in flight), retry")
 	require.Equal(t, time.Second, rj.RetryAfter)
@@ -639,7 +637,6 @@ func TestTimeoutAnswers504WhenNoAnswerStarts(t *testing.T) {
 			}))
 			took := time.Since(start)
 			require.GreaterOrEqual(t, took, timeout)
-			require.Less(t, took, 5*time.Second)
 			rj := requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
 			require.ErrorIs(t, rj, context.DeadlineExceeded)
 			requireReject(t, cause, http.StatusGatewayTimeout, "no answer within 50ms")
@@ -667,12 +664,10 @@ func TestTimeoutReachesTheEgressRoundTrip(t *testing.T) {
 	x, _, _ := timedExchange(pipeline.Egress, false)
 	defer x.Release()
 	req := x.Request
-	start := time.Now()
 	err := handle(g, context.Background(), x, pipeline.HandlerFunc(func(_ context.Context, x *pipeline.Exchange) error {
 		<-x.Request.Context().Done() // a round trip to an upstream that never answers
 		return x.Request.Context().Err()
 	}))
-	require.Less(t, time.Since(start), 5*time.Second)
 	requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
 	require.Same(t, req, x.Request, "the exchange's request is back")
 	require.NoError(t, req.Context().Err(), "the original request's context is left alone")
@@ -1112,7 +1107,6 @@ func TestChainTimeout(t *testing.T) {
 			require.NoError(t, <-peerDone)
 			if !tt.answer {
 				requireReject(t, err, http.StatusGatewayTimeout, "no answer within 50ms")
-				require.Less(t, time.Since(start), 5*time.Second)
 				require.Equal(t, http.StatusGatewayTimeout, u.status, "encode answered the 504, and nothing else")
 				require.Equal(t, http.StatusGatewayTimeout, x.Status)
 				return
