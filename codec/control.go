@@ -266,3 +266,74 @@ func clone(p []byte) []byte {
 	}
 	return append([]byte(nil), p...)
 }
+
+// Declare is a client's claim on rules of its own (sent after HELLO_ACK,
+// again on every connection): Rules holds them, encoded like
+// Snapshot.Rules, each named by its ID and without a client. The server
+// checks every claim against what its configuration lets the client
+// declare, and answers DECLARED. A new Declare replaces the previous one.
+type Declare struct {
+	Rules []byte
+}
+
+// Declared answers a Declare: one result per claimed rule, in order.
+type Declared struct {
+	Results []DeclaredRule
+}
+
+// DeclaredRule is the outcome of one claim.
+type DeclaredRule struct {
+	Name string // the ID the client gave the rule
+	ID   string // the id of the rule in force; empty when refused
+	// Error says why the claim was refused (which policy, or which rule it
+	// conflicts with); empty when accepted.
+	Error string
+	// URLs are where the public reaches an accepted reverse rule.
+	URLs []string
+}
+
+// AppendDeclare appends a DECLARE message.
+func AppendDeclare(b []byte, m *Declare) []byte {
+	b, s := beginFrame(b, MsgDeclare)
+	b = appendBytes(b, m.Rules)
+	return endFrame(b, s)
+}
+
+// ParseDeclare decodes a DECLARE payload. The result does not alias p.
+func ParseDeclare(p []byte) (*Declare, error) {
+	d := decoder{b: p}
+	m := &Declare{Rules: clone(d.bytes())}
+	return m, d.done()
+}
+
+// AppendDeclared appends a DECLARED message.
+func AppendDeclared(b []byte, m *Declared) []byte {
+	b, s := beginFrame(b, MsgDeclared)
+	b = AppendVarint(b, uint64(len(m.Results)))
+	for _, r := range m.Results {
+		b = appendString(b, r.Name)
+		b = appendString(b, r.ID)
+		b = appendString(b, r.Error)
+		b = AppendVarint(b, uint64(len(r.URLs)))
+		for _, u := range r.URLs {
+			b = appendString(b, u)
+		}
+	}
+	return endFrame(b, s)
+}
+
+// ParseDeclared decodes a DECLARED payload.
+func ParseDeclared(p []byte) (*Declared, error) {
+	d := decoder{b: p}
+	m := &Declared{}
+	n := d.count()
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		r := DeclaredRule{Name: d.str(), ID: d.str(), Error: d.str()}
+		k := d.count()
+		for j := uint64(0); j < k && d.err == nil; j++ {
+			r.URLs = append(r.URLs, d.str())
+		}
+		m.Results = append(m.Results, r)
+	}
+	return m, d.done()
+}

@@ -66,6 +66,18 @@ func (d *decoder) varint() uint64 {
 	return v
 }
 
+// count reads a number of items that follow, each at least one byte: a
+// count larger than the rest of the payload is malformed (and cannot make
+// the parser loop or allocate for nothing).
+func (d *decoder) count() uint64 {
+	n := d.varint()
+	if n > uint64(len(d.b)) {
+		d.fail("count %d overruns payload", n)
+		return 0
+	}
+	return n
+}
+
 func (d *decoder) u8() uint8 {
 	if d.err != nil {
 		return 0

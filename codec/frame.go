@@ -33,6 +33,8 @@ const (
 	MsgPong      FrameType = 0x17 // either way
 	MsgGoAway    FrameType = 0x18 // either way: drain, open no new streams
 	MsgReject    FrameType = 0x19 // server -> client: Error, then the connection closes
+	MsgDeclare   FrameType = 0x1a // client -> server: the rules this client claims
+	MsgDeclared  FrameType = 0x1b // server -> client: each claim accepted or refused
 )
 
 var typeNames = [...]string{
@@ -41,6 +43,7 @@ var typeNames = [...]string{
 	MsgHello: "HELLO", MsgHelloAck: "HELLO_ACK", MsgSnapshot: "SNAPSHOT",
 	MsgDelta: "DELTA", MsgHashCheck: "HASH_CHECK", MsgApplied: "APPLIED",
 	MsgPing: "PING", MsgPong: "PONG", MsgGoAway: "GOAWAY", MsgReject: "REJECT",
+	MsgDeclare: "DECLARE", MsgDeclared: "DECLARED",
 }
 
 func (t FrameType) String() string {

@@ -91,6 +91,10 @@ type ServerTLS struct {
 type ClientEntry struct {
 	ID          string `yaml:"id"`
 	TokenSHA256 string `yaml:"token_sha256"`
+	// Declare is what the client may declare on its own ('tunnel expose',
+	// the client's declare setting): host names, TCP ports, forward
+	// targets. Nil: nothing; the server's rules are all it gets.
+	Declare *rules.Claims `yaml:"declare"`
 }
 
 // Sync holds the control-plane intervals (A4).
@@ -142,6 +146,14 @@ type Client struct {
 	// set listen_tls; the certificate is picked by SNI. Relative paths are
 	// relative to the configuration file's directory.
 	ForwardTLS []CertFiles `yaml:"forward_tls"`
+	// Declare are rules this client claims on its own, within what the
+	// server's clients[].declare lets it: each names itself with id (the
+	// server makes the rule's id "<client>.<id>") and has no client. A
+	// reverse HTTP rule without a host gets one under the server's
+	// base_domain; a reverse TCP rule without a listen port gets a free
+	// one of tcp_ports. The server answers each claim; a refused one is
+	// logged with its reason, and the others serve.
+	Declare []rules.Rule `yaml:"declare"`
 	Common     `yaml:",inline"`
 }
 

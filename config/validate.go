@@ -203,6 +203,9 @@ func (c *Server) Validate() error {
 		if _, err := control.ParseTokenHash(cl.TokenSHA256); err != nil {
 			k.add(p+".token_sha256", "%v", err)
 		}
+		if err := cl.Declare.Validate(); err != nil {
+			k.add(p+".declare", "%v", err)
+		}
 	}
 	bad := map[int]bool{}
 	for i := range c.Rules {
@@ -260,6 +263,21 @@ func (c *Client) Validate() error {
 		}
 	}
 	checkCerts(&k, "forward_tls", c.ForwardTLS)
+	seen := map[string]bool{}
+	for i := range c.Declare {
+		r := c.Declare[i]
+		if err := r.ValidateClaim(i); err != nil {
+			var fe *rules.FieldError
+			if errors.As(err, &fe) {
+				k.add(fmt.Sprintf("declare[%d].%s", i, fe.Field), "%s", fe.Msg)
+			} else {
+				k.add(fmt.Sprintf("declare[%d]", i), "%v", err)
+			}
+		} else if seen[r.ID] {
+			k.add(fmt.Sprintf("declare[%d].id", i), "%q is declared twice", r.ID)
+		}
+		seen[r.ID] = true
+	}
 	k.positive("reconnect.base", c.Reconnect.Base)
 	k.positive("reconnect.max", c.Reconnect.Max)
 	k.positive("reconnect.stable", c.Reconnect.Stable)

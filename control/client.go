@@ -152,6 +152,14 @@ func (p *ClientPeer) Run(ctx context.Context, ev ClientEvents) error {
 				return err
 			}
 			ev.GoAway(m.Reason)
+		case codec.MsgDeclared:
+			m, err := codec.ParseDeclared(payload)
+			if err != nil {
+				return err
+			}
+			if d, ok := ev.(DeclaredEvents); ok {
+				d.Declared(m)
+			}
 		default:
 			return fmt.Errorf("%w: unexpected %s from server", codec.ErrMalformed, t)
 		}
@@ -214,6 +222,21 @@ func ticker(d time.Duration) *time.Ticker {
 func (p *ClientPeer) requestSnapshot(ev ClientEvents) error {
 	v, _ := ev.State()
 	return p.w.send(func(b []byte) []byte { return codec.AppendHashCheck(b, &codec.HashCheck{Version: v}) })
+}
+
+// DeclaredEvents is implemented by ClientEvents that declare rules: Run
+// hands them the server's answer to Declare.
+type DeclaredEvents interface {
+	Declared(m *codec.Declared)
+}
+
+// Declare sends the rules this client claims (each named by its ID, with
+// no client), replacing those it declared before on this connection. The
+// server answers with DECLARED (DeclaredEvents) and, for the claims it
+// accepts, the usual rule update.
+func (p *ClientPeer) Declare(rs []rules.Rule) error {
+	m := &codec.Declare{Rules: rules.Encode(rs)}
+	return p.w.send(func(b []byte) []byte { return codec.AppendDeclare(b, m) })
 }
 
 // GoAway tells the server that this client is draining.

@@ -134,6 +134,16 @@ type ServerEvents interface {
 	GoAway(reason string)
 }
 
+// Declarer is implemented by ServerEvents that take the rules clients
+// declare (DECLARE): Declare answers with the outcome of each claim, and Run
+// sends it back as DECLARED. Without it, every claim is refused.
+type Declarer interface {
+	Declare(m *codec.Declare) *codec.Declared
+}
+
+// ErrNoDeclare is the refusal of claims sent to a server that takes none.
+const ErrNoDeclare = "this server takes no declared rules"
+
 // Run reads the client's messages until the stream ends or ctx is done, and
 // answers PINGs. It returns nil when the client closed the stream cleanly.
 func (p *ServerPeer) Run(ctx context.Context, ev ServerEvents) error {
@@ -179,8 +189,35 @@ func (p *ServerPeer) Run(ctx context.Context, ev ServerEvents) error {
 				return err
 			}
 			ev.GoAway(m.Reason)
+		case codec.MsgDeclare:
+			m, err := codec.ParseDeclare(payload)
+			if err != nil {
+				return err
+			}
+			if err := p.declare(ev, m); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("%w: unexpected %s from client", codec.ErrMalformed, t)
 		}
 	}
+}
+
+// declare answers a DECLARE with ev's outcome, or refuses every claim when
+// ev takes none.
+func (p *ServerPeer) declare(ev ServerEvents, m *codec.Declare) error {
+	var out *codec.Declared
+	if d, ok := ev.(Declarer); ok {
+		out = d.Declare(m)
+	} else {
+		out = &codec.Declared{}
+		rs, err := rules.Decode(m.Rules)
+		for _, r := range rs {
+			out.Results = append(out.Results, codec.DeclaredRule{Name: r.ID, Error: ErrNoDeclare})
+		}
+		if err != nil {
+			out.Results = append(out.Results, codec.DeclaredRule{Error: err.Error()})
+		}
+	}
+	return p.w.send(func(b []byte) []byte { return codec.AppendDeclared(b, out) })
 }

@@ -32,6 +32,11 @@ type RuleStore struct {
 	overlay   Overlay
 	conflicts []Conflict
 	persist   func(Overlay) error // nil: the overlay lives in memory only
+
+	// The rules clients declared, by client (declare.go), and those of
+	// them left out because the operator's rules took their place.
+	declared      map[string][]rules.Rule
+	declConflicts []Conflict
 }
 
 // DefaultHistory is how many past versions a store keeps for deltas.
@@ -70,7 +75,11 @@ func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) (supersed
 			return nil, nil, err
 		}
 		conflicts = c
-		return merged, func() { s.conflicts = c; saveErr = s.keepOverlay(kept, len(superseded) > 0) }, nil
+		all, dc := withDeclared(merged, s.declared)
+		return all, func() {
+			s.conflicts, s.declConflicts = c, dc
+			saveErr = s.keepOverlay(kept, len(superseded) > 0)
+		}, nil
 	}, true)
 	if errors.Is(err, ErrUnchanged) {
 		err = nil
@@ -79,18 +88,23 @@ func (s *RuleStore) UseOverlay(o Overlay, persist func(Overlay) error) (supersed
 }
 
 // Conflicts returns the admin API's changes left out of the rules in force
-// because they no longer fit the configuration file's rules.
+// because they no longer fit the configuration file's rules, and the rules
+// clients declared that the operator's rules have since displaced.
 func (s *RuleStore) Conflicts() []Conflict {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.conflicts)
+	return slices.Concat(s.conflicts, s.declConflicts)
 }
 
 // Source says where the rule with id in force comes from: "api" (set
-// through the admin API) or "file".
+// through the admin API), "declared" (declared by its client; see
+// declare.go) or "file".
 func (s *RuleStore) Source(id string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.declaredBy(id) != "" {
+		return "declared"
+	}
 	for _, ch := range s.overlay.Changes {
 		if ch.ID == id && ch.Rule != nil {
 			return "api"
@@ -152,8 +166,9 @@ func (s *RuleStore) Replace(rs []rules.Rule) (*rules.Table, []Change, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		return merged, func() {
-			s.base, s.conflicts = slices.Clone(rs), conflicts
+		all, dc := withDeclared(merged, s.declared)
+		return all, func() {
+			s.base, s.conflicts, s.declConflicts = slices.Clone(rs), conflicts, dc
 			saveErr = s.keepOverlay(kept, len(superseded) > 0)
 		}, nil
 	}, true)
@@ -185,7 +200,10 @@ func (s *RuleStore) Delete(id string) (*rules.Table, error) {
 // is refused, and nothing changes; an accepted one is saved.
 func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
 	var saveErr error
-	t, err := s.change(func(cur []rules.Rule) ([]rules.Rule, func(), error) {
+	t, err := s.change(func([]rules.Rule) ([]rules.Rule, func(), error) {
+		if c := s.declaredBy(ch.ID); c != "" {
+			return nil, nil, fmt.Errorf("%w: rule %q of client %q", ErrDeclared, ch.ID, c)
+		}
 		ch.File = fileRule(s.base, ch.ID)
 		next := s.overlay.with(ch)
 		if ch.Rule == nil && !slices.ContainsFunc(s.base, func(r rules.Rule) bool { return r.ID == ch.ID }) {
@@ -201,7 +219,11 @@ func (s *RuleStore) apiChange(ch Change) (*rules.Table, error) {
 				return nil, nil, c.Err
 			}
 		}
-		return merged, func() { s.conflicts = conflicts; saveErr = s.keepOverlay(next, true) }, nil
+		all, dc := withDeclared(merged, s.declared)
+		return all, func() {
+			s.conflicts, s.declConflicts = conflicts, dc
+			saveErr = s.keepOverlay(next, true)
+		}, nil
 	}, false)
 	if err != nil {
 		return t, err

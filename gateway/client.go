@@ -46,6 +46,7 @@ type Client struct {
 	readyOnce sync.Once
 	applied   atomic.Uint64
 	refused   atomic.Pointer[refusal] // the last rule set that could not be applied, until one is
+	declared  declarations            // the server's answer to config.Declare (clientdeclare.go)
 }
 
 // NewClient fills cfg's defaults (SetDefaults), checks it (Validate) and
@@ -242,6 +243,14 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 		}
 		return nil, err
 	}
+	if len(c.cfg.Declare) > 0 {
+		// Declared again on every connection: the server forgets a
+		// client's declared rules when its session ends.
+		if err := peer.Declare(c.cfg.Declare); err != nil {
+			_ = qc.Close(codec.ConnInternal, "declare failed")
+			return nil, err
+		}
+	}
 	info := &pipeline.Conn{
 		ClientID:   c.cfg.ID,
 		SessionID:  peer.Ack.SessionID,
@@ -365,6 +374,7 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	c.log.Log(context.Background(), level, "rules applied", "version", version, "rules", t.Len(), "previous", old.Version(), "forward_listeners", c.listeners.count())
 	c.refused.Store(nil)
 	c.readyOnce.Do(func() { close(c.ready) })
+	c.declared.notify()
 	return nil
 }
 
@@ -468,7 +478,10 @@ func (c *Client) view() any {
 		RefusedVersion uint64    `json:"refused_version,omitempty"`
 		RefusedError   string    `json:"refused_error,omitempty"`
 		RefusedAt      time.Time `json:"refused_at,omitzero"`
+		// Declared: the server's answer to the rules this client declares.
+		Declared []Declaration `json:"declared,omitempty"`
 	}{tableView: viewOf(c.rules.Load()), Client: c.cfg.ID, Server: c.cfg.Server, Connected: c.conn.Load() != nil}
+	_, v.Declared, _ = c.declared.wait()
 	if r := c.refused.Load(); r != nil {
 		v.RefusedVersion, v.RefusedError, v.RefusedAt = r.Version, r.Err, r.At
 	}

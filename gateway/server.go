@@ -41,6 +41,7 @@ type Server struct {
 	serving  atomic.Bool // between Start and Shutdown
 
 	api     *rulesAPI
+	claims  atomic.Pointer[map[string]*rules.Claims] // what each client may declare (declare.go)
 	running atomic.Pointer[config.Server] // the configuration in force: the start's, with a reload's live settings
 	pending atomic.Pointer[[]string]      // settings changed in the file that need a restart
 
@@ -102,6 +103,8 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.tokens.Store(&tokens)
+	claims := claimsOf(cfg.Clients)
+	s.claims.Store(&claims)
 	built := time.Now()
 	if s.store, err = control.NewRuleStore(cfg.Rules, 0); err != nil {
 		return nil, err
@@ -412,6 +415,9 @@ func (e *serverEvents) HashCheck(m *codec.HashCheck) {
 func (e *serverEvents) GoAway(reason string) {
 	e.conn.info.Draining.Store(true)
 	e.s.log.Info("client is draining", "client", e.conn.info.ClientID, "reason", reason)
+	// A client that leaves takes the rules it declared with it: new
+	// requests for them are not sent to a client on its way out.
+	e.s.undeclare(e.conn.info.ClientID, "the client is leaving")
 	// No new streams go to it; once the ones in flight have been read
 	// whole, the connection is closed from here (see drain.go).
 	e.conn.drains.Go(func() { closeWhenIdle(e.conn.qc.Context(), e.conn.info, e.s.cfg.ShutdownGrace) })
@@ -534,6 +540,9 @@ func (s *Server) sweep(ctx context.Context) {
 		case now := <-t.C:
 			if gone := s.sessions.Sweep(now, s.cfg.Sessions.TTL); len(gone) > 0 {
 				s.log.Info("sessions expired", "clients", gone)
+				for _, c := range gone {
+					s.undeclare(c, "its session expired")
+				}
 				s.kit.m.SetSessions(len(s.sessions.Sessions()))
 			}
 		}

@@ -145,6 +145,9 @@ func (s *Server) reload() error {
 		return err
 	}
 	old := s.tokens.Swap(&tokens)
+	claims := claimsOf(cfg.Clients)
+	s.claims.Store(&claims)
+	s.recheckDeclared()
 	// A client that was removed, or whose token changed, is disconnected.
 	s.mu.Lock()
 	for sc := range s.conns {
