@@ -154,7 +154,7 @@ type Client struct {
 	// one of tcp_ports. The server answers each claim; a refused one is
 	// logged with its reason, and the others serve.
 	Declare []rules.Rule `yaml:"declare"`
-	Common     `yaml:",inline"`
+	Common  `yaml:",inline"`
 }
 
 // Reconnect holds the client's reconnect backoff (full jitter).

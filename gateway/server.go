@@ -42,8 +42,8 @@ type Server struct {
 
 	api     *rulesAPI
 	claims  atomic.Pointer[map[string]*rules.Claims] // what each client may declare (declare.go)
-	running atomic.Pointer[config.Server] // the configuration in force: the start's, with a reload's live settings
-	pending atomic.Pointer[[]string]      // settings changed in the file that need a restart
+	running atomic.Pointer[config.Server]            // the configuration in force: the start's, with a reload's live settings
+	pending atomic.Pointer[[]string]                 // settings changed in the file that need a restart
 
 	tunnelLn  *transport.Listener
 	public    []ingressListener // public_http, then public_https if set
