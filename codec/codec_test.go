@@ -131,6 +131,15 @@ func TestControlRoundTrip(t *testing.T) {
 			func(p []byte) (any, error) { return codec.ParseGoAway(p) }, &codec.GoAway{Reason: "shutdown"}},
 		{"reject", codec.MsgReject, codec.AppendReject(nil, &codec.Error{Status: 401, Message: "invalid token"}),
 			func(p []byte) (any, error) { return codec.ParseReject(p) }, &codec.Error{Status: 401, Message: "invalid token"}},
+		{"declare", codec.MsgDeclare, codec.AppendDeclare(nil, &codec.Declare{Rules: []byte(`[{"id":"web"}]`)}),
+			func(p []byte) (any, error) { return codec.ParseDeclare(p) }, &codec.Declare{Rules: []byte(`[{"id":"web"}]`)}},
+		{"declared", codec.MsgDeclared, codec.AppendDeclared(nil, &codec.Declared{Results: []codec.DeclaredRule{
+			{Name: "web", ID: "c1.web", URLs: []string{"http://c1.localhost:8080/", "https://c1.localhost:8443/"}},
+			{Name: "db", Error: "port 5432 is not in tcp_ports"}}}),
+			func(p []byte) (any, error) { return codec.ParseDeclared(p) },
+			&codec.Declared{Results: []codec.DeclaredRule{
+				{Name: "web", ID: "c1.web", URLs: []string{"http://c1.localhost:8080/", "https://c1.localhost:8443/"}},
+				{Name: "db", Error: "port 5432 is not in tcp_ports"}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

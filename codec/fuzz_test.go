@@ -169,6 +169,8 @@ func FuzzControl(f *testing.F) {
 		roundTrip(t, p, codec.MsgPong, codec.ParsePing, func(b []byte, m codec.Ping) []byte { return codec.AppendPing(b, m, true) })
 		roundTrip(t, p, codec.MsgGoAway, codec.ParseGoAway, codec.AppendGoAway)
 		roundTrip(t, p, codec.MsgReject, codec.ParseReject, codec.AppendReject)
+		roundTrip(t, p, codec.MsgDeclare, codec.ParseDeclare, codec.AppendDeclare)
+		roundTrip(t, p, codec.MsgDeclared, codec.ParseDeclared, codec.AppendDeclared)
 
 		if m, err := codec.ParseDelta(p); err == nil {
 			require.Greater(t, m.To, m.From, "a delta moves forward")
