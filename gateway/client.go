@@ -328,6 +328,12 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	start := time.Now()
 	defer func() {
 		c.kit.m.ConfigApplied(version, time.Since(start), err)
+		if errors.Is(err, errListenersClosed) {
+			// Shutting down: the server's last changes (the rules this
+			// client declared, dropped as it leaves) have nothing to apply.
+			c.log.Debug("rules not applied: shutting down", "version", version)
+			return
+		}
 		if err != nil {
 			// Said here too, not only to the server: the cause (a busy
 			// port, say) is this host's to fix.

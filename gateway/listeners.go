@@ -22,6 +22,9 @@ import (
 	"github.com/qtunnel/qtunnel/rules"
 )
 
+// errListenersClosed refuses new rules once the listeners shut down.
+var errListenersClosed = errors.New("listeners are shutting down")
+
 // ingressListener is a listener whose connections enter the ingress chain.
 type ingressListener interface {
 	addr() net.Addr
@@ -287,7 +290,7 @@ func (s *listenerSet) prepare(want []rules.Listener) (*pending, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return nil, errors.New("listeners are shutting down")
+		return nil, errListenersClosed
 	}
 	byAddr := map[string]rules.Listener{}
 	for k := range s.live {

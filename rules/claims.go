@@ -113,11 +113,11 @@ func (c *Claims) CheckClaim(r *Rule) error {
 			return refuse("listen %q: not host:port", r.Listen)
 		}
 		if !c.portAllowed(n) {
-			return refuse("port %d is not in tcp_ports %v", n, c.TCPPorts)
+			return refuse("port %d is not in tcp_ports %q", n, c.TCPPorts)
 		}
 	case r.Direction == Reverse:
 		if !c.HostAllowed(r.Host) {
-			return refuse("host %q is neither one label under base_domain %q nor in hosts %v", r.Host, c.BaseDomain, c.Hosts)
+			return refuse("host %q is not %s", r.Host, c.hostClaims())
 		}
 	case r.Direction == Forward:
 		if r.UpstreamCAFile != "" {
@@ -133,11 +133,26 @@ func (c *Claims) CheckClaim(r *Rule) error {
 				return refuse("upstream %q: %v", u, err)
 			}
 			if !c.targetAllowed(host, port) {
-				return refuse("upstream %q is not in forward_targets %v", u, c.ForwardTargets)
+				return refuse("upstream %q is not in forward_targets %q", u, c.ForwardTargets)
 			}
 		}
 	}
 	return nil
+}
+
+// hostClaims describes the host names the claims allow.
+func (c *Claims) hostClaims() string {
+	var parts []string
+	if c.BaseDomain != "" {
+		parts = append(parts, fmt.Sprintf("one label under base_domain %q", c.BaseDomain))
+	}
+	if len(c.Hosts) > 0 {
+		parts = append(parts, fmt.Sprintf("in hosts %q", c.Hosts))
+	}
+	if len(parts) == 0 {
+		return "claimable: this client may claim no host names (no base_domain, no hosts)"
+	}
+	return strings.Join(parts, " or ")
 }
 
 // HostAllowed says whether the claims cover host (normalised).

@@ -227,6 +227,8 @@ func (r *Result) Print(w io.Writer) error {
 	fmt.Fprintf(&b, "  tunnel server %s\n", r.ServerConfig)
 	fmt.Fprintf(&b, "and the client, on the machine of its upstreams (copy %s and %s there,\ntogether):\n", ClientConfigName, TokenFileName)
 	fmt.Fprintf(&b, "  tunnel client %s\n", r.ClientConfig)
+	fmt.Fprintf(&b, "or, with no rule written, expose a local port from there in one command:\n")
+	fmt.Fprintf(&b, "  tunnel expose http 3000 --config %s\n", r.ClientConfig)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -283,6 +285,13 @@ clients:
   - id: %[6]s
     # SHA-256 of the token in %[7]s (tunnel hash-token --token-file %[7]s)
     token_sha256: %[8]s
+    # What %[6]s may expose on its own ('tunnel expose http 3000'): any
+    # name one label under base_domain (every *.localhost name is this
+    # machine to browsers and curl; put your domain here), TCP ports of
+    # this server for 'tunnel expose tcp'.
+    declare:
+      base_domain: localhost
+      tcp_ports: ["20000-20099"]
 
 # Rules: each belongs to one client. To use an example, uncomment it.
 # This file is watched: a change applies without a restart.

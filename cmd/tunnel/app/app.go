@@ -54,6 +54,8 @@ var commands = []func() *cobra.Command{
 	newInitCmd,
 	newServerCmd,
 	newClientCmd,
+	newExposeCmd,
+	newLoginCmd,
 	newDemoCmd,
 	newCheckConfigCmd,
 	newHashTokenCmd,
@@ -63,8 +65,8 @@ var commands = []func() *cobra.Command{
 
 const rootLong = `tunnel runs either side of a qtunnel, a bidirectional QUIC tunnel gateway
 that carries HTTP/1.1, HTTP/2, gRPC, WebSocket and TCP between a server and
-its clients, and the tools around it: a demo on loopback, a configuration
-checker and a token hasher.
+its clients, and the tools around it: a demo on loopback, a one-command
+'expose' of a local port, a configuration checker and a token hasher.
 
 Flags take one dash or two: -config FILE is --config FILE.
 
@@ -85,6 +87,7 @@ const rootExample = `  tunnel demo
   tunnel check-config examples/server.yaml
   tunnel server server.yaml
   tunnel client --config client.yaml
+  tunnel expose http 3000 --config client.yaml
   tunnel help server`
 
 // errNoCommand is the usage error of a bare 'tunnel'.
