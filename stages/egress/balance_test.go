@@ -181,6 +181,8 @@ func TestHealthChecksTakeUpstreamsOutAndBack(t *testing.T) {
 	failing.Store(true)
 	require.Eventually(t, func() bool { return !p.Upstreams(r)[0].Healthy }, waitFor, poll)
 	require.GreaterOrEqual(t, bad.Load(), int32(3), "down only after unhealthy_threshold failed checks")
+	// The checker logs right after it takes the upstream out: wait for it.
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "upstream unhealthy") }, waitFor, poll)
 	require.Contains(t, logs.String(), "failed_checks=3", "down at the third failed check in a row")
 	require.True(t, p.Upstreams(r)[1].Healthy)
 	require.Equal(t, map[string]int{"steady": 20}, spread(t, u, r, 20), "no traffic to an unhealthy upstream")
@@ -193,6 +195,7 @@ func TestHealthChecksTakeUpstreamsOutAndBack(t *testing.T) {
 	failing.Store(false)
 	require.Eventually(t, func() bool { return p.Upstreams(r)[0].Healthy }, waitFor, poll)
 	require.GreaterOrEqual(t, good.Load(), int32(2), "up only after healthy_threshold good checks")
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "upstream healthy") }, waitFor, poll)
 	require.Contains(t, logs.String(), "good_checks=2")
 	require.Equal(t, 1, strings.Count(logs.String(), "upstream healthy"))
 	require.Equal(t, map[string]int{"flaky": 10, "steady": 10}, spread(t, u, r, 20), "back in rotation")
