@@ -154,7 +154,28 @@ type Client struct {
 	// one of tcp_ports. The server answers each claim; a refused one is
 	// logged with its reason, and the others serve.
 	Declare []rules.Rule `yaml:"declare"`
+	// Inspect is the request inspector: the last requests of each rule,
+	// their header fields (secrets masked), body previews and stage
+	// timings, served on the admin listener under /inspect/ and in its
+	// web page (/ui/), with replay. Off by default; on for 'tunnel
+	// expose'.
+	Inspect Inspect `yaml:"inspect"`
 	Common  `yaml:",inline"`
+}
+
+// Inspect turns the client's request inspector on and sizes it.
+type Inspect struct {
+	// Enabled turns it on. Default false.
+	Enabled bool `yaml:"enabled"`
+	// Entries is how many requests of each rule are kept. Default 100.
+	Entries int `yaml:"entries"`
+	// BodyCapture is how much of each body is kept, such as 4KiB (the
+	// default); at most 1MiB.
+	BodyCapture Size `yaml:"body_capture"`
+	// Secrets are more header fields to mask, beside Authorization,
+	// Proxy-Authorization, Cookie, Set-Cookie, X-Api-Key and
+	// X-Auth-Token.
+	Secrets []string `yaml:"secrets"`
 }
 
 // Reconnect holds the client's reconnect backoff (full jitter).

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qtunnel/qtunnel/control"
 	"github.com/qtunnel/qtunnel/rules"
+	"github.com/qtunnel/qtunnel/stages/inspect"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -277,6 +278,12 @@ func (c *Client) Validate() error {
 			k.add(fmt.Sprintf("declare[%d].id", i), "%q is declared twice", r.ID)
 		}
 		seen[r.ID] = true
+	}
+	if c.Inspect.Entries < 0 {
+		k.add("inspect.entries", "%d is negative", c.Inspect.Entries)
+	}
+	if c.Inspect.BodyCapture < 0 || c.Inspect.BodyCapture > inspect.MaxBodyCapture {
+		k.add("inspect.body_capture", "%d bytes is not between 0 and 1MiB", c.Inspect.BodyCapture)
 	}
 	k.positive("reconnect.base", c.Reconnect.Base)
 	k.positive("reconnect.max", c.Reconnect.Max)

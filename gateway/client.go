@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/qtunnel/qtunnel/pipeline"
 	"github.com/qtunnel/qtunnel/rules"
 	"github.com/qtunnel/qtunnel/stages/egress"
+	"github.com/qtunnel/qtunnel/stages/inspect"
 	"github.com/qtunnel/qtunnel/transport"
 )
 
@@ -47,6 +49,7 @@ type Client struct {
 	applied   atomic.Uint64
 	refused   atomic.Pointer[refusal] // the last rule set that could not be applied, until one is
 	declared  declarations            // the server's answer to config.Declare (clientdeclare.go)
+	insp      *inspect.Inspector      // the request inspector, or nil (inspect.go)
 }
 
 // NewClient fills cfg's defaults (SetDefaults), checks it (Validate) and
@@ -58,6 +61,12 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	}
 	o := buildOptions(opts)
 	c := &Client{cfg: cfg, ready: make(chan struct{})}
+	var edits []pipeline.Edit
+	if c.insp, edits = newInspector(cfg.Inspect); c.insp != nil {
+		// First: the options' edits may name stages relative to it.
+		o.ingressEdits = append(slices.Clone(edits), o.ingressEdits...)
+		o.egressEdits = append(slices.Clone(edits), o.egressEdits...)
+	}
 	c.side = side{common: &c.cfg.Common, o: o, log: o.log.With("side", "client", "client", cfg.ID)}
 	var err error
 	if c.token, err = cfg.ReadToken(); err != nil {
@@ -80,7 +89,7 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
 	err = c.assemble(ctx, sideConfig{role: "client", store: &c.rules, ingressDir: rules.Forward, egressDir: rules.Reverse,
-		conns: conns, connStats: c.connStats, ready: c.readyErr, view: c.view, listenerCerts: certs})
+		conns: conns, connStats: c.connStats, ready: c.readyErr, view: c.view, listenerCerts: certs, admin: c.inspectorAdmin()})
 	if err != nil {
 		return nil, err
 	}
@@ -371,6 +380,9 @@ func (c *Client) apply(version uint64, hash []byte, rs []rules.Rule) (err error)
 	c.applied.Store(version)
 	c.listeners.commit(pend)
 	c.pool.Retain(t.Rules()) // health checkers and connections of removed upstreams
+	if c.insp != nil {
+		c.insp.Retain(func(id string) bool { return t.ByID(id) != nil })
+	}
 	c.kit.m.ForgetRemoved(old, t)
 	// A periodic full sync re-applies the same version: not a change.
 	level := slog.LevelInfo
@@ -437,6 +449,9 @@ func (c *Client) shutdown() error {
 	ctx, cancel := c.graceContext(context.Background())
 	defer cancel()
 	c.listeners.shutdown(ctx)
+	if c.insp != nil {
+		c.insp.EndEvents() // the admin listener, closed last, waits for its handlers
+	}
 	err := c.streams.close(ctx)
 	if errors.Is(err, pipeline.ErrClosed) {
 		err = nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -35,6 +36,9 @@ func (l *link) Handle(ctx context.Context, x *Exchange) error {
 	// Stage spans are children of a recording span only: under an
 	// unsampled request (or none) they would be dropped anyway, and
 	// starting them would cost allocations for nothing.
+	if x.Timings != nil {
+		return l.timed(ctx, x)
+	}
 	if l.tracer == nil || !trace.SpanFromContext(ctx).IsRecording() {
 		err := l.stage.Handle(ctx, x, l.next)
 		if err != nil {
@@ -49,6 +53,20 @@ func (l *link) Handle(ctx context.Context, x *Exchange) error {
 		span.RecordError(err)
 	}
 	span.End()
+	return err
+}
+
+// timed runs the stage and records how long it held x (x.Timings).
+func (l *link) timed(ctx context.Context, x *Exchange) error {
+	start := time.Now()
+	err := l.stage.Handle(ctx, x, l.next)
+	if err != nil {
+		l.blame(err)
+	}
+	if t := x.Timings; t != nil {
+		t.Names = append(t.Names, l.name)
+		t.Took = append(t.Took, time.Since(start))
+	}
 	return err
 }
 

@@ -157,6 +157,10 @@ type Exchange struct {
 	// BytesIn and BytesOut count body bytes: the request's as it crossed
 	// this side, and the answer's as this side delivered it.
 	BytesIn, BytesOut int64
+	// Timings, when a stage sets it (the inspector does), gets how long
+	// each stage inside that one held the exchange. Nil, the default,
+	// costs the chain one comparison per stage.
+	Timings *StageTimings
 
 	// Frames and Body are scratch space for the stage that reads frames
 	// from the exchange's tunnel stream, kept here so that they are pooled
@@ -292,4 +296,30 @@ func (x *Exchange) NewResponse() *http.Response {
 	x.resp = http.Response{}
 	x.Response = &x.resp
 	return x.Response
+}
+
+// StageTimings records how long each stage held an exchange: from entering
+// the stage to its return, the stages inside it included. Entries are
+// appended as the stages return: the innermost first.
+type StageTimings struct {
+	Names []string
+	Took  []time.Duration
+}
+
+// Own returns, in the chain's order (outermost first), each stage's
+// name and the time it held the exchange without the stages inside it.
+func (t *StageTimings) Own() (names []string, own []time.Duration) {
+	n := len(t.Names)
+	names, own = make([]string, n), make([]time.Duration, n)
+	for i := 0; i < n; i++ {
+		j := n - 1 - i // outermost first
+		names[i], own[i] = t.Names[j], t.Took[j]
+		if j > 0 {
+			own[i] -= t.Took[j-1]
+		}
+		if own[i] < 0 {
+			own[i] = 0
+		}
+	}
+	return names, own
 }
