@@ -13,6 +13,8 @@
 //	/metrics       the metrics handler (WithMetrics), else 404
 //	/config        the view WithConfig returns, as JSON, else 404
 //	/debug/pprof/  net/http/pprof, only with Config.Pprof, else 404
+//	/ui/           the web page (dashboard, request inspector); the page
+//	               itself needs no token, the data it shows does
 package admin
 
 import (
@@ -210,6 +212,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	ui := uiHandler()
+	mux.Handle("GET /ui/", ui)
+	mux.Handle("GET /ui", ui)
 	for _, e := range o.handlers {
 		if err := handle(mux, e.pattern, e.h); err != nil {
 			return nil, err
@@ -297,7 +302,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		h := w.Header()
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
-		if s.token.Load() != nil && r.URL.Path != "/healthz" && !s.checkToken(w, r) {
+		if s.token.Load() != nil && r.URL.Path != "/healthz" && !uiPath(r.URL.Path) && !s.checkToken(w, r) {
 			return
 		}
 		next.ServeHTTP(w, r)

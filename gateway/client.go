@@ -89,7 +89,8 @@ func NewClient(cfg config.Client, opts ...Option) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Limits.HandshakeTimeout)
 	defer cancel()
 	err = c.assemble(ctx, sideConfig{role: "client", store: &c.rules, ingressDir: rules.Forward, egressDir: rules.Reverse,
-		conns: conns, connStats: c.connStats, ready: c.readyErr, view: c.view, listenerCerts: certs, admin: c.inspectorAdmin()})
+		conns: conns, connStats: c.connStats, ready: c.readyErr, view: c.view, listenerCerts: certs, admin: c.inspectorAdmin(),
+		inspector: c.insp != nil})
 	if err != nil {
 		return nil, err
 	}

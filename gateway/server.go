@@ -132,7 +132,7 @@ func NewServer(cfg config.Server, opts ...Option) (*Server, error) {
 	var apiOpts []admin.Option
 	api.register(func(pattern string, h http.Handler) { apiOpts = append(apiOpts, admin.WithHandler(pattern, h)) })
 	err = s.assemble(ctx, sideConfig{role: "server", store: s.store.Store(), ingressDir: rules.Reverse, egressDir: rules.Forward,
-		conns: conns, connStats: s.connStats, ready: s.ready, view: s.view, admin: apiOpts})
+		conns: conns, connStats: s.connStats, ready: s.ready, view: s.view, admin: apiOpts, sources: s.ruleSources})
 	if err != nil {
 		return nil, err
 	}
@@ -501,6 +501,8 @@ type sessionView struct {
 	RefusedVersion uint64    `json:"refused_version,omitempty"`
 	RefusedError   string    `json:"refused_error,omitempty"`
 	RefusedAt      time.Time `json:"refused_at,omitzero"`
+	// RTT is the live connection's smoothed round-trip time.
+	RTT string `json:"rtt,omitempty"`
 }
 
 // view is /config: the rules in force and each client's sessions. Tokens
@@ -523,6 +525,9 @@ func (s *Server) view() any {
 		}
 		if r := ss.Refused(); r != nil {
 			sv.RefusedVersion, sv.RefusedError, sv.RefusedAt = r.Version, r.Error, r.At
+		}
+		if sc := s.connOf(ss.ClientID); sc != nil {
+			sv.RTT = sc.qc.ConnectionStats().SmoothedRTT.Round(10 * time.Microsecond).String()
 		}
 		v.Sessions = append(v.Sessions, sv)
 	}
@@ -547,6 +552,16 @@ func (s *Server) sweep(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// ruleSources says where each rule in force comes from (file, api or
+// declared), for the dashboard.
+func (s *Server) ruleSources() map[string]string {
+	out := map[string]string{}
+	for _, r := range s.store.Table().Rules() {
+		out[r.ID] = s.store.Source(r.ID)
+	}
+	return out
 }
 
 // Sessions returns the server's session registry.

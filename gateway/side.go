@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"slices"
+	"sync"
 
 	"github.com/quic-go/quic-go"
 
@@ -41,6 +43,9 @@ type side struct {
 	chains    *chains
 	ingress   *ingressConfig // what the side's ingress listeners share
 	listeners *listenerSet   // the rules' listeners: a server's reverse TCP ones, a client's forward ones
+	recent    *recentLog     // the last warnings and errors, for the dashboard
+	liveDone  chan struct{}  // closed by endLive: the admin listener's live streams end
+	liveOnce  sync.Once
 
 	streams *streamServer // made by start
 }
@@ -62,6 +67,8 @@ type sideConfig struct {
 	view          func() any                 // /config; nil: none
 	admin         []admin.Option             // more for the admin listener (the server's rules API)
 	listenerCerts []tls.Certificate          // for listen_tls rules (a client's forward_tls); none: refused
+	sources       func() map[string]string   // where each rule comes from, for the dashboard; nil: not said
+	inspector     bool                       // the client's request inspector is on
 }
 
 // assemble builds the side's kit, pool, chains and listener set from its
@@ -73,8 +80,15 @@ func (sd *side) assemble(ctx context.Context, c sideConfig) error {
 	if sd.pool, err = egress.NewPool(pc); err != nil {
 		return err
 	}
+	// The dashboard shows the side's last warnings and errors.
+	sd.recent = newRecentLog(recentErrors)
+	sd.log = slog.New(sd.recent.wrap(sd.log.Handler()))
+	sd.liveDone = make(chan struct{})
+	dash := &dashboardSource{role: c.role, view: c.view, sources: c.sources, m: func() *metrics.Metrics { return sd.kit.m },
+		conns: c.connStats, recent: sd.recent, insp: c.inspector}
+	adminOpts := append(slices.Clone(c.admin), dash.handlers(sd.liveDone)...)
 	sd.kit, err = newKit(kitConfig{role: c.role, settings: sd.common, store: c.store, log: sd.log,
-		ready: c.ready, view: c.view, admin: c.admin, modules: sd.o.modules, rulesIn: c.ingressDir, tracer: sd.o.tracer})
+		ready: c.ready, view: c.view, admin: adminOpts, modules: sd.o.modules, rulesIn: c.ingressDir, tracer: sd.o.tracer})
 	if err != nil {
 		return err
 	}
@@ -120,10 +134,21 @@ func (sd *side) graceContext(parent context.Context) (context.Context, context.C
 // admin listener goes last so that the drain can be watched to its end.
 // ctx bounds the closing of the chains and stages.
 func (sd *side) release(ctx context.Context) error {
+	sd.endLive()
 	sd.pool.Close()
 	chainsErr := sd.chains.close(ctx)
 	stagesErr := sd.kit.rules.close(ctx)
 	return errors.Join(chainsErr, stagesErr, sd.kit.stop())
+}
+
+// endLive ends the live streams of the admin listener (the dashboard's),
+// which would otherwise keep its shutdown waiting.
+func (sd *side) endLive() {
+	sd.liveOnce.Do(func() {
+		if sd.liveDone != nil {
+			close(sd.liveDone)
+		}
+	})
 }
 
 // poolStats reports p's connections at each scrape (qtunnel_egress_pool_*).

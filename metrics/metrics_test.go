@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/qtunnel/qtunnel/codec"
@@ -542,4 +543,22 @@ func requireValues(t *testing.T, mfs map[string]*dto.MetricFamily, labels map[st
 	for _, w := range want {
 		require.Equal(t, w.want, value(t, mfs, w.family, labels), "%s%v", w.family, labels)
 	}
+}
+
+func TestSummary(t *testing.T) {
+	m := metrics.New("server")
+	r := &rules.Rule{ID: "web", Direction: rules.Reverse}
+	for i, status := range []int{200, 200, 502, 0} {
+		x := &pipeline.Exchange{Rule: r, Side: pipeline.Ingress, Protocol: pipeline.ProtoHTTP1, Status: status, Start: time.Now().Add(-time.Duration(i+1) * 10 * time.Millisecond)}
+		require.NoError(t, m.Stage().Handle(context.Background(), x, pipeline.HandlerFunc(func(context.Context, *pipeline.Exchange) error { return nil })))
+	}
+	m.SetBreakerState("web", metrics.BreakerOpen)
+	sum, err := m.Summary()
+	require.NoError(t, err)
+	require.Len(t, sum, 1)
+	assert.Equal(t, "web", sum[0].Rule)
+	assert.EqualValues(t, 4, sum[0].Requests)
+	assert.EqualValues(t, 2, sum[0].Errors, "a 5xx and an exchange with no answer")
+	assert.Greater(t, sum[0].P99, 30*time.Millisecond)
+	assert.Equal(t, "open", sum[0].Breaker)
 }

@@ -153,6 +153,27 @@ type Credentials struct {
 	TokenFile string
 }
 
+// DefaultInspectorPort is where the inspector's page listens first; the
+// next nine ports are tried when it is taken.
+const DefaultInspectorPort = 4040
+
+// InspectorAddr returns want, or, when want is empty, the first loopback
+// address of ports 4040-4049 free to listen on.
+func InspectorAddr(want string) (string, error) {
+	if want != "" {
+		return want, nil
+	}
+	for p := DefaultInspectorPort; p < DefaultInspectorPort+10; p++ {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			_ = ln.Close()
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("ports %d-%d of 127.0.0.1 are all taken: give --inspect-addr, or --no-inspect", DefaultInspectorPort, DefaultInspectorPort+9)
+}
+
 // ErrMissing is wrapped by ClientConfig's error when a credential is
 // missing: a usage error.
 var ErrMissing = errors.New("missing")

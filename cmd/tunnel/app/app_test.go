@@ -113,7 +113,7 @@ var commandFlags = map[string][]string{
 	"init":         {"--server-address", "--public-http", "--client-id", "--force", "--help"},
 	"server":       {"--config", "--help"},
 	"client":       {"--config", "--help"},
-	"expose":       {"--config", "--server", "--id", "--pin", "--token-file", "--host", "--port", "--name", "--log-level", "--help"},
+	"expose":       {"--config", "--server", "--id", "--pin", "--token-file", "--host", "--port", "--name", "--inspect-addr", "--no-inspect", "--log-level", "--help"},
 	"login":        {"--config", "--server", "--id", "--pin", "--token-file", "--help"},
 	"demo":         {"--public", "--forward", "--tunnel", "--log-level", "--help"},
 	"check-config": {"--config", "--help"},

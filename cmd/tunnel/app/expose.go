@@ -32,7 +32,8 @@ func credentialFlags(cmd *cobra.Command, c *expose.Credentials) {
 func newExposeCmd() *cobra.Command {
 	var req expose.Request
 	var creds expose.Credentials
-	var level string
+	var level, inspectAddr string
+	var noInspect bool
 	cmd := &cobra.Command{
 		Use:   "expose http|https|tcp PORT|HOST:PORT|URL",
 		Short: "Expose a local service through the server in one command, and print its public URL",
@@ -55,6 +56,12 @@ exits 1.
 The server and the credentials come from --config FILE, else the file
 'tunnel login' wrote, with the flags and environment variables below taking
 precedence.
+
+The request inspector is on: the page it prints (the client's admin
+listener, 127.0.0.1:4040 or the next free port up to 4049) lists each
+request with its header fields (secrets masked), body previews and the time
+each stage took, live, and replays a request, as it was or edited.
+--no-inspect turns it off.
 
 ` + signalsHelp,
 		Example: `  tunnel expose http 3000 --config client.yaml
@@ -89,6 +96,14 @@ precedence.
 				return fmt.Errorf("%s: %w", source, err)
 			}
 			cfg.Declare = []rules.Rule{rule}
+			if !noInspect {
+				cfg.Inspect.Enabled = true
+				if cfg.Admin.Listen == "" {
+					if cfg.Admin.Listen, err = expose.InspectorAddr(inspectAddr); err != nil {
+						return err
+					}
+				}
+			}
 			if level != "" {
 				cfg.Log.Level = level
 			} else if cfg.Log.Level == "info" {
@@ -102,6 +117,8 @@ precedence.
 	f.StringVar(&req.Host, "host", "", "the public name to ask for: one label under the server's base_domain, or a whole name")
 	f.IntVar(&req.Port, "port", 0, "the server's public port to ask for (tcp)")
 	f.StringVar(&req.Name, "name", "", "the rule's name (default: KIND-PORT)")
+	f.StringVar(&inspectAddr, "inspect-addr", "", "where the inspector's page listens (default: 127.0.0.1:4040, or the next free port up to 4049)")
+	f.BoolVar(&noInspect, "no-inspect", false, "no request inspector")
 	f.StringVar(&level, "log-level", "", "debug, info, warn or error (default: warn, or the configuration's level if not info)")
 	return cmd
 }
@@ -148,6 +165,9 @@ func runExpose(ctx context.Context, cfg *config.Client, rule rules.Rule, insecur
 			cancel()
 			<-ran
 			return fmt.Errorf("%s", strings.Join(refused, "; "))
+		}
+		if a := cl.AdminAddr(); a != nil && cfg.Inspect.Enabled {
+			fmt.Fprintf(stdout, "Inspector   http://%s/ui/#inspect\n", a)
 		}
 		if insecure {
 			fmt.Fprintf(stdout, "(the certificate of %s is not checked: it is on this machine)\n", rule.Upstream)
