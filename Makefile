@@ -3,7 +3,7 @@ GO        ?= go
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PKGS      := ./...
 
-.PHONY: all build demo test test-short lint fmt vet staticcheck bench bench-quick bench-micro fuzz clean
+.PHONY: all build demo test test-short lint fmt vet staticcheck bench bench-quick bench-micro fuzz screenshots clean
 
 all: build
 
@@ -84,6 +84,11 @@ fuzz:
 		echo "$$pkg $$name: $$(grep '^fuzz: elapsed' "$$out/log" | tail -n 1)" >> "$$out/summary"; \
 	done; \
 	echo; echo "fuzz: every target ran $(FUZZTIME) without a failure:"; cat "$$out/summary"
+
+# screenshots: the admin page's screenshots the README shows, taken by the
+# browser test in a headless Chromium (apt-get install chromium).
+screenshots:
+	QTUNNEL_SCREENSHOTS=$(CURDIR)/docs/screenshots go test -count=1 -run TestDashboardAndInspectorInABrowser ./e2e
 
 clean:
 	rm -rf bin
