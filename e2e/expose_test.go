@@ -59,7 +59,7 @@ func TestExposeFromAnEmptyDirectory(t *testing.T) {
 	require.Zero(t, initp.wait(30*time.Second), "init")
 	srv := start(t, "server", "server", filepath.Join(dir, "server.yaml"))
 	srv.waitFor(`server started`, 30*time.Second)
-	exp := start(t, "expose", "expose", "http", appPort, "--config", filepath.Join(dir, "client.yaml"))
+	exp := start(t, "expose", "expose", "http", appPort, "--config", filepath.Join(dir, "client.yaml"), "--inspect-addr", e2etest.FreeAddr(t, "tcp"))
 	url := exp.waitFor(`Forwarding\s+(http://\S+)\s+->`, 30*time.Second)[1]
 	t.Logf("zero to URL: %v, 3 commands (init, server, expose)", time.Since(started).Round(time.Millisecond))
 	_, port, _ := net.SplitHostPort(public)
@@ -98,12 +98,12 @@ func TestExposeFromAnEmptyDirectory(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "client2.yaml"), otherYAML)
 
 	// The same host is the first client's.
-	taken := start(t, "expose taken", "expose", "http", appPort, "--config", filepath.Join(dir, "client2.yaml"), "--host", "client1")
+	taken := start(t, "expose taken", "expose", "http", appPort, "--config", filepath.Join(dir, "client2.yaml"), "--host", "client1", "--no-inspect")
 	assert.Equal(t, 1, taken.wait(30*time.Second), "a refused claim exits 1")
 	assert.Contains(t, taken.out.String(), `host "client1.localhost" belongs to client "client1"`)
 
 	// A host outside the policy is refused, saying which policy.
-	outside := start(t, "expose outside", "expose", "http", appPort, "--config", filepath.Join(dir, "client2.yaml"), "--host", "app.example.com")
+	outside := start(t, "expose outside", "expose", "http", appPort, "--config", filepath.Join(dir, "client2.yaml"), "--host", "app.example.com", "--no-inspect")
 	assert.Equal(t, 1, outside.wait(30*time.Second))
 	assert.Contains(t, outside.out.String(), `outside what this client may declare: host "app.example.com" is not one label under base_domain "localhost"`)
 

@@ -7,6 +7,9 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,7 +123,10 @@ func readmeSpecs() []readmeSpec {
 		{match: re(`^make image$`),
 			skip: "docker build needs a Docker engine, which CI does not have (.ci/run installs none), and pulls the golang and distroless base images from registries; checked: make -n image"},
 
+		{match: re(`^make screenshots$`),
+			skip: "it runs TestDashboardAndInspectorInABrowser of this package, which this same suite runs, and writes the screenshots into the repository's docs/screenshots; checked: make -n screenshots"},
 		{match: re(`^make build$`), run: (*readmeRun).makeBuild},
+		{match: re(`^bin/tunnel expose `), run: (*readmeRun).expose},
 		{match: re(`^(make demo|go run \./cmd/tunnel demo|(bin/)?tunnel demo)( |$)`), run: (*readmeRun).demo},
 		{match: re(`^curl `), run: func(r *readmeRun, t *testing.T, c readmeCmd) { r.curl(t, c.line, c.heading) }},
 		{match: re(`^bin/tunnel init `), run: (*readmeRun).initFlow},
@@ -619,6 +625,30 @@ func (r *readmeRun) makeBuild(t *testing.T, c readmeCmd) {
 	require.FileExists(t, filepath.Join(r.repo, "bin", "tunnel"))
 	v, _ := r.run(t, "bin/tunnel version", r.repo, time.Minute)
 	require.True(t, strings.HasPrefix(v, "tunnel "+m[1]+" ("), "bin/tunnel version says %q; make build stamped %s", v, m[1])
+}
+
+// expose: with the user's app on the port the command names (the test
+// serves one there, which answers as the README's curl expects), it prints
+// what the README's comment says it prints ("prints Forwarding URL"), and
+// keeps serving, as in another terminal.
+func (r *readmeRun) expose(t *testing.T, c readmeCmd) {
+	f := strings.Fields(c.line)
+	require.GreaterOrEqual(t, len(f), 4, "%q: expose KIND PORT", c.line)
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", f[3]))
+	require.NoError(t, err, "the README's app port %s must be free for the test to play the user's app", f[3])
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "hello from the upstream near the client (the user's app)\n")
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = app.Serve(ln) }()
+	r.t.Cleanup(func() { _ = app.Close() })
+	p := r.start(t, c, "expose")
+	m := regexp.MustCompile(`\bprints (.+)$`).FindStringSubmatch(c.comment)
+	require.NotNil(t, m, "the README's comment says what %q prints once it is up (# prints ...)", c.line)
+	words := strings.Fields(m[1])
+	for i, w := range words {
+		words[i] = regexp.QuoteMeta(w)
+	}
+	p.waitRx(t, regexp.MustCompile(strings.Join(words, `\s+`)), 30*time.Second)
 }
 
 // initFlow: "key, token, qtunnel/server.yaml and client.yaml".

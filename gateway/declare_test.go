@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -149,4 +150,38 @@ func portOf(t *testing.T, addr string) string {
 	_, port, err := net.SplitHostPort(addr)
 	require.NoError(t, err)
 	return port
+}
+
+// TestDeclaredTCPRuleGetsAFreePort: a reverse TCP rule declared without a
+// port gets the first free one of tcp_ports, on the server's public
+// address, and carries bytes; one asking for a port outside is refused.
+func TestDeclaredTCPRuleGetsAFreePort(t *testing.T) {
+	up := tcpUpstream(t)
+	port := portOf(t, closedPort(t))
+	p := startPair(t, pairOpts{
+		serverMutate: func(c *config.Server) {
+			c.Clients[0].Declare = &rules.Claims{TCPPorts: []string{port}}
+		},
+		clientMutate: func(c *config.Client) {
+			c.Declare = []rules.Rule{
+				{ID: "db", Direction: rules.Reverse, Protocol: rules.ProtoTCP, Upstream: up},
+				{ID: "ssh", Direction: rules.Reverse, Protocol: rules.ProtoTCP, Listen: ":22", Upstream: up},
+			}
+		},
+	})
+	ds := declared(t, p.Client)
+	require.Empty(t, ds["db"].Error)
+	assert.Equal(t, []string{"tcp://127.0.0.1:" + port}, ds["db"].URLs)
+	assert.Contains(t, ds["ssh"].Error, `port 22 is not in tcp_ports`)
+
+	c, err := net.Dial("tcp", "127.0.0.1:"+port)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("hello"))
+	require.NoError(t, err)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	assert.Equal(t, "got hello", string(got))
 }
