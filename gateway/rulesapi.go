@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/qtunnel/qtunnel/control"
+	"github.com/qtunnel/qtunnel/internal/httpx"
 	"github.com/qtunnel/qtunnel/rules"
 )
 
@@ -51,16 +52,10 @@ func (a *rulesAPI) change(h http.HandlerFunc) http.Handler {
 	})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httpx.WriteJSON(w, status, v) }
 
 func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, args...)})
+	httpx.WriteJSONError(w, status, fmt.Sprintf(format, args...))
 }
 
 func (a *rulesAPI) list(w http.ResponseWriter, _ *http.Request) {

@@ -4,6 +4,7 @@
 package httpx
 
 import (
+	"encoding/json"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -306,4 +307,19 @@ func ForwardedSource(xff []string, peer netip.Addr, trusted []netip.Prefix) neti
 		}
 	}
 	return src
+}
+
+// WriteJSON answers status with v as indented JSON: the admin endpoints'
+// answers.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// WriteJSONError answers status with {"error": msg}.
+func WriteJSONError(w http.ResponseWriter, status int, msg string) {
+	WriteJSON(w, status, map[string]string{"error": msg})
 }

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/qtunnel/qtunnel/internal/httpx"
 )
 
 // Replayer sends a request of rule again, the way the rule's requests go
@@ -55,18 +57,18 @@ func (in *Inspector) Handler(prefix string, replay Replayer) http.Handler {
 		if list == nil {
 			list = []Entry{}
 		}
-		writeJSON(w, http.StatusOK, list)
+		httpx.WriteJSON(w, http.StatusOK, list)
 	})
 	mux.HandleFunc("GET "+prefix+"/requests/{seq}", func(w http.ResponseWriter, r *http.Request) {
 		e, ok := in.lookup(w, r)
 		if ok {
-			writeJSON(w, http.StatusOK, e)
+			httpx.WriteJSON(w, http.StatusOK, e)
 		}
 	})
 	mux.HandleFunc("GET "+prefix+"/events", in.events)
 	mux.HandleFunc("POST "+prefix+"/requests/{seq}/replay", func(w http.ResponseWriter, r *http.Request) {
 		if replay == nil {
-			writeError(w, http.StatusNotImplemented, "replay is not available here")
+			httpx.WriteJSONError(w, http.StatusNotImplemented, "replay is not available here")
 			return
 		}
 		e, ok := in.lookup(w, r)
@@ -75,17 +77,17 @@ func (in *Inspector) Handler(prefix string, replay Replayer) http.Handler {
 		}
 		var edit Edit
 		if err := decodeEdit(r.Body, &edit); err != nil {
-			writeError(w, http.StatusBadRequest, "edit: "+err.Error())
+			httpx.WriteJSONError(w, http.StatusBadRequest, "edit: "+err.Error())
 			return
 		}
 		out, err := in.Replay(r.Context(), e, edit, replay)
 		switch {
 		case errors.Is(err, ErrNotReplayable):
-			writeError(w, http.StatusConflict, err.Error())
+			httpx.WriteJSONError(w, http.StatusConflict, err.Error())
 		case err != nil && out.Seq == 0:
-			writeError(w, http.StatusBadRequest, err.Error())
+			httpx.WriteJSONError(w, http.StatusBadRequest, err.Error())
 		default:
-			writeJSON(w, http.StatusOK, out)
+			httpx.WriteJSON(w, http.StatusOK, out)
 		}
 	})
 	return mux
@@ -103,12 +105,12 @@ func decodeEdit(r io.Reader, e *Edit) error {
 func (in *Inspector) lookup(w http.ResponseWriter, r *http.Request) (Entry, bool) {
 	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a request number", r.PathValue("seq")))
+		httpx.WriteJSONError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a request number", r.PathValue("seq")))
 		return Entry{}, false
 	}
 	e, ok := in.Entry(seq)
 	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("request %d is not kept (any more)", seq))
+		httpx.WriteJSONError(w, http.StatusNotFound, fmt.Sprintf("request %d is not kept (any more)", seq))
 	}
 	return e, ok
 }
@@ -198,16 +200,4 @@ func (in *Inspector) Replay(ctx context.Context, e Entry, edit Edit, replay Repl
 	out.RequestID = resp.Header.Get("X-Request-Id")
 	out.Duration = time.Since(start)
 	return in.keep(out), nil
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
 }
