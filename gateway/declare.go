@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/qtunnel/qtunnel/codec"
 	"github.com/qtunnel/qtunnel/config"
@@ -33,8 +34,25 @@ func claimsOf(clients []config.ClientEntry) map[string]*rules.Claims {
 // maxAutoNames bounds the names tried for a claim without a host.
 const maxAutoNames = 100
 
+// Declarations a connection may make: a burst, then one every few
+// seconds. Each accepted change is a new rule-set version for every
+// client, so a client flipping its claims must not churn them.
+const (
+	declareBurst = 5
+	declareEvery = 5 * time.Second
+)
+
 // Declare answers a client's DECLARE (control.Declarer).
 func (e *serverEvents) Declare(m *codec.Declare) *codec.Declared {
+	if !e.conn.declares.Allow() {
+		out := &codec.Declared{}
+		rs, _ := rules.Decode(m.Rules)
+		for _, r := range rs {
+			out.Results = append(out.Results, codec.DeclaredRule{Name: r.ID,
+				Error: fmt.Sprintf("too many declarations on this connection: at most %d, then one every %v", declareBurst, declareEvery)})
+		}
+		return out
+	}
 	return e.s.declare(e.conn.info.ClientID, m)
 }
 

@@ -37,6 +37,7 @@ func TestClientDeclaresRulesWithinItsClaims(t *testing.T) {
 	p := startPair(t, pairOpts{
 		serverMutate: func(c *config.Server) {
 			c.Clients[0].Declare = &rules.Claims{BaseDomain: "localhost", ForwardTargets: []string{"127.0.0.1:*"}}
+			c.Admin.Listen = "127.0.0.1:0"
 		},
 		clientMutate: func(c *config.Client) {
 			c.Declare = []rules.Rule{
@@ -85,6 +86,17 @@ func TestClientDeclaresRulesWithinItsClaims(t *testing.T) {
 	assert.Equal(t, clientID, store.DeclaredBy(clientID+".web"))
 	_, err := store.Delete(clientID + ".web")
 	require.ErrorIs(t, err, control.ErrDeclared)
+	var listed struct {
+		Rules []struct {
+			ID, Client, Source string
+		}
+	}
+	getJSON(t, "http://"+p.Server.AdminAddr().String()+"/rules", &listed)
+	sources := map[string]string{}
+	for _, r := range listed.Rules {
+		sources[r.ID] = r.Source + " by " + r.Client
+	}
+	assert.Equal(t, "declared by "+clientID, sources[clientID+".web"], "GET /rules marks a declared rule and its client")
 
 	// A client that leaves takes its declared rules with it.
 	p.stopClient(t)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/qtunnel/qtunnel/admin"
 	"github.com/qtunnel/qtunnel/codec"
@@ -59,12 +60,13 @@ type Server struct {
 
 // serverConn is one live client connection.
 type serverConn struct {
-	qc      *quic.Conn
-	info    *pipeline.Conn
-	peer    *control.ServerPeer
-	session *control.Session
-	changed chan struct{}  // the rules changed: push (capacity 1, never blocks)
-	drains  sync.WaitGroup // the drain started by the client's GOAWAY
+	qc       *quic.Conn
+	info     *pipeline.Conn
+	peer     *control.ServerPeer
+	session  *control.Session
+	changed  chan struct{}  // the rules changed: push (capacity 1, never blocks)
+	declares *rate.Limiter  // the client's DECLAREs (declare.go)
+	drains   sync.WaitGroup // the drain started by the client's GOAWAY
 
 	// syncMu makes one sync at a time and guards what the client holds
 	// as far as the server knows: its hello's rules, then what was sent
@@ -325,7 +327,8 @@ func (s *Server) handleConn(qc *quic.Conn) {
 		_ = replaced.Close(codec.ConnReplaced, "replaced by a newer connection")
 	}
 	sc := &serverConn{qc: qc, info: info, peer: peer, session: session, changed: make(chan struct{}, 1),
-		sentVersion: peer.Hello.AppliedVersion, sentHash: peer.Hello.Hash}
+		sentVersion: peer.Hello.AppliedVersion, sentHash: peer.Hello.Hash,
+		declares: rate.NewLimiter(rate.Every(declareEvery), declareBurst)}
 	if !s.track(sc) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(codec.ConnNormal), "server shutting down")
 		s.sessions.Detach(session, info, time.Now())
