@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -180,7 +181,9 @@ func (p *ClientPeer) sendApplied(version uint64, hash []byte, err error) error {
 // snapshot every full-sync interval and sends the heartbeat, until ctx
 // ends.
 func (p *ClientPeer) check(ctx context.Context, ev ClientEvents) {
-	hashT, fullT, beatT := ticker(p.Ack.HashCheckInterval), ticker(p.Ack.FullSyncInterval), ticker(p.Heartbeat)
+	// The checks are jittered: clients that connected together (after a
+	// server restart, say) do not check, or ask for snapshots, together.
+	hashT, fullT, beatT := newJittered(p.Ack.HashCheckInterval), newJittered(p.Ack.FullSyncInterval), ticker(p.Heartbeat)
 	defer hashT.Stop()
 	defer fullT.Stop()
 	defer beatT.Stop()
@@ -196,9 +199,11 @@ func (p *ClientPeer) check(ctx context.Context, ev ClientEvents) {
 				return codec.AppendPing(b, codec.Ping{Nonce: nonce, Padding: heartbeatPadding}, false)
 			})
 		case <-hashT.C:
+			hashT.next()
 			v, h := ev.State()
 			err = p.w.send(func(b []byte) []byte { return codec.AppendHashCheck(b, &codec.HashCheck{Version: v, Hash: h}) })
 		case <-fullT.C:
+			fullT.next()
 			err = p.requestSnapshot(ev)
 		}
 		if err != nil {
@@ -216,6 +221,30 @@ func ticker(d time.Duration) *time.Ticker {
 		return t
 	}
 	return time.NewTicker(d)
+}
+
+// jittered fires about every d: each wait is d times a random factor in
+// [0.75, 1.25), the first a random part of d. A d that is not positive
+// never fires.
+type jittered struct {
+	*time.Timer
+	d time.Duration
+}
+
+func newJittered(d time.Duration) *jittered {
+	if d <= 0 {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return &jittered{Timer: t}
+	}
+	return &jittered{Timer: time.NewTimer(time.Duration(rand.Int64N(int64(d)) + 1)), d: d}
+}
+
+// next arms the timer for the following wait, after it fired.
+func (j *jittered) next() {
+	if j.d > 0 {
+		j.Reset(j.d*3/4 + time.Duration(rand.Int64N(int64(j.d)/2+1)))
+	}
 }
 
 // requestSnapshot asks for a full snapshot: a hash check without a hash.

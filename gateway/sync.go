@@ -26,8 +26,12 @@ func (s *Server) syncClient(sc *serverConn, full bool) error {
 	id := sc.info.ClientID
 	want := rules.Hash(t.ForClient(id))
 	have, haveHash := sc.sentVersion, sc.sentHash
-	if !full && have == t.Version() && string(haveHash) == string(want[:]) {
-		return nil // up to date (a reconnect within the same server's life)
+	if !full && string(haveHash) == string(want[:]) {
+		// It has its rules as they are: a reconnect, or a change of other
+		// clients' rules. Its version may be older than the table's: it
+		// stays so until its own rules change (a delta from it, or a
+		// snapshot once the store no longer has it).
+		return nil
 	}
 	var d control.ClientDelta
 	delta := !full && have != 0
@@ -43,6 +47,7 @@ func (s *Server) syncClient(sc *serverConn, full bool) error {
 	if err != nil {
 		return err
 	}
+	s.kit.m.RuleUpdateSent(!delta)
 	sc.sentVersion, sc.sentHash = t.Version(), want[:]
 	return nil
 }
@@ -90,8 +95,15 @@ func (s *Server) prepareRules(t *rules.Table) (func(), error) {
 		s.kit.m.ConfigApplied(t.Version(), time.Since(start), nil)
 		s.kit.m.ForgetRemoved(old, t)
 		s.log.Info("rules changed", "version", t.Version(), "rules", t.Len(), "hash", t.HashHex())
+		// Only the clients whose rules changed are told: a change costs
+		// the clients it concerns, not every connected one.
+		changed := rules.ChangedClients(old, t)
 		s.mu.Lock()
-		for sc := range s.conns {
+		for _, id := range changed {
+			sc := s.byID[id]
+			if sc == nil {
+				continue
+			}
 			select {
 			case sc.changed <- struct{}{}:
 			default: // a push is already due; it will see this table

@@ -100,6 +100,7 @@ type Metrics struct {
 	configVersion prometheus.Gauge
 	applyDuration prometheus.Histogram
 	reconnects    prometheus.Counter
+	updatesSent   *prometheus.CounterVec // kind: delta, snapshot
 	sessions      prometheus.Gauge
 
 	// Children resolved up front or once, so that the hot path looks no
@@ -170,6 +171,8 @@ func New(role string) *Metrics {
 	})
 	m.reg.MustRegister(m.applyDuration)
 	m.reconnects = f.counter("reconnects_total", "Connections to the server after the first (client side).")
+	m.updatesSent = f.counterVec("rule_updates_sent_total",
+		"Rule updates the server sent to its clients, by kind: delta (a client's changes) or snapshot (its whole rule set).", "kind")
 	m.sessions = f.gauge("sessions", "Client sessions the server holds, connected or within their TTL.")
 	m.auth.init(f)
 	m.abuse = newAbuseSeries(f)
@@ -369,6 +372,19 @@ func (m *Metrics) SetSessions(n int) {
 }
 
 // Reconnected counts a client connection to the server after the first.
+// RuleUpdateSent counts a rule update sent to a client: a delta, or a
+// snapshot when full is set.
+func (m *Metrics) RuleUpdateSent(full bool) {
+	if m == nil {
+		return
+	}
+	kind := "delta"
+	if full {
+		kind = "snapshot"
+	}
+	m.updatesSent.WithLabelValues(kind).Inc()
+}
+
 func (m *Metrics) Reconnected() {
 	if m != nil {
 		m.reconnects.Inc()

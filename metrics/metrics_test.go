@@ -510,6 +510,7 @@ func withEveryFamily(t *testing.T) *metrics.Metrics {
 	x.Release()
 	m.StageReject("s", "r")
 	m.SetBreakerState("web", metrics.BreakerClosed)
+	m.RuleUpdateSent(false)
 	m.SetPoolStats(func() []metrics.PoolStats { return []metrics.PoolStats{{Rule: "web"}} })
 	m.SetConnStats(func() []metrics.ConnStats { return []metrics.ConnStats{{ClientID: "laptop"}} })
 	return m

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/hex"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,12 @@ type Table struct {
 	// the first match wins: exact hosts before the catch-all, longer path
 	// prefixes before shorter ones.
 	routes map[string][]*Rule
+	// public indexes the server's public listener's rules (routes[""])
+	// by host, each host's sorted as routes' are: a match and a
+	// conflict check look at one host's rules, not all of them.
+	public map[string][]*Rule
+	// byClient holds the indexes in rules of each client's rules.
+	byClient map[string][]int
 }
 
 // NewTable normalises and validates rs and builds a table at version. Errors
@@ -28,10 +35,12 @@ type Table struct {
 // the first one found is returned.
 func NewTable(version uint64, rs []Rule) (*Table, error) {
 	t := &Table{
-		version: version,
-		rules:   slices.Clone(rs),
-		byID:    make(map[string]*Rule, len(rs)),
-		routes:  make(map[string][]*Rule),
+		version:  version,
+		rules:    slices.Clone(rs),
+		byID:     make(map[string]*Rule, len(rs)),
+		routes:   make(map[string][]*Rule),
+		public:   make(map[string][]*Rule),
+		byClient: make(map[string][]int),
 	}
 	for i := range t.rules {
 		r := &t.rules[i]
@@ -43,10 +52,18 @@ func NewTable(version uint64, rs []Rule) (*Table, error) {
 			return nil, &FieldError{Index: i, Field: "id", Msg: fmt.Sprintf("%q is already used by another rule (client %q)", r.ID, other.Client)}
 		}
 		t.byID[r.ID] = r
+		t.byClient[r.Client] = append(t.byClient[r.Client], i)
 		key := r.listenerKey()
+		// The rules r may conflict with: those of its listener; on the
+		// public listener, where only the host and path tell rules apart,
+		// those of its host.
+		cands := t.routes[key]
+		if key == "" {
+			cands = t.public[r.Host]
+		}
 		// Ownership first: a host or a port of another client is the
 		// conflict worth naming, whatever else matches.
-		for _, other := range t.routes[key] {
+		for _, other := range cands {
 			if key != "" && other.Client != r.Client {
 				return nil, &FieldError{Index: i, Field: "listen", Msg: fmt.Sprintf(
 					"listen address %s belongs to client %q (rule %q)", r.Listen, other.Client, other.ID)}
@@ -56,7 +73,7 @@ func NewTable(version uint64, rs []Rule) (*Table, error) {
 					"host %q belongs to client %q (rule %q)", r.Host, other.Client, other.ID)}
 			}
 		}
-		for _, other := range t.routes[key] {
+		for _, other := range cands {
 			if other.Host == r.Host && other.PathPrefix == r.PathPrefix {
 				return nil, &FieldError{Index: i, Field: conflictField(r), Msg: fmt.Sprintf(
 					"%s%s on %s is already routed by rule %q", r.Host, r.PathPrefix, describeListener(key), other.ID)}
@@ -67,20 +84,33 @@ func NewTable(version uint64, rs []Rule) (*Table, error) {
 			}
 		}
 		t.routes[key] = append(t.routes[key], r)
+		if key == "" {
+			t.public[r.Host] = append(t.public[r.Host], r)
+		}
 	}
 	for _, cands := range t.routes {
-		slices.SortStableFunc(cands, func(a, b *Rule) int {
-			if (a.Host == "") != (b.Host == "") {
-				if a.Host == "" {
-					return 1
-				}
-				return -1
-			}
-			return len(b.PathPrefix) - len(a.PathPrefix)
-		})
+		sortCandidates(cands)
+	}
+	for _, cands := range t.public {
+		sortCandidates(cands)
 	}
 	t.hash = Hash(t.rules)
 	return t, nil
+}
+
+// sortCandidates orders a listener's (or a host's) rules so that the first
+// match wins: exact hosts before the catch-all, longer path prefixes before
+// shorter ones.
+func sortCandidates(cands []*Rule) {
+	slices.SortStableFunc(cands, func(a, b *Rule) int {
+		if (a.Host == "") != (b.Host == "") {
+			if a.Host == "" {
+				return 1
+			}
+			return -1
+		}
+		return len(b.PathPrefix) - len(a.PathPrefix)
+	})
 }
 
 func conflictField(r *Rule) string {
@@ -197,11 +227,14 @@ func (t *Table) Match(listener, host, path string) *Rule {
 	if t == nil {
 		return nil
 	}
+	host = NormalizeHost(host)
 	cands := t.routes[listener]
+	if listener == "" {
+		cands = t.public[host] // every public rule has a host
+	}
 	if len(cands) == 0 {
 		return nil
 	}
-	host = NormalizeHost(host)
 	for _, r := range cands {
 		if (r.Host == "" || r.Host == host) && pathHasPrefix(path, r.PathPrefix) {
 			return r
@@ -227,12 +260,59 @@ func (t *Table) ForClient(client string) []Rule {
 	if t == nil {
 		return nil
 	}
-	var out []Rule
-	for _, r := range t.rules {
-		if r.Client == client {
-			out = append(out, r)
+	idx := t.byClient[client]
+	if len(idx) == 0 {
+		return nil
+	}
+	out := make([]Rule, len(idx))
+	for i, j := range idx {
+		out[i] = t.rules[j]
+	}
+	return out
+}
+
+// Clients returns the ids of the clients that have rules in t.
+func (t *Table) Clients() []string {
+	if t == nil {
+		return nil
+	}
+	out := make([]string, 0, len(t.byClient))
+	for c := range t.byClient {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ChangedClients returns the clients whose rules differ between old and
+// new (added, removed or changed), sorted: those a change of the rule set
+// must be sent to. It compares rules by id, so it costs one pass over both
+// tables, whatever the number of clients.
+func ChangedClients(old, new *Table) []string {
+	changed := map[string]bool{}
+	if new != nil {
+		for i := range new.rules {
+			r := &new.rules[i]
+			if o := old.ByID(r.ID); o == nil || !reflect.DeepEqual(o, r) {
+				changed[r.Client] = true
+				if o != nil {
+					changed[o.Client] = true
+				}
+			}
 		}
 	}
+	if old != nil {
+		for i := range old.rules {
+			if r := &old.rules[i]; new.ByID(r.ID) == nil {
+				changed[r.Client] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(changed))
+	for c := range changed {
+		out = append(out, c)
+	}
+	slices.Sort(out)
 	return out
 }
 
