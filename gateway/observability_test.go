@@ -49,6 +49,7 @@ var metricFamilies = []string{
 	"qtunnel_config_version",
 	"qtunnel_config_apply_duration_seconds",
 	"qtunnel_reconnects_total",
+	"qtunnel_rule_updates_sent_total",
 	"qtunnel_sessions",
 	"qtunnel_quic_smoothed_rtt_seconds",
 	"qtunnel_quic_packets_lost",
@@ -307,6 +308,7 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 		{"qtunnel_tunnel_streams_active", nil, 0},
 		{"qtunnel_sessions", nil, 1},
 		{"qtunnel_reconnects_total", nil, 0},
+		{"qtunnel_rule_updates_sent_total", nil, 2}, // the snapshot, the Put's delta
 		{"qtunnel_info", lbl("role", "server"), 1},
 	}...)
 	client := append(traffic("egress", "ingress"), []want{
@@ -363,7 +365,7 @@ func TestObservabilityMetricsBothSides(t *testing.T) {
 		absent []string
 	}{
 		{"server", smfs, []string{"qtunnel_breaker_state"}},
-		{"client", cmfs, nil},
+		{"client", cmfs, []string{"qtunnel_rule_updates_sent_total"}}, // a server sends them
 	} {
 		var missing, unexpected []string
 		for _, name := range metricFamilies {

@@ -26,11 +26,13 @@ func (s *Server) syncClient(sc *serverConn, full bool) error {
 	id := sc.info.ClientID
 	want := rules.Hash(t.ForClient(id))
 	have, haveHash := sc.sentVersion, sc.sentHash
-	if !full && string(haveHash) == string(want[:]) {
+	if !full && have != 0 && string(haveHash) == string(want[:]) {
 		// It has its rules as they are: a reconnect, or a change of other
 		// clients' rules. Its version may be older than the table's: it
 		// stays so until its own rules change (a delta from it, or a
-		// snapshot once the store no longer has it).
+		// snapshot once the store no longer has it). A client that has
+		// applied nothing yet (version 0) gets its first rules, even
+		// none: that is what makes it ready.
 		return nil
 	}
 	var d control.ClientDelta
