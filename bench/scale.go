@@ -50,9 +50,12 @@ type ScaleRow struct {
 	// IdleCPUPer1000 is the server's CPU, in percent of one core, per
 	// 1000 idle clients (every client connected, no requests).
 	IdleCPUPer1000 float64 `json:"idle_cpu_pct_per_1000_clients"`
+	// IdlePacketsPerClient is the UDP datagrams per second per client,
+	// both ways, while idle (this machine's counters: run nothing else).
+	IdlePacketsPerClient float64 `json:"idle_packets_per_s_per_client"`
 	// ChangeMillis is from a one-rule change through the admin API to its
-	// client having applied it; UpdatesSent is how many rule updates the
-	// server sent for it.
+	// client having applied it; UpdatesSent is how many deltas the server
+	// sent meanwhile (the periodic full syncs' snapshots are not counted).
 	ChangeMillis float64 `json:"change_ms"`
 	UpdatesSent  float64 `json:"updates_sent"`
 }
@@ -75,8 +78,8 @@ func Scale(ctx context.Context, o ScaleOptions) ([]ScaleRow, error) {
 		if err != nil {
 			return rows, fmt.Errorf("%d clients: %w", n, err)
 		}
-		fmt.Fprintf(o.Progress, "  clients %6d  connected in %.1fs (%d gave up)  server RSS %d MiB, %.1f KiB/client  idle CPU %.2f%% per 1000  change applied in %.0f ms, %v update(s) sent\n",
-			n, row.ConnectSeconds, row.GaveUp, row.ServerRSS>>20, row.PerClient/1024, row.IdleCPUPer1000, row.ChangeMillis, row.UpdatesSent)
+		fmt.Fprintf(o.Progress, "  clients %6d  connected in %.1fs (%d gave up)  server RSS %d MiB, %.1f KiB/client  idle CPU %.2f%% per 1000, %.2f packets/s per client  change applied in %.0f ms, %v update(s) sent\n",
+			n, row.ConnectSeconds, row.GaveUp, row.ServerRSS>>20, row.PerClient/1024, row.IdleCPUPer1000, row.IdlePacketsPerClient, row.ChangeMillis, row.UpdatesSent)
 		rows = append(rows, row)
 	}
 	return rows, nil
@@ -216,10 +219,12 @@ func scaleRun(ctx context.Context, o ScaleOptions, n int) (ScaleRow, error) {
 		return row, err
 	}
 	c0, _ := sp.cpu()
+	u0 := udpDatagrams()
 	if err := sleepCtx(ctx, o.Idle); err != nil {
 		return row, err
 	}
 	c1, _ := sp.cpu()
+	row.IdlePacketsPerClient = float64(udpDatagrams()-u0) / o.Idle.Seconds() / float64(n)
 	row.IdleCPUPer1000 = 100 * (c1 - c0).Seconds() / o.Idle.Seconds() * 1000 / float64(n)
 	if row.ServerRSS, err = sp.rss(); err != nil {
 		return row, err
@@ -237,7 +242,7 @@ func scaleRun(ctx context.Context, o ScaleOptions, n int) (ScaleRow, error) {
 		b, _ := io.ReadAll(resp.Body)
 		var total float64
 		for line := range strings.SplitSeq(string(b), "\n") {
-			if strings.HasPrefix(line, "qtunnel_rule_updates_sent_total{") {
+			if strings.HasPrefix(line, `qtunnel_rule_updates_sent_total{kind="delta"}`) {
 				var v float64
 				if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v); err == nil {
 					total += v
@@ -267,6 +272,37 @@ func scaleRun(ctx context.Context, o ScaleOptions, n int) (ScaleRow, error) {
 	row.ChangeMillis = float64(time.Since(t0).Microseconds()) / 1000
 	row.UpdatesSent = sent() - s0
 	return row, nil
+}
+
+// udpDatagrams is the machine's UDP datagrams sent so far (/proc/net/snmp
+// and snmp6): on loopback, each one is also received once.
+func udpDatagrams() int64 {
+	var total int64
+	for _, f := range []string{"/proc/net/snmp", "/proc/net/snmp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(b), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, "Udp6OutDatagrams") {
+				var v int64
+				fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "Udp6OutDatagrams")), "%d", &v)
+				total += v
+			}
+			if strings.HasPrefix(l, "Udp: InDatagrams") && i+1 < len(lines) {
+				head, vals := strings.Fields(l), strings.Fields(lines[i+1])
+				for j, h := range head {
+					if h == "OutDatagrams" && j < len(vals) {
+						var v int64
+						fmt.Sscanf(vals[j], "%d", &v)
+						total += v
+					}
+				}
+			}
+		}
+	}
+	return total
 }
 
 func scaleToken(i int) string { return fmt.Sprintf("scale-token-%d", i) }

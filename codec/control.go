@@ -60,7 +60,9 @@ type Applied struct {
 	Error   string
 }
 
-// Ping asks for a Pong with the same nonce.
+// Ping asks for a Pong with the same nonce, unless it is padded: a padded
+// Ping is a client's heartbeat, which the server does not answer (QUIC's
+// acknowledgement of its packet is the answer).
 type Ping struct {
 	Nonce uint64
 	// Padding is a number of zero bytes sent after the nonce and ignored by

@@ -1004,9 +1004,26 @@ func TestRegistryConcurrentUse(t *testing.T) {
 	require.Equal(t, []string{"c0", "c1", "c2", "c3"}, reg.Sweep(t0.Add(48*time.Hour), time.Hour))
 }
 
-// The client's heartbeat: padded PINGs at its interval, which the server
-// answers, so that a packet large enough to draw a stateless reset from a
-// restarted server goes out even when no request does.
+// The server does not answer a heartbeat (a padded PING): QUIC's
+// acknowledgement is the answer, and a PONG would double an idle server's
+// packets. An unpadded PING is still answered.
+func TestServerLeavesHeartbeatsUnanswered(t *testing.T) {
+	t.Parallel()
+	l := connect(t)
+	start(t, func(ctx context.Context) error { return l.server.Run(ctx, newServerEvents()) })
+	r := codec.NewReader(l.cconn, control.MaxMessageSize)
+	require.NoError(t, recv(t, write(l.cconn, codec.AppendPing(nil, codec.Ping{Nonce: 1, Padding: 32}, false)), "heartbeat write"))
+	require.NoError(t, recv(t, write(l.cconn, codec.AppendPing(nil, codec.Ping{Nonce: 2}, false)), "PING write"))
+	ft, p := readMsg(t, r)
+	require.Equal(t, codec.MsgPong, ft)
+	pong, err := codec.ParsePing(p)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), pong.Nonce, "the first message back answers the unpadded PING: the heartbeat got none")
+}
+
+// The client's heartbeat: padded PINGs at its interval, so that a packet
+// large enough to draw a stateless reset from a restarted server goes out
+// even when no request does.
 func TestClientHeartbeat(t *testing.T) {
 	t.Parallel()
 	l := connect(t)

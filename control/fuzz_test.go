@@ -208,6 +208,11 @@ func clientModel(msgs []message) (ev *fuzzClientEvents, answers []message, stopp
 				return ev, answers, true
 			}
 			ev.GoAway(g.Reason)
+		case codec.MsgDeclared:
+			// The answer to a DECLARE; these events declare nothing.
+			if _, err := codec.ParseDeclared(m.p); err != nil {
+				return ev, answers, true
+			}
 		default:
 			return ev, answers, true
 		}
@@ -406,7 +411,26 @@ func FuzzServerPeer(f *testing.F) {
 					stopped = true
 					break model
 				}
-				pongs = append(pongs, message{codec.MsgPong, codec.AppendPing(nil, p, true)[codec.FrameHeaderLen:]})
+				if p.Padding == 0 { // a padded PING is a heartbeat: not answered
+					pongs = append(pongs, message{codec.MsgPong, codec.AppendPing(nil, p, true)[codec.FrameHeaderLen:]})
+				}
+			case codec.MsgDeclare:
+				d, err := codec.ParseDeclare(m.p)
+				if err != nil {
+					stopped = true
+					break model
+				}
+				// These events take no declared rules: every claim is
+				// refused.
+				out := &codec.Declared{}
+				rs, err := rules.Decode(d.Rules)
+				for _, r := range rs {
+					out.Results = append(out.Results, codec.DeclaredRule{Name: r.ID, Error: control.ErrNoDeclare})
+				}
+				if err != nil {
+					out.Results = append(out.Results, codec.DeclaredRule{Error: err.Error()})
+				}
+				pongs = append(pongs, message{codec.MsgDeclared, codec.AppendDeclared(nil, out)[codec.FrameHeaderLen:]})
 			case codec.MsgPong:
 			case codec.MsgGoAway:
 				g, err := codec.ParseGoAway(m.p)
@@ -421,7 +445,7 @@ func FuzzServerPeer(f *testing.F) {
 			}
 		}
 		require.Equal(t, want.calls, ev.calls, "the events reported")
-		require.Equal(t, pongs, s.written(t), "the PONGs answered")
+		require.Equal(t, pongs, s.written(t), "the PONGs and DECLAREDs answered")
 		switch {
 		case stopped:
 			require.ErrorIs(t, runErr, codec.ErrMalformed, "a bad message ends Run")

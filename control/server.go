@@ -179,6 +179,15 @@ func (p *ServerPeer) Run(ctx context.Context, ev ServerEvents) error {
 			if err != nil {
 				return err
 			}
+			if m.Padding > 0 {
+				// A client's heartbeat: its purpose is a packet large
+				// enough to draw a stateless reset from a restarted
+				// server. QUIC's acknowledgement tells the client this
+				// server is alive; a PONG would cost a packet each way
+				// per client per heartbeat, the most of an idle
+				// server's work.
+				break
+			}
 			if err := p.w.send(func(b []byte) []byte { return codec.AppendPing(b, m, true) }); err != nil {
 				return err
 			}

@@ -272,7 +272,10 @@ func (c *Client) connect(ctx context.Context) (*clientSession, error) {
 	}
 	// The heartbeat lets a server that restarted at once answer with a
 	// stateless reset, which QUIC's small keep-alive packets do not draw.
-	peer.Heartbeat = c.cfg.QUIC.KeepAlivePeriod()
+	// It goes a little faster than the keep-alive, so that it arrives
+	// before the server's keep-alive would fire: the server then sends
+	// nothing but its acknowledgement.
+	peer.Heartbeat = c.cfg.QUIC.KeepAlivePeriod() * 9 / 10
 	s := &clientSession{qc: qc, info: info, peer: peer, done: make(chan struct{})}
 	c.conn.Store(info)
 	c.session.Store(s)

@@ -16,11 +16,13 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -60,6 +62,7 @@ func newCmd() *cobra.Command {
 		o                           bench.Options
 		quick                       bool
 		bulk, scenarios, out, tEnvs string
+		clients                     []int
 	)
 	cmd := &cobra.Command{
 		Use:   "tunnel-bench",
@@ -69,6 +72,13 @@ func newCmd() *cobra.Command {
 upstream, and over raw quic-go, reporting the medians. It writes
 results.json and chart.svg to --out, and the processes' logs beside them.
 The full run takes about 8 minutes; --quick is a spot check under a minute.
+
+--clients N,... runs the scale harness instead: for each N, one server
+process with N clients of one rule each, the clients in this process, all
+started at once; it reports the time until all have their rules, the
+server's memory per client and idle CPU per 1000 clients, and how long one
+rule's change takes to reach its client and how many updates it sent. It
+writes scale.json to --out.
 
 Without --binary it builds the tunnel binary (go build ./cmd/tunnel), so
 run it in the repository; with --profile that binary is kept in the
@@ -80,6 +90,7 @@ error, 130 a second SIGINT or SIGTERM forced the exit.`,
   tunnel-bench --runs 3 --out bench/results
   tunnel-bench --scenario h1-c64 --runs 5 --profile /tmp/prof
   tunnel-bench --tunnel-env GOMAXPROCS=1
+  tunnel-bench --clients 1000,5000,10000
   go run ./cmd/tunnel-bench -quick -out bench/out`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -120,6 +131,9 @@ error, 130 a second SIGINT or SIGTERM forced the exit.`,
 			if tEnvs != "" {
 				o.TunnelEnv = strings.Split(tEnvs, ",")
 			}
+			if len(clients) > 0 {
+				return runScale(cmd, bench.ScaleOptions{Binary: o.Binary, Clients: clients}, out)
+			}
 			return runBench(cmd, o, out)
 		},
 	}
@@ -134,6 +148,7 @@ error, 130 a second SIGINT or SIGTERM forced the exit.`,
 	f.StringVar(&out, "out", "bench/results", "directory for results.json and chart.svg")
 	f.StringVar(&o.ProfileDir, "profile", "", "directory for CPU and allocation profiles of server and client")
 	f.StringVar(&o.Binary, "binary", "", "tunnel binary to run as server and client (default: go build ./cmd/tunnel)")
+	f.IntSliceVar(&clients, "clients", nil, "run the scale harness with these numbers of clients, such as 1000,5000,10000")
 	f.StringVar(&tEnvs, "tunnel-env", "", "comma-separated VAR=value pairs for the server and client, such as GOGC=200")
 	_ = cmd.RegisterFlagCompletionFunc("scenario", cobra.FixedCompletions(bench.ScenarioNames, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.MarkFlagDirname("out")
@@ -171,6 +186,58 @@ func runBench(cmd *cobra.Command, o bench.Options, out string) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "\nwrote %s and %s\n", jsonPath, svgPath)
+	return nil
+}
+
+// runScale runs the scale harness and writes its rows to stdout and
+// out/scale.json.
+func runScale(cmd *cobra.Command, o bench.ScaleOptions, out string) error {
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	for _, n := range o.Clients {
+		if n <= 0 {
+			return cli.Usagef("--clients: %d is not a number of clients", n)
+		}
+	}
+	ctx, stop := cli.ShutdownContext(cmd.Context(), slog.New(slog.NewTextHandler(stderr, nil)), forceExit)
+	defer stop()
+	if o.Binary == "" {
+		dir, err := os.MkdirTemp("", "qtunnel-scale-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if o.Binary, err = bench.BuildTunnel(ctx, dir); err != nil {
+			return err
+		}
+	}
+	o.Progress = stderr
+	rows, err := bench.Scale(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "| clients | all connected | gave up | server RSS | per client | idle CPU per 1000 clients | idle packets/s per client | one change applied | updates sent |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(stdout, "| %d | %.1f s | %d | %d MiB | %.0f KiB | %.2f%% of a core | %.2f | %.0f ms | %.0f |\n",
+			r.Clients, r.ConnectSeconds, r.GaveUp, r.ServerRSS>>20, r.PerClient/1024, r.IdleCPUPer1000, r.IdlePacketsPerClient, r.ChangeMillis, r.UpdatesSent)
+	}
+	if out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(struct {
+		Command string           `json:"command"`
+		Rows    []bench.ScaleRow `json:"rows"`
+	}{commandLine(cmd.Flags()), rows}, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(out, "scale.json")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nwrote %s\n", path)
 	return nil
 }
 
