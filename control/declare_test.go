@@ -32,6 +32,7 @@ func TestDeclaredRulesYieldToTheOperators(t *testing.T) {
 	assert.ErrorContains(t, refused[2], `belongs to client "c1", not "c2"`)
 	assert.Equal(t, "declared", s.Source("c2.app"))
 	assert.Equal(t, "file", s.Source("web"))
+	assert.Equal(t, map[string]string{"web": "file", "c2.app": "declared"}, s.Sources(), "Sources agrees with Source")
 
 	// Declaring the same again changes nothing.
 	_, _, _, err = s.Declare("c2", []rules.Rule{revRule("c2.app", "c2", "app.test")}, nil)

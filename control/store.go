@@ -113,6 +113,39 @@ func (s *RuleStore) Source(id string) string {
 	return "file"
 }
 
+// Sources returns Source of every rule in force, in one pass under one
+// lock (Source per rule would scan the overlay and the declared rules for
+// each).
+func (s *RuleStore) Sources() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	api := make(map[string]bool, len(s.overlay.Changes))
+	for _, ch := range s.overlay.Changes {
+		if ch.Rule != nil {
+			api[ch.ID] = true
+		}
+	}
+	declared := map[string]bool{}
+	for _, rs := range s.declared {
+		for _, r := range rs {
+			declared[r.ID] = true
+		}
+	}
+	t := s.current.Load()
+	out := make(map[string]string, t.Len())
+	for _, r := range t.Rules() {
+		switch {
+		case declared[r.ID]:
+			out[r.ID] = "declared"
+		case api[r.ID]:
+			out[r.ID] = "api"
+		default:
+			out[r.ID] = "file"
+		}
+	}
+	return out
+}
+
 // Overlay returns the admin API's changes in force or in conflict.
 func (s *RuleStore) Overlay() Overlay {
 	s.mu.Lock()

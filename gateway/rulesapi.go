@@ -60,8 +60,9 @@ func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
 
 func (a *rulesAPI) list(w http.ResponseWriter, _ *http.Request) {
 	v := viewOf(a.store.Table())
+	sources := a.store.Sources()
 	for i := range v.Rules {
-		v.Rules[i].Source = a.store.Source(v.Rules[i].ID)
+		v.Rules[i].Source = sources[v.Rules[i].ID]
 	}
 	type conflict struct {
 		ID      string      `json:"id"`

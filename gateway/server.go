@@ -559,13 +559,7 @@ func (s *Server) sweep(ctx context.Context) {
 
 // ruleSources says where each rule in force comes from (file, api or
 // declared), for the dashboard.
-func (s *Server) ruleSources() map[string]string {
-	out := map[string]string{}
-	for _, r := range s.store.Table().Rules() {
-		out[r.ID] = s.store.Source(r.ID)
-	}
-	return out
-}
+func (s *Server) ruleSources() map[string]string { return s.store.Sources() }
 
 // Sessions returns the server's session registry.
 func (s *Server) Sessions() *control.Registry { return &s.sessions }
